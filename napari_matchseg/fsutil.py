@@ -1,0 +1,119 @@
+"""Atomic writes: a file on disk is either the old complete version or the new one.
+
+Every write goes to a temporary file in the same folder, is flushed and fsync'ed, then renamed
+over the target with :func:`os.replace` (atomic on POSIX and Windows). A process killed half-way
+leaves at most a ``*.tmp-*`` file behind, which readers ignore and :func:`remove_stale_temp_files`
+cleans up.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TMP_MARKER = ".tmp-"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()  # what open() would give; mkstemp alone gives 0600
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the rename itself (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None], *,
+                 overwrite: bool = True) -> Path:
+    """Call ``write(fileobj)`` on a temporary file, then rename it to ``path``.
+
+    With ``overwrite=False`` an existing ``path`` raises :class:`FileExistsError` (checked before
+    and, via a hard link where the file system allows it, at the moment of publishing).
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} already exists; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + TMP_MARKER, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), _FILE_MODE)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if path appeared meanwhile: never clobber
+            except FileExistsError:
+                raise FileExistsError(f"{path} already exists; refusing to overwrite it") from None
+            except OSError:  # file systems without hard links
+                if path.exists():
+                    raise FileExistsError(f"{path} already exists; refusing to overwrite it") from None
+                os.replace(tmp, path)
+            else:
+                os.unlink(tmp)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = True) -> Path:
+    return atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = True) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, overwrite: bool = True) -> Path:
+    text = json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=False) + "\n"
+    return atomic_write_text(path, text, overwrite=overwrite)
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    return atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete ``*.tmp-*`` leftovers of interrupted writes (call only while holding the lock)."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if TMP_MARKER in p.name and p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed

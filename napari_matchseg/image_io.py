@@ -1,0 +1,233 @@
+"""Reading, checking, normalising and writing 2D images and masks.
+
+One convention for the whole package:
+
+* an *image* is a 2D array: grayscale ``(H, W)`` or colour ``(H, W, C)`` with C = 3 (RGB) or 4 (RGBA,
+  alpha ignored); dtype uint8, uint16 (or any integer) or float, finite values;
+* a *mask* is an integer or bool ``(H, W)`` array; non-zero is foreground;
+* models and retrievers see :func:`to_float_rgb` / :func:`to_gray01` of an image: float32 in [0, 1],
+  uint8 divided by 255, every other dtype rescaled by its 0.5 / 99.5 percentiles (so a 12-bit
+  image in a uint16 container is not nearly black).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .fsutil import atomic_write
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+_LOSSY = (".jpg", ".jpeg")
+
+
+# --------------------------------------------------------------------------------------- checks
+def check_image(image, name: str = "image") -> np.ndarray:
+    """Return ``image`` as a validated ndarray, or raise :class:`InputError` saying what is wrong."""
+    arr = np.asarray(image)
+    if arr.dtype == bool or arr.dtype.kind not in "uif":
+        raise InputError(f"{name} has dtype {arr.dtype}; expected uint8, uint16, another integer type "
+                         "or float")
+    if arr.size == 0:
+        raise InputError(f"{name} is empty (shape {arr.shape})")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        pass
+    elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        pass
+    elif arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] > 4:
+        raise InputError(f"{name} has shape {arr.shape}, which looks channel-first; expected (H, W) or "
+                         f"(H, W, 3|4). Use np.moveaxis(image, 0, -1) first")
+    elif arr.ndim == 3:
+        raise InputError(f"{name} has shape {arr.shape}: a 3D stack or an image with {arr.shape[-1]} "
+                         "channels. Expected one 2D image, grayscale (H, W) or RGB/RGBA (H, W, 3|4); "
+                         "take one slice of a stack at a time")
+    else:
+        raise InputError(f"{name} has {arr.ndim} dimensions (shape {arr.shape}); expected a 2D image, "
+                         "grayscale (H, W) or RGB/RGBA (H, W, 3|4)")
+    if min(arr.shape[:2]) < 8:
+        raise InputError(f"{name} is only {arr.shape[0]} x {arr.shape[1]} pixels; at least 8 x 8 is needed")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError(f"{name} contains NaN or infinite values; replace them before use")
+    return arr
+
+
+def check_mask(mask, image_shape: tuple[int, ...] | None = None, name: str = "mask",
+               allow_empty: bool = True) -> np.ndarray:
+    """Return ``mask`` as a bool (H, W) array; refuse wrong dtypes, shapes and (optionally) empty masks."""
+    arr = np.asarray(mask)
+    if arr.dtype.kind not in "biu":
+        raise InputError(f"{name} has dtype {arr.dtype}; a mask must be an integer or bool array "
+                         "(non-zero = foreground). Threshold a probability map first, e.g. mask = prob > 0.5")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise InputError(f"{name} has shape {arr.shape}; a mask must be 2D (H, W)")
+    if image_shape is not None and tuple(arr.shape) != tuple(image_shape[:2]):
+        raise InputError(f"{name} has shape {tuple(arr.shape)} but its image has shape "
+                         f"{tuple(image_shape)}; they must have the same height and width")
+    out = arr != 0
+    if not allow_empty and not out.any():
+        raise InputError(f"{name} is empty (no foreground pixel). Label the structure first, or allow "
+                         "empty masks explicitly (allow_empty=True, --allow-empty) if the image "
+                         "truly contains none")
+    return out
+
+
+def content_hash(array: np.ndarray) -> str:
+    """sha256 of dtype, shape and pixels: the same picture always gets the same key."""
+    arr = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{arr.dtype.str}|{arr.shape}|".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------ normalise
+def _rescale01(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    a = arr.astype(np.float32)
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    if hi <= lo:
+        lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return np.zeros_like(a)
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+
+
+def to_float_rgb(image) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1]; grayscale is replicated to three channels, alpha dropped."""
+    arr = check_image(image)
+    if arr.ndim == 3:
+        arr = arr[..., :3]
+    out = _rescale01(arr)
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=-1)
+    return np.ascontiguousarray(out)
+
+
+def to_gray01(image) -> np.ndarray:
+    """(H, W) float32 in [0, 1] (ITU-R 601 luma for colour images)."""
+    arr = check_image(image)
+    if arr.ndim == 3:
+        rgb = _rescale01(arr[..., :3])
+        return np.ascontiguousarray(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+    return _rescale01(arr)
+
+
+# ------------------------------------------------------------------------------------------ read
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files of a folder (not recursive), sorted by name; hidden and temporary files skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder")
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                  and ".tmp-" not in p.name)
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise InputError(f"{path}: unsupported file type {suffix!r}; supported: {', '.join(IMAGE_SUFFIXES)}")
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(path)
+            if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] > 4:
+                arr = np.moveaxis(arr, 0, -1)  # planar RGB
+            return arr
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("1", "LA"):
+                im = im.convert("L")
+            elif mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            arr = np.array(im)
+        if mode == "I" and arr.size and arr.min() >= 0 and arr.max() < 65536:
+            arr = arr.astype(np.uint16)  # 16-bit PNGs that Pillow opened as 32-bit
+        return arr
+    except InputError:
+        raise
+    except Exception as exc:  # truncated, corrupt, or not an image at all
+        raise InputError(f"cannot read {path}: {exc}. The file may be incomplete or not an image") from exc
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a PNG, JPEG, TIFF (8/16-bit, float) or BMP image and check it (see module docstring)."""
+    path = Path(path)
+    return check_image(_read_raw(path), name=str(path))
+
+
+def read_mask(path: str | os.PathLike, image_shape: tuple[int, ...] | None = None,
+              allow_empty: bool = True) -> np.ndarray:
+    """Read a mask file as bool (H, W).
+
+    Colour mask files count a pixel as foreground when any channel is non-zero. JPEG masks are
+    lossy, so they are thresholded at half their maximum instead of at zero.
+    """
+    path = Path(path)
+    arr = _read_raw(path)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., :3].max(axis=-1)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise InputError(f"{path} contains NaN or infinite values")
+        arr = arr > 0.5 * float(arr.max()) if arr.max() > 0 else np.zeros(arr.shape, bool)
+    elif path.suffix.lower() in _LOSSY and arr.max() > 0:
+        arr = arr > arr.max() // 2
+    return check_mask(arr, image_shape, name=str(path), allow_empty=allow_empty)
+
+
+# ----------------------------------------------------------------------------------------- write
+def encode_image(image: np.ndarray) -> tuple[bytes, str]:
+    """Lossless bytes for ``image`` and the suffix they need: PNG for uint8, TIFF otherwise."""
+    arr = np.ascontiguousarray(image)
+    buf = io.BytesIO()
+    if arr.dtype == np.uint8:
+        from PIL import Image
+
+        Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
+        return buf.getvalue(), ".png"
+    import tifffile
+
+    photometric = "rgb" if arr.ndim == 3 else "minisblack"
+    tifffile.imwrite(buf, arr, photometric=photometric, compression="zlib",
+                     extrasamples=("unassalpha",) if arr.ndim == 3 and arr.shape[-1] == 4 else None)
+    return buf.getvalue(), ".tif"
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, overwrite: bool = False) -> Path:
+    """Atomically write ``image`` losslessly; ``path``'s suffix must match :func:`encode_image`."""
+    data, _ = encode_image(check_image(image))
+    return atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
+
+
+def encode_mask_png(mask: np.ndarray, value: int = 255) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.where(np.asarray(mask) != 0, value, 0).astype(np.uint8)).save(
+        buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray, overwrite: bool = False,
+               value: int = 255) -> Path:
+    """Atomically write a binary mask as an 8-bit PNG, 0 / ``value``."""
+    data = encode_mask_png(check_mask(mask), value)
+    return atomic_write(path, lambda f: f.write(data), overwrite=overwrite)

@@ -1,0 +1,257 @@
+"""Model checkpoints: a registry of known files, one cache folder, verified resumable downloads.
+
+Where a checkpoint is looked for, in order:
+
+1. a path the caller gives (``path=`` / ``--checkpoint``): used as-is, never replaced;
+2. ``<cache>/<filename>``, with ``<cache>`` = ``$MATCHSEG_CACHE_DIR`` or the platform cache folder
+   (``matchseg weights where NAME`` prints it). A file there is used whether it was downloaded or
+   copied in by hand, so a firewalled machine only needs the file put in place;
+3. a download from the official URL (unless ``MATCHSEG_OFFLINE=1``): streamed into
+   ``<filename>.part`` (resumed after an interruption), size- and sha256-checked by pooch, then
+   renamed into place. Nothing is ever downloaded twice.
+
+Checksums: where upstream publishes none that we could pin, the sha256 of the first download is
+recorded beside the file (``<filename>.sha256``) and every later use is checked against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import Cancelled, WeightsError
+
+ProgressFn = Callable[[int, int], None]
+CACHE_ENV = "MATCHSEG_CACHE_DIR"
+OFFLINE_ENV = "MATCHSEG_OFFLINE"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsEntry:
+    name: str
+    url: str
+    filename: str
+    size_mb: float | None
+    sha256: str | None
+    license: str
+    description: str = ""
+
+
+_FB = "https://dl.fbaipublicfiles.com"
+REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in [
+    WeightsEntry("clip-vit-b-32-laion2b", "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/"
+                 "resolve/main/open_clip_pytorch_model.bin", "clip-vit-b-32-laion2b_s34b_b79k.bin", 605.0, None,
+                 "MIT", "open_clip ViT-B-32, pretrained tag laion2b_s34b_b79k"),
+    WeightsEntry("clip-vit-b-16-laion2b", "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/"
+                 "resolve/main/open_clip_pytorch_model.bin", "clip-vit-b-16-laion2b_s34b_b88k.bin", 599.0, None,
+                 "MIT", "open_clip ViT-B-16, pretrained tag laion2b_s34b_b88k"),
+    WeightsEntry("dinov2_vits14", f"{_FB}/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth",
+                 "dinov2_vits14_pretrain.pth", 84.2, None, "Apache-2.0", "DINOv2 ViT-S/14 backbone"),
+    WeightsEntry("dinov2_vitb14", f"{_FB}/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
+                 "dinov2_vitb14_pretrain.pth", 330.3, None, "Apache-2.0", "DINOv2 ViT-B/14 backbone"),
+    WeightsEntry("dinov2_vitl14", f"{_FB}/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth",
+                 "dinov2_vitl14_pretrain.pth", 1161.0, None, "Apache-2.0", "DINOv2 ViT-L/14 backbone"),
+    WeightsEntry("dinov2_vitg14", f"{_FB}/dinov2/dinov2_vitg14/dinov2_vitg14_pretrain.pth",
+                 "dinov2_vitg14_pretrain.pth", 4400.0, None, "Apache-2.0", "DINOv2 ViT-g/14 backbone"),
+    WeightsEntry("sam2.1_hiera_tiny", f"{_FB}/segment_anything_2/092824/sam2.1_hiera_tiny.pt",
+                 "sam2.1_hiera_tiny.pt", 148.7, None, "Apache-2.0", "SAM 2.1 Hiera tiny"),
+    WeightsEntry("sam2.1_hiera_small", f"{_FB}/segment_anything_2/092824/sam2.1_hiera_small.pt",
+                 "sam2.1_hiera_small.pt", 175.9, None, "Apache-2.0", "SAM 2.1 Hiera small"),
+    WeightsEntry("sam2.1_hiera_base_plus", f"{_FB}/segment_anything_2/092824/sam2.1_hiera_base_plus.pt",
+                 "sam2.1_hiera_base_plus.pt", 308.5, None, "Apache-2.0", "SAM 2.1 Hiera base+"),
+    WeightsEntry("sam2.1_hiera_large", f"{_FB}/segment_anything_2/092824/sam2.1_hiera_large.pt",
+                 "sam2.1_hiera_large.pt", 856.4, None, "Apache-2.0", "SAM 2.1 Hiera large"),
+]}
+
+
+def cache_dir() -> Path:
+    """``$MATCHSEG_CACHE_DIR`` or the platform's user cache folder, plus ``weights/``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("napari-matchseg")) / "weights"
+
+
+def is_offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def get_entry(name: str | WeightsEntry) -> WeightsEntry:
+    if isinstance(name, WeightsEntry):
+        return name
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise WeightsError(f"unknown checkpoint {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def where(name: str | WeightsEntry) -> Path:
+    """The exact path where the checkpoint is (or is to be put)."""
+    return cache_dir() / get_entry(name).filename
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _record(path: Path, sha: str, origin: str) -> None:
+    from .fsutil import atomic_write_json
+
+    st = path.stat()
+    atomic_write_json(_sidecar(path), {"sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                       "origin": origin})
+
+
+def verify(path: Path, entry: WeightsEntry) -> str:
+    """Check a cached file against the pinned or recorded sha256; hashes only when the file changed."""
+    st = path.stat()
+    side = _sidecar(path)
+    rec = None
+    if side.exists():
+        try:
+            rec = json.loads(side.read_text())
+        except ValueError:
+            rec = None
+    if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+        sha = rec["sha256"]
+    else:
+        sha = sha256_file(path)
+    expected = entry.sha256 or (rec or {}).get("sha256")
+    if expected and sha != expected:
+        raise WeightsError(
+            f"{path} does not match the expected sha256 of {entry.name} (expected {expected}, got {sha}); "
+            f"it is incomplete, corrupt or another file. Delete it to download it again from {entry.url}, "
+            "or pass it explicitly as the checkpoint path to use it anyway")
+    if not rec or rec.get("mtime_ns") != st.st_mtime_ns or rec.get("size") != st.st_size:
+        _record(path, sha, "pinned" if entry.sha256 else (rec or {}).get("origin", "placed by hand"))
+    return sha
+
+
+def _missing_message(entry: WeightsEntry, reason: str) -> str:
+    size = f" (about {entry.size_mb:.0f} MB)" if entry.size_mb else ""
+    return (f"checkpoint {entry.name} is not available {reason}. Download {entry.url}{size} and put it at "
+            f"{where(entry)} (the folder can be changed with ${CACHE_ENV}), or pass the file's path "
+            "explicitly as the checkpoint")
+
+
+class _ResumingDownloader:
+    """A pooch downloader that streams into a persistent ``.part`` file and resumes it with HTTP Range."""
+
+    def __init__(self, part: Path, progress: ProgressFn | None, cancel: Callable[[], bool] | None,
+                 timeout: float = 30.0, chunk: int = 1 << 20):
+        self.part, self.progress, self.cancel, self.timeout, self.chunk = part, progress, cancel, timeout, chunk
+
+    def __call__(self, url: str, output_file, pooch_obj=None, check_only: bool = False):
+        import requests
+
+        offset = self.part.stat().st_size if self.part.exists() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        with requests.get(url, headers=headers, stream=True, timeout=self.timeout) as r:
+            if r.status_code == 416 and offset:  # the part is already complete
+                total = offset
+            else:
+                if r.status_code == 404:
+                    raise WeightsError(f"{url} was not found (HTTP 404); the file moved or the URL is wrong")
+                r.raise_for_status()
+                if r.status_code == 206:
+                    mode = "ab"
+                    total = offset + int(r.headers.get("Content-Length", 0))
+                else:
+                    mode, offset = "wb", 0
+                    total = int(r.headers.get("Content-Length", 0))
+                done = offset
+                with open(self.part, mode) as f:
+                    for block in r.iter_content(self.chunk):
+                        if self.cancel is not None and self.cancel():
+                            raise Cancelled(f"download of {url} cancelled; {done} bytes kept in {self.part} "
+                                            "and resumed next time")
+                        f.write(block)
+                        done += len(block)
+                        if self.progress is not None:
+                            self.progress(done, total)
+                    f.flush()
+                    os.fsync(f.fileno())
+        size = self.part.stat().st_size
+        if total and size != total:
+            raise _Interrupted(f"connection closed after {size} of {total} bytes")
+        os.replace(self.part, output_file)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def fetch(name: str | WeightsEntry, *, path: str | os.PathLike | None = None,
+          progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
+          offline: bool | None = None, retries: int = 3) -> Path:
+    """Local path of a checkpoint, downloading it only if it is nowhere on this machine.
+
+    ``path`` (a user's own file) wins and is returned as-is if it exists. ``retries`` resumes an
+    interrupted download that many times before giving up (the ``.part`` file is kept either way).
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise WeightsError(f"checkpoint file {p} does not exist")
+        return p
+    entry = get_entry(name)
+    target = where(entry)
+    if target.is_file():
+        verify(target, entry)
+        return target
+    if offline if offline is not None else is_offline():
+        raise WeightsError(_missing_message(entry, f"offline (${OFFLINE_ENV} is set)"))
+    import pooch
+    import requests
+
+    logging.getLogger("pooch").setLevel(logging.WARNING)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    downloader = _ResumingDownloader(part, progress, cancel)
+    known = f"sha256:{entry.sha256}" if entry.sha256 else None
+    for attempt in range(retries + 1):
+        try:
+            pooch.retrieve(entry.url, known_hash=known, fname=target.name, path=target.parent,
+                           downloader=downloader, progressbar=False)
+            break
+        except (_Interrupted, requests.ConnectionError, requests.Timeout,
+                requests.exceptions.ChunkedEncodingError) as exc:
+            if attempt == retries:
+                raise WeightsError(f"download of {entry.url} was interrupted ({exc}); "
+                                   f"{part.stat().st_size if part.exists() else 0} bytes are kept in {part} "
+                                   f"and will be resumed. {_missing_message(entry, 'yet')}") from exc
+            time.sleep(min(2.0 ** attempt, 10.0) * 0.1)
+        except requests.HTTPError as exc:
+            raise WeightsError(f"download of {entry.url} failed: {exc}. {_missing_message(entry, 'here')}") from exc
+        except ValueError as exc:  # pooch's hash mismatch; pooch deleted the bad file
+            raise WeightsError(f"the file downloaded from {entry.url} is corrupt ({exc}); it was discarded. "
+                               "Try again later") from exc
+        except OSError as exc:
+            raise WeightsError(f"cannot write {target}: {exc}") from exc
+    sha = sha256_file(target)
+    if entry.sha256 and sha != entry.sha256:  # belt and braces: pooch already checked
+        target.unlink(missing_ok=True)
+        raise WeightsError(f"the file downloaded from {entry.url} is corrupt; it was discarded")
+    _record(target, sha, "pinned" if entry.sha256 else "first download (not pinned upstream)")
+    return target
+
+
+def status(name: str | WeightsEntry) -> str:
+    p = where(name)
+    return "present" if p.is_file() else ("partial download" if p.with_name(p.name + ".part").exists() else "missing")
