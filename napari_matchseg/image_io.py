@@ -98,7 +98,7 @@ def _rescale01(arr: np.ndarray) -> np.ndarray:
         lo, hi = float(a.min()), float(a.max())
     if hi <= lo:
         return np.zeros_like(a)
-    return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+    return np.clip((a - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def to_float_rgb(image) -> np.ndarray:
@@ -133,11 +133,11 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def _read_raw(path: Path) -> np.ndarray:
-    if not path.exists():
-        raise InputError(f"{path} does not exist")
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(f"{path}: unsupported file type {suffix!r}; supported: {', '.join(IMAGE_SUFFIXES)}")
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
     try:
         if suffix in (".tif", ".tiff"):
             import tifffile

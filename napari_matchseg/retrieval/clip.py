@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import weights
+from .._compat import avoid_triton_llvm_clash
 from ..device import resolve_device
 from ..errors import WeightsError
 from ._torch_common import file_fingerprint, run_encoder, to_batch
@@ -55,6 +56,7 @@ class ClipRetriever(Retriever):
     def load(self):
         if self._model is not None:
             return self._model
+        avoid_triton_llvm_clash()
         import open_clip
 
         if self.model_config is not None:

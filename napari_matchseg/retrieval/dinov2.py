@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import weights
+from .._compat import avoid_triton_llvm_clash
 from ..device import resolve_device
 from ..errors import WeightsError
 from ._torch_common import file_fingerprint, run_encoder, to_batch
@@ -72,6 +73,7 @@ class Dinov2Retriever(Retriever):
     def load(self) -> torch.nn.Module:
         if self._model is not None:
             return self._model
+        avoid_triton_llvm_clash()
         if self.arch not in ARCHS:
             raise WeightsError(f"unknown DINOv2 model {self.arch!r}; choose one of {', '.join(ARCHS)}")
         try:

@@ -40,7 +40,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 class HandcraftedRetriever(Retriever):
-    """Offline default retriever; 380-dimensional vectors, about 10 ms per image on one CPU core."""
+    """Offline default retriever: 448-dimensional vectors, about 20 ms per image on one CPU core."""
 
     name = "handcrafted"
     VERSION = 1
@@ -70,10 +70,11 @@ class HandcraftedRetriever(Retriever):
 
         intensity = _hellinger(np.histogram(smooth, bins=32, range=(0, 1))[0])
 
-        stretched = np.stack([_stretch(rgb[..., c]) for c in range(3)], -1)
-        chroma = stretched - stretched.mean(-1, keepdims=True)  # zero for grayscale images
-        q = np.clip(((chroma + 1) / 2 * 4).astype(int), 0, 3)
-        colour = _hellinger(np.bincount((q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]).ravel(), minlength=64))
+        coarse = rgb.reshape(32, self.size // 32, 32, self.size // 32, 3).mean(axis=(1, 3))  # averages noise out
+        opp1 = coarse[..., 0] - coarse[..., 1]  # opponent colours: zero for grayscale, blind to
+        opp2 = (coarse[..., 0] + coarse[..., 1]) / 2 - coarse[..., 2]  # additive brightness changes
+        hist2d = np.histogram2d(opp1.ravel(), opp2.ravel(), bins=8, range=[[-0.6, 0.6], [-0.6, 0.6]])[0]
+        colour = _hellinger(gaussian(hist2d, sigma=1.0, mode="constant", preserve_range=True).ravel())
 
         blocks = {"hog": h, "lbp": lbp, "intensity": intensity, "colour": colour}
         return np.concatenate([np.sqrt(_WEIGHTS[k]) * _unit(np.asarray(v, np.float32))

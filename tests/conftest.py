@@ -1,0 +1,62 @@
+"""Shared fixtures: real data from ../shared/data (skipped with a reason when absent), small banks."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch._dynamo  # noqa: F401  load triton's LLVM before napari's OpenGL (Mesa) does; the reverse
+#                      order is napari_matchseg._compat's job, tested in test_napari_plugin.py
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("MATCHSEG_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """No test touches the user's weights cache or the network by accident."""
+    monkeypatch.setenv("MATCHSEG_CACHE_DIR", str(tmp_path_factory.mktemp("weights-cache")))
+    monkeypatch.setenv("MATCHSEG_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
+
+
+def dataset_dir(name: str) -> Path:
+    d = DATA_ROOT / name
+    if not (d / "manifest.csv").is_file():
+        pytest.skip(f"real dataset {name!r} not found at {d} (set MATCHSEG_DATA to the shared data folder)")
+    return d
+
+
+def real_ids(name: str, split: str = "train", n: int | None = None, groups: tuple[str, ...] | None = None,
+             stride: int = 1) -> list[str]:
+    with open(dataset_dir(name) / "manifest.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == split and (groups is None or r["group"] in groups)]
+    ids = [r["id"] for r in rows][::stride]
+    return ids[:n] if n else ids
+
+
+def load_real(name: str, rid: str) -> tuple[np.ndarray, np.ndarray]:
+    from napari_matchseg.image_io import read_image, read_mask
+
+    d = dataset_dir(name)
+    img = read_image(d / "images" / f"{rid}.png")
+    return img, read_mask(d / "masks" / f"{rid}.png", img.shape)
+
+
+@pytest.fixture
+def sample_triples():
+    from napari_matchseg.sample_data import make_sample
+
+    return make_sample("ultrasound", 6) + make_sample("cells", 6)
+
+
+@pytest.fixture
+def bank(tmp_path, sample_triples):
+    from napari_matchseg.bank import ReferenceBank
+
+    b = ReferenceBank.create(tmp_path / "bank")
+    b.add_many((img, m, name) for name, img, m in sample_triples)
+    return b
