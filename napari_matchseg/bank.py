@@ -47,17 +47,15 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _format_bank_json(data: dict[str, Any]) -> str:
-    """Header fields one per line, then one line per reference: readable and diff-friendly."""
-    head = {k: v for k, v in data.items() if k != "references"}
-    lines = ["{"] + [f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}," for k, v in head.items()]
-    refs = [f"  {json.dumps(r, ensure_ascii=False)}" for r in data["references"]]
-    lines.append(' "references": [' + ("" if refs else "]"))
+def _format_bank_json(header: dict[str, Any], refs: list[str]) -> str:
+    """Header fields one per line, then one line per (JSON-encoded) reference: readable and diff-friendly."""
+    out = ["{"] + [f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}," for k, v in header.items()]
+    out.append(' "references": [' + ("" if refs else "]"))
     if refs:
-        lines.append(",\n".join(refs))
-        lines.append(" ]")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+        out.append(",\n".join(f"  {line}" for line in refs))
+        out.append(" ]")
+    out.append("}")
+    return "\n".join(out) + "\n"
 
 
 def _slug(name: str, max_len: int = 64) -> str:
@@ -117,10 +115,10 @@ class ReferenceBank:
     other processes' changes); every write takes the lock, re-reads ``bank.json`` and commits it.
     """
 
-    def __init__(self, path: str | Path, _data: dict[str, Any]):
+    def __init__(self, path: str | Path, data: dict[str, Any]):
         self.path = Path(path)
         self._lock = filelock.FileLock(str(self.path / ".bank.lock"), timeout=LOCK_TIMEOUT_S)
-        self._apply(_data)
+        self._apply(data)
 
     # ------------------------------------------------------------------ open / create
     @classmethod
@@ -136,12 +134,12 @@ class ReferenceBank:
                             "choose a new or empty folder for the bank")
         for sub in ("images", "masks", "embeddings"):
             (path / sub).mkdir(parents=True, exist_ok=True)
-        data = {"format": FORMAT, "version": FORMAT_VERSION, "created": _now(), "references": []}
+        data = {"format": FORMAT, "version": FORMAT_VERSION, "created": _now()}
         with filelock.FileLock(str(path / ".bank.lock"), timeout=LOCK_TIMEOUT_S):
             if (path / BANK_FILE).exists():  # lost a race with another creator: use theirs
                 return cls.open(path)
-            atomic_write_text(path / BANK_FILE, _format_bank_json(data))
-        return cls(path, data)
+            atomic_write_text(path / BANK_FILE, _format_bank_json(data, []))
+        return cls(path, dict(data, references=[]))
 
     @classmethod
     def open(cls, path: str | Path, create: bool = False) -> ReferenceBank:
@@ -176,16 +174,26 @@ class ReferenceBank:
         return data
 
     def _apply(self, data: dict[str, Any]) -> None:
-        self._data = data
+        self._header = {k: v for k, v in data.items() if k != "references"}
         self._refs: dict[str, Reference] = {}
         for d in data["references"]:
             ref = Reference.from_json(d)
             self._refs[ref.id] = ref
         self._by_hash = {r.image_sha256: r.id for r in self._refs.values()}
+        self._lines: dict[str, tuple[Reference, str]] = {}  # id -> (record, its JSON): re-encode only changes
+        self._signature = self._file_signature()
+
+    def _file_signature(self) -> tuple | None:
+        try:
+            st = (self.path / BANK_FILE).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def refresh(self) -> None:
-        """Re-read ``bank.json`` to see what other processes committed."""
-        self._apply(self._read(self.path))
+        """Re-read ``bank.json`` if another process committed since we last read or wrote it."""
+        if self._file_signature() != self._signature:
+            self._apply(self._read(self.path))
 
     # ------------------------------------------------------------------ read
     def __len__(self) -> int:
@@ -237,9 +245,15 @@ class ReferenceBank:
             self._lock.release()
 
     def _commit(self) -> None:
-        self._data["references"] = [r.to_json() for r in self._refs.values()]
-        self._data["updated"] = _now()
-        atomic_write_text(self.path / BANK_FILE, _format_bank_json(self._data))
+        self._header["updated"] = _now()
+        lines = []
+        for ref in self._refs.values():
+            cached = self._lines.get(ref.id)
+            if cached is None or cached[0] is not ref:
+                cached = self._lines[ref.id] = (ref, json.dumps(ref.to_json(), ensure_ascii=False))
+            lines.append(cached[1])
+        atomic_write_text(self.path / BANK_FILE, _format_bank_json(self._header, lines))
+        self._signature = self._file_signature()
         self._by_hash = {r.image_sha256: r.id for r in self._refs.values()}
 
     def _unique_id(self, name: str | None) -> str:
@@ -434,5 +448,5 @@ class ReferenceBank:
         return {"path": str(self.path), "references": len(refs), "sources": sources,
                 "empty_masks": sum(r.foreground_fraction == 0 for r in refs),
                 "image_types": dict(sorted(shapes.items(), key=lambda kv: -kv[1])),
-                "embeddings": emb, "created": self._data.get("created"),
-                "updated": self._data.get("updated")}
+                "embeddings": emb, "created": self._header.get("created"),
+                "updated": self._header.get("updated")}

@@ -109,11 +109,12 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return removed
-    for p in folder.iterdir():
-        if TMP_MARKER in p.name and p.is_file():
-            try:
-                p.unlink()
-                removed.append(p)
-            except OSError:
-                pass
+    with os.scandir(folder) as entries:  # names only: cheap even for 10,000 files
+        stale = [Path(e.path) for e in entries if TMP_MARKER in e.name]
+    for p in stale:
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
     return removed
