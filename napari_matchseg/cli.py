@@ -314,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("name")
     c.set_defaults(func=cmd_weights_where)
 
+    from .cli_models import register
+
+    register(sub)
+
     c = sub.add_parser("sample", help="write the built-in (generated) sample images and masks")
     c.add_argument("folder")
     c.add_argument("-n", type=int, default=8, help="images per kind")

@@ -1,0 +1,285 @@
+"""``matchseg segment | eval | demo | train | finetune``: the commands that run or train a proposer."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, MatchsegError
+
+
+def add_proposal_args(p) -> None:
+    from .cli import _add_retriever_args
+
+    p.add_argument("--bank", required=True, help="reference bank folder")
+    p.add_argument("-k", type=int, default=8, help="number of supports (1-32, default 8)")
+    p.add_argument("--proposer", default="matchseg", choices=("matchseg",))
+    p.add_argument("--checkpoint", help="MatchSeg checkpoint (default: the one shipped in the package)")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--support", default="retrieved", choices=("retrieved", "random"),
+                   help="how supports are chosen (random is the ablation)")
+    p.add_argument("--allow-self", action="store_true",
+                   help="let a query that is itself in the bank use its own reference as support")
+    _add_retriever_args(p)
+
+
+def _pipeline(args):
+    from .bank import ReferenceBank
+    from .cli import _retriever
+    from .predictor import MatchSegPredictor
+
+    if not 0.0 < args.threshold < 1.0:
+        raise InputError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    bank = ReferenceBank.open(args.bank)
+    return bank, _retriever(args), MatchSegPredictor(args.checkpoint, device=args.device)
+
+
+def _propose_file(bank, retriever, predictor, path: Path, args, rng):
+    from .image_io import read_image
+    from .propose import propose
+
+    image = read_image(path)
+    exclude = [] if args.allow_self else [i for i in [bank.find_image(image)] if i]
+    return image, propose(bank, image, retriever=retriever, predictor=predictor, k=args.k, exclude=exclude,
+                          strategy=args.support, rng=rng)
+
+
+def cmd_segment(args) -> int:
+    from .cli import _progress
+    from .image_io import list_images, write_mask
+
+    images = list_images(args.images)
+    if not images:
+        raise InputError(f"no images in {args.images}")
+    out = Path(args.out)
+    targets = [out / f"{p.stem}.png" for p in images]
+    existing = [t.name for t in targets if t.exists()]
+    if existing and not args.overwrite:
+        raise MatchsegError(f"{len(existing)} masks already exist in {out} ({', '.join(existing[:5])}"
+                            f"{' ...' if len(existing) > 5 else ''}); nothing was written. Use --overwrite or "
+                            "another --out folder")
+    bank, retriever, predictor = _pipeline(args)
+    rng = np.random.default_rng(0)
+    update, close = _progress("segmenting")
+    try:
+        for i, (path, target) in enumerate(zip(images, targets)):
+            _, proposal = _propose_file(bank, retriever, predictor, path, args, rng)
+            write_mask(target, proposal.mask(args.threshold), overwrite=args.overwrite)
+            update(i + 1, len(images))
+    finally:
+        close()
+    print(f"wrote {len(images)} masks (0/255 PNG, same size as each image) to {out}")
+    return 0
+
+
+def evaluate(bank, retriever, predictor, pairs, args, progress=None) -> dict:
+    """Per-image metrics and their summary (the body of ``matchseg eval``)."""
+    from .image_io import read_mask
+    from .metrics import all_metrics
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (img_path, mask_path) in enumerate(pairs):
+        image, proposal = _propose_file(bank, retriever, predictor, img_path, args, rng)
+        gt = read_mask(mask_path, image.shape)
+        m = all_metrics(proposal.mask(args.threshold), gt)
+        rows.append({"image": img_path.name, **{k: round(v, 6) for k, v in m.items()},
+                     "gt_empty": not gt.any(), "supports": " ".join(s.id for s in proposal.supports)})
+        if progress:
+            progress(i + 1, len(pairs))
+    summary = {"n": len(rows), "n_gt_empty": sum(r["gt_empty"] for r in rows)}
+    for key in ("dice", "iou", "hd95"):
+        vals = np.array([r[key] for r in rows], float)
+        vals = vals[np.isfinite(vals)]
+        summary[f"{key}_mean"] = float(vals.mean()) if len(vals) else float("nan")
+        summary[f"{key}_std"] = float(vals.std()) if len(vals) else float("nan")
+    summary["n_hd95_undefined"] = int(sum(not np.isfinite(r["hd95"]) for r in rows))
+    return {**summary, "k": args.k, "support": args.support, "retriever": retriever.model_id,
+            "checkpoint": predictor.metadata.get("checkpoint"), "rows": rows}
+
+
+def cmd_eval(args) -> int:
+    from .cli import _progress
+    from .image_io import list_images
+
+    images = list_images(args.images)
+    masks = {p.stem: p for p in list_images(args.masks)}
+    pairs = [(p, masks[p.stem]) for p in images if p.stem in masks]
+    if not pairs:
+        raise InputError(f"no image in {args.images} has a mask with the same stem in {args.masks}")
+    bank, retriever, predictor = _pipeline(args)
+    update, close = _progress("evaluating")
+    try:
+        result = evaluate(bank, retriever, predictor, pairs, args, update)
+    finally:
+        close()
+    print(f"n = {result['n']} (empty ground truth: {result['n_gt_empty']}), k = {args.k}, supports {args.support}")
+    for key in ("dice", "iou", "hd95"):
+        print(f"{key:>5}: {result[f'{key}_mean']:.4f} +- {result[f'{key}_std']:.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    csv_path = args.csv or (str(Path(args.json).with_suffix(".csv")) if args.json else None)
+    if csv_path:
+        with open(csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
+            w.writeheader()
+            w.writerows(result["rows"])
+        print(f"per-image metrics: {csv_path}")
+    return 0
+
+
+def _overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    from .image_io import to_float_rgb
+
+    rgb = (to_float_rgb(image) * 255).astype(np.uint8)
+    for mask, colour in ((gt, (40, 220, 40)), (pred, (240, 40, 40))):
+        if mask is not None:
+            edge = mask & ~ndi.binary_erosion(mask, iterations=1)
+            edge = ndi.binary_dilation(edge, iterations=1)
+            rgb[edge] = colour
+    return rgb
+
+
+def cmd_demo(args) -> int:
+    from PIL import Image
+
+    from .bank import ReferenceBank
+    from .image_io import write_mask
+    from .metrics import dice
+    from .predictor import MatchSegPredictor
+    from .propose import propose
+    from .retrieval import get_retriever
+    from .sample_data import KINDS, make_sample
+
+    out = Path(args.out)
+    bank_dir = out / "bank"
+    if bank_dir.exists():
+        import shutil
+
+        shutil.rmtree(bank_dir)
+    bank = ReferenceBank.create(bank_dir)
+    held = []
+    for kind in KINDS:
+        triples = make_sample(kind, args.n + 3, seed=0)
+        bank.add_many((img, m, name) for name, img, m in triples[:args.n])
+        held += triples[args.n:]
+    predictor = MatchSegPredictor(args.checkpoint, device=args.device)
+    retriever = get_retriever("handcrafted")
+    tiles, lines = [], []
+    for name, img, gt in held:
+        p = propose(bank, img, retriever=retriever, predictor=predictor, k=min(8, len(bank)))
+        pred = p.mask(0.5)
+        write_mask(out / "masks" / f"{name}.png", pred, overwrite=True)
+        tiles.append(np.asarray(Image.fromarray(_overlay(img, pred, gt)).resize((192, 192))))
+        lines.append(f"{name}: Dice {dice(pred, gt):.3f}, supports {', '.join(s.id for s in p.supports[:3])} ...")
+    grid = np.concatenate([np.concatenate(tiles[i:i + 3], 1) for i in range(0, len(tiles), 3)], 0)
+    Image.fromarray(grid).save(out / "overlay.png")
+    print(f"bank of {len(bank)} generated references: {bank_dir}")
+    print("\n".join(lines))
+    print(f"masks: {out / 'masks'}\noverlay (green = truth, red = proposal): {out / 'overlay.png'}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .modeling import MatchSegConfig
+    from .training.train import TrainConfig, train
+
+    model = MatchSegConfig(interaction=args.interaction, image_size=args.image_size).to_dict()
+    cfg = TrainConfig(data_root=args.data, out_dir=args.out, datasets=tuple(args.datasets), steps=args.steps,
+                      batch_size=args.batch_size, k_min=args.k_min, k_max=args.k_max, lr=args.lr,
+                      synthetic_fraction=args.synthetic_fraction, val_every=args.val_every, seed=args.seed,
+                      retriever=args.retriever, model=model, init_checkpoint=args.init, threads=args.threads)
+    from .cli import _progress
+
+    update, close = _progress("training")
+    try:
+        result = train(cfg, progress=lambda s, t, info: update(s, t),
+                       log=lambda msg: print(msg, file=sys.stderr))
+    finally:
+        close()
+    if args.export:
+        from .checkpoint import build_matchseg, save_checkpoint
+
+        model, meta = build_matchseg(result["best_checkpoint"])
+        save_checkpoint(args.export, model, meta, half=True)
+        print(f"exported fp16 checkpoint: {args.export}")
+    print(json.dumps({k: v for k, v in result.items()}, indent=1))
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .bank import ReferenceBank
+    from .cli import _progress
+    from .training.finetune import finetune
+
+    bank = ReferenceBank.open(args.bank)
+    update, close = _progress("fine-tuning")
+    try:
+        out = finetune(bank, args.out, base=args.checkpoint, steps=args.steps, lr=args.lr, k_max=args.k_max,
+                       retriever=args.retriever, overwrite=args.overwrite, progress=lambda s, t, i: update(s, t),
+                       log=lambda msg: print(msg, file=sys.stderr))
+    finally:
+        close()
+    print(f"fine-tuned checkpoint: {out} (use it with --checkpoint {out})")
+    return 0
+
+
+def register(sub) -> None:
+    c = sub.add_parser("segment", help="propose a mask for every image of a folder")
+    c.add_argument("--images", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--overwrite", action="store_true")
+    add_proposal_args(c)
+    c.set_defaults(func=cmd_segment)
+
+    c = sub.add_parser("eval", help="Dice, IoU and HD95 of the proposals against reference masks")
+    c.add_argument("--images", required=True)
+    c.add_argument("--masks", required=True)
+    c.add_argument("--json", help="write the summary and per-image rows to this JSON file")
+    c.add_argument("--csv", help="per-image CSV (default: beside --json)")
+    add_proposal_args(c)
+    c.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("demo", help="offline demo on generated sample data with the shipped checkpoint")
+    c.add_argument("--out", default="matchseg-demo")
+    c.add_argument("-n", type=int, default=9, help="references per sample kind")
+    c.add_argument("--checkpoint")
+    c.add_argument("--device", default="auto")
+    c.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("train", help="episodic training of MatchSeg on datasets in the shared layout")
+    c.add_argument("--data", required=True, help="folder with <dataset>/images, masks, manifest.csv")
+    c.add_argument("--out", required=True, help="run folder (resumes if it holds last.pt)")
+    c.add_argument("--datasets", nargs="+", default=["busi", "kvasir", "wbc"])
+    c.add_argument("--steps", type=int, default=6000)
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--k-min", type=int, default=1)
+    c.add_argument("--k-max", type=int, default=8)
+    c.add_argument("--lr", type=float, default=2e-3)
+    c.add_argument("--synthetic-fraction", type=float, default=0.15)
+    c.add_argument("--val-every", type=int, default=500)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--interaction", default="joint_attention", choices=("joint_attention", "crossconv", "none"))
+    c.add_argument("--image-size", type=int, default=128)
+    c.add_argument("--retriever", default="handcrafted", choices=("handcrafted",))
+    c.add_argument("--init", help="start from this checkpoint ('default' = the shipped one)")
+    c.add_argument("--threads", type=int)
+    c.add_argument("--export", help="also write the best checkpoint in fp16 here")
+    c.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("finetune", help="adapt a checkpoint to a bank (minutes on a CPU)")
+    c.add_argument("bank")
+    c.add_argument("--out", required=True, help="the fine-tuned checkpoint file to write")
+    c.add_argument("--checkpoint", help="start from this checkpoint (default: the shipped one)")
+    c.add_argument("--steps", type=int, default=300)
+    c.add_argument("--lr", type=float, default=3e-4)
+    c.add_argument("--k-max", type=int, default=8)
+    c.add_argument("--retriever", default="handcrafted", choices=("handcrafted",))
+    c.add_argument("--overwrite", action="store_true")
+    c.set_defaults(func=cmd_finetune)

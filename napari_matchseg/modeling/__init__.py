@@ -1,0 +1,5 @@
+"""The MatchSeg network (pure torch, no I/O): encoder, joint attention, decoder, and the model that joins them."""
+
+from .matchseg import MatchSeg, MatchSegConfig, SupportFeatures
+
+__all__ = ["MatchSeg", "MatchSegConfig", "SupportFeatures"]

@@ -1,0 +1,131 @@
+"""MatchSegPredictor: probability maps for a query given support images and masks.
+
+Support features depend only on the support image, so they are computed once per image and kept (in
+memory, and on disk in the bank through :class:`~napari_matchseg.feature_cache.FeatureCache`): a proposal
+then costs one encoder pass for the query, the joint attention and the decoder.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import DEFAULT_CHECKPOINT, build_matchseg
+from .device import half_dtype, resolve_device
+from .errors import InputError
+from .image_io import check_image, check_mask, content_hash
+from .modeling import SupportFeatures
+from .retrieval._torch_common import file_fingerprint
+from .training.data import mask_to_working, to_working
+
+MAX_K = 32
+
+
+class MatchSegPredictor:
+    """Loads a checkpoint once (``None`` = the embedded default) and predicts on any device.
+
+    ``half`` (default: automatic) runs the network under bf16/fp16 autocast on CUDA/MPS; CPU stays fp32.
+    """
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str | None = "auto",
+                 half: bool | None = None, memory_cache: int = 512):
+        self.device = resolve_device(device)
+        self.model, self.metadata = build_matchseg(checkpoint)
+        self.model.to(self.device)
+        self.size = self.model.config.image_size
+        path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+        self.model_id = f"matchseg-{file_fingerprint(path)}-{self.size}"
+        self.autocast = half_dtype(self.device) if half is not False else None
+        with torch.inference_mode():  # the shapes of one support's cached features
+            probe = self.model.encode_supports(torch.zeros(1, 1, 3, self.size, self.size, device=self.device),
+                                               torch.zeros(1, 1, 1, self.size, self.size, device=self.device))
+        self.feature_shapes = [tuple(f.shape[2:]) for f in probe.feats]
+        self._cache: OrderedDict[str, list[torch.Tensor]] = OrderedDict()
+        self._cache_size = memory_cache
+        self.feature_store = None  # set by propose() to a bank's FeatureCache
+
+    @property
+    def uses_supports(self) -> bool:
+        return self.model.uses_supports
+
+    def _run(self, fn, *args):
+        with torch.inference_mode():
+            if self.autocast is not None:
+                with torch.autocast(self.device.type, dtype=self.autocast):
+                    return fn(*args)
+            return fn(*args)
+
+    def image_features(self, image: np.ndarray) -> list[torch.Tensor]:
+        """Coarse encoder features of one support image (cached by content hash)."""
+        img = check_image(image)
+        key = content_hash(img)
+        feats = self._cache.get(key)
+        if feats is None and self.feature_store is not None:
+            feats = self.feature_store.get(key)
+        if feats is None:
+            x = to_working(img, self.size)[None, None].to(self.device)
+            dummy = torch.zeros(1, 1, 1, self.size, self.size, device=self.device)
+            sf = self._run(self.model.encode_supports, x, dummy)
+            feats = [f[0, 0].float().cpu() for f in sf.feats]
+            if self.feature_store is not None:
+                self.feature_store.put(key, feats)
+        self._cache[key] = feats
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return feats
+
+    def supports(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> SupportFeatures:
+        """SupportFeatures (1, k, ...) for k image/mask pairs."""
+        if len(images) != len(masks):
+            raise InputError(f"{len(images)} support images but {len(masks)} support masks")
+        if not 1 <= len(images) <= MAX_K:
+            raise InputError(f"MatchSeg needs between 1 and {MAX_K} supports, got {len(images)}")
+        feats, ms = [], []
+        for i, (img, m) in enumerate(zip(images, masks)):
+            img = check_image(img, name=f"support image {i}")
+            m = check_mask(m, img.shape, name=f"support mask {i}")
+            feats.append(self.image_features(img))
+            ms.append(mask_to_working(m, self.size))
+        m_all = torch.stack(ms)[None].to(self.device)  # (1, k, 1, S, S)
+        out_f, out_m = [], []
+        for i in range(len(feats[0])):
+            f = torch.stack([fs[i] for fs in feats])[None].to(self.device)
+            out_f.append(f)
+            out_m.append(F.adaptive_avg_pool2d(m_all.flatten(0, 1), f.shape[-2:]).view(1, len(feats), 1,
+                                                                                       *f.shape[-2:]))
+        return SupportFeatures(out_f, out_m)
+
+    def predict(self, image: np.ndarray, support_images: Sequence[np.ndarray] = (),
+                support_masks: Sequence[np.ndarray] = ()) -> np.ndarray:
+        """Foreground probability (H, W) float32 at the image's own size; threshold it yourself."""
+        return self.predict_batch([image], [(support_images, support_masks)])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray],
+                      supports: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]) -> list[np.ndarray]:
+        """Several queries at once; queries with the same number of supports share one forward pass."""
+        if len(images) != len(supports):
+            raise InputError(f"{len(images)} queries but {len(supports)} support sets")
+        checked = [check_image(im, name=f"query {i}") for i, im in enumerate(images)]
+        sfs = [self.supports(*s) if self.uses_supports else None for s in supports]
+        out: list[np.ndarray | None] = [None] * len(checked)
+        groups: dict[int, list[int]] = {}
+        for i, sf in enumerate(sfs):
+            groups.setdefault(0 if sf is None else sf.feats[0].shape[1], []).append(i)
+        for k, rows in groups.items():
+            q = torch.stack([to_working(checked[i], self.size) for i in rows]).to(self.device)
+            sf = None
+            if k:
+                sf = SupportFeatures([torch.cat([sfs[i].feats[s] for i in rows]) for s in range(len(sfs[rows[0]].feats))],
+                                     [torch.cat([sfs[i].masks[s] for i in rows]) for s in range(len(sfs[rows[0]].masks))])
+            logits = self._run(self.model.decode, q, sf).float()
+            for j, i in enumerate(rows):
+                h, w = checked[i].shape[:2]
+                up = F.interpolate(logits[j:j + 1], size=(h, w), mode="bilinear", align_corners=False)
+                out[i] = torch.sigmoid(up)[0, 0].cpu().numpy().astype(np.float32)
+        return out  # type: ignore[return-value]

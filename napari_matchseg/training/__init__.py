@@ -1,0 +1,1 @@
+"""Episodic training of MatchSeg (no Qt): data, augmentation, synthetic tasks, losses, the loop."""

@@ -1,0 +1,223 @@
+"""Episodic MatchSeg training: ``matchseg train`` and ``matchseg finetune`` call :func:`train`.
+
+Every step draws a batch of episodes. An episode picks a task (a dataset, or a synthetic task with
+probability ``synthetic_fraction``), a query from that task's training images, and k supports among the
+query's retrieved nearest neighbours (the same retriever the bank uses at inference); k is drawn per step
+between ``k_min`` and ``k_max`` so the model works for any k. Query and supports are augmented
+independently. Validation Dice (supports retrieved from the training split, k = 8) decides the best
+checkpoint. Runs are deterministic given the seed and resume exactly from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..checkpoint import build_matchseg, save_checkpoint
+from ..errors import Cancelled, InputError
+from ..modeling import MatchSeg, MatchSegConfig
+from .augment import augment
+from .data import Split, load_split, neighbours
+from .losses import segmentation_loss
+from .synthetic import synthetic_task
+
+GROUPS = {"busi": ("benign", "malignant")}  # BUSI "normal" images have empty masks (see docs)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data_root: str
+    out_dir: str
+    datasets: tuple[str, ...] = ("busi", "kvasir", "wbc")
+    steps: int = 4000
+    batch_size: int = 8
+    k_min: int = 1
+    k_max: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 150
+    synthetic_fraction: float = 0.15
+    neighbours: int = 16
+    val_every: int = 250
+    val_k: int = 8
+    seed: int = 0
+    retriever: str = "handcrafted"
+    model: dict = dataclasses.field(default_factory=lambda: MatchSegConfig().to_dict())
+    init_checkpoint: str | None = None
+    threads: int | None = None
+
+
+@dataclasses.dataclass
+class Task:
+    train: Split
+    val: Split | None
+    train_nn: np.ndarray  # (N, n) neighbours of each training image among the others
+    val_nn: np.ndarray | None  # (M, n) neighbours of each val image in the training split
+
+
+def _load_cached(cfg: TrainConfig, name: str, split: str, size: int, log) -> Split:
+    cache = Path(cfg.out_dir) / "cache" / f"{name}-{split}-{size}-{cfg.retriever}.pt"
+    if cache.is_file():
+        d = torch.load(cache, weights_only=True)
+        return Split(name, d["ids"], d["images"], d["masks"], d["vectors"].numpy())
+    t = time.time()
+    s = load_split(cfg.data_root, name, split, size, GROUPS.get(name), cfg.retriever)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"ids": s.ids, "images": s.images, "masks": s.masks, "vectors": torch.from_numpy(s.vectors)}, cache)
+    log(f"loaded {name}/{split}: {len(s)} images in {time.time() - t:.0f} s")
+    return s
+
+
+def load_tasks(cfg: TrainConfig, size: int, log=print, with_val: bool = True) -> dict[str, Task]:
+    tasks = {}
+    for name in cfg.datasets:
+        tr = _load_cached(cfg, name, "train", size, log)
+        va = _load_cached(cfg, name, "val", size, log) if with_val else None
+        tasks[name] = Task(tr, va, neighbours(tr.vectors, tr.vectors, cfg.neighbours, exclude_self=True),
+                           neighbours(va.vectors, tr.vectors, cfg.neighbours, exclude_self=False) if va else None)
+    return tasks
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
+
+def sample_batch(tasks: dict[str, Task], cfg: TrainConfig, rng: np.random.Generator, size: int):
+    """(query (B,3,S,S), query mask (B,1,S,S), supports (B,k,3,S,S), support masks (B,k,1,S,S))."""
+    k = int(rng.integers(cfg.k_min, cfg.k_max + 1))
+    names = list(tasks)
+    qi, qm, si, sm = [], [], [], []
+    for _ in range(cfg.batch_size):
+        if not names or rng.random() < cfg.synthetic_fraction:
+            imgs, masks = synthetic_task(rng, 1 + k, size)
+        else:
+            task = tasks[names[int(rng.integers(len(names)))]]
+            q = int(rng.integers(len(task.train)))
+            pool = task.train_nn[q][: max(k, min(task.train_nn.shape[1], 2 * k))]
+            sup = rng.choice(pool, size=k, replace=len(pool) < k)
+            idx = torch.from_numpy(np.concatenate([[q], sup]).astype(np.int64))
+            imgs, masks = _as_float(task.train.images[idx]), task.train.masks[idx].float()
+        a_img, a_mask = augment(imgs[:1], masks[:1], rng, 1.0)
+        b_img, b_mask = augment(imgs[1:], masks[1:], rng, 0.5)
+        qi.append(a_img[0]), qm.append(a_mask[0]), si.append(b_img), sm.append(b_mask)
+    return torch.stack(qi), torch.stack(qm), torch.stack(si), torch.stack(sm)
+
+
+@torch.no_grad()
+def validate(model: MatchSeg, tasks: dict[str, Task], k: int = 8, batch: int = 8) -> dict[str, float]:
+    """Mean Dice per task at the working size, supports = top-k retrieved from the training split."""
+    model.eval()
+    out = {}
+    for name, task in tasks.items():
+        if task.val is None:
+            continue
+        dices = []
+        for start in range(0, len(task.val), batch):
+            rows = range(start, min(len(task.val), start + batch))
+            q = _as_float(task.val.images[list(rows)])
+            gt = task.val.masks[list(rows)].bool()
+            sup = torch.from_numpy(task.val_nn[list(rows), :k].astype(np.int64))
+            logits = model(q, _as_float(task.train.images[sup]), task.train.masks[sup].float())
+            pred = logits > 0
+            inter = (pred & gt).sum((1, 2, 3)).float()
+            card = (pred.sum((1, 2, 3)) + gt.sum((1, 2, 3))).float()
+            dices += torch.where(card > 0, 2 * inter / card.clamp_min(1), torch.ones_like(card)).tolist()
+        out[name] = float(np.mean(dices))
+    model.train()
+    return out
+
+
+def _lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | None = None,
+          cancel: Callable[[], bool] | None = None, log: Callable[[str], None] = print,
+          tasks: dict[str, Task] | None = None) -> dict[str, Any]:
+    """Train (or resume) into ``cfg.out_dir``: ``last.pt`` (resume state), ``best.safetensors``, ``log.jsonl``."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    if cfg.init_checkpoint:  # a checkpoint path, or "default" for the embedded one
+        model, init_meta = build_matchseg(None if cfg.init_checkpoint == "default" else cfg.init_checkpoint)
+        cfg.model = model.config.to_dict()
+    else:
+        model, init_meta = MatchSeg(MatchSegConfig.from_dict(cfg.model)), {}
+    size = model.config.image_size
+    if cfg.k_min < 1 or cfg.k_max < cfg.k_min:
+        raise InputError(f"need 1 <= k_min <= k_max, got {cfg.k_min}..{cfg.k_max}")
+    tasks = tasks if tasks is not None else load_tasks(cfg, size, log)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
+    state_file = out / "last.pt"
+    step, best, best_val, elapsed = 0, -math.inf, {}, 0.0
+    if state_file.is_file():
+        st = torch.load(state_file, weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        step, best, elapsed = int(st["step"]), float(st["best"]), float(st["elapsed"])
+        best_val = json.loads(st["best_val"])
+        log(f"resumed from {state_file} at step {step}")
+
+    def save_state():
+        tmp = state_file.with_name("last.pt.tmp")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "step": step, "best": best, "elapsed": elapsed, "best_val": json.dumps(best_val)}, tmp)
+        tmp.replace(state_file)
+
+    def metadata(val):
+        return {"train_config": dataclasses.asdict(cfg), "step": step, "val_dice": val,
+                "train_seconds": round(elapsed), "steps_per_second": round(step / max(elapsed, 1e-6), 3),
+                "init": init_meta.get("checkpoint"), "torch": torch.__version__}
+
+    running = []
+    t0 = time.time() - elapsed
+    while step < cfg.steps:
+        if cancel is not None and cancel():
+            elapsed = time.time() - t0
+            save_state()
+            raise Cancelled(f"training cancelled at step {step}; resume with the same command")
+        rng = np.random.default_rng([cfg.seed, step])
+        q, qm, s, sm = sample_batch(tasks, cfg, rng, size)
+        logits = model(q, s, sm)
+        loss = segmentation_loss(logits, qm)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        running.append(loss.item())
+        elapsed = time.time() - t0
+        if progress is not None:
+            progress(step, cfg.steps, {"loss": running[-1]})
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            val = validate(model, tasks, cfg.val_k)
+            mean = float(np.mean(list(val.values()))) if val else -float(np.mean(running))
+            record = {"step": step, "loss": float(np.mean(running)), "val_dice": val, "val_mean": mean,
+                      "elapsed_s": round(elapsed, 1), "lr": sched.get_last_lr()[0]}
+            running = []
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            log(json.dumps(record))
+            if mean > best:
+                best, best_val = mean, val
+                save_checkpoint(out / "best.safetensors", model, metadata(val))
+            save_state()
+    return {"best_val_mean": best, "best_val": best_val, "steps": step, "train_seconds": elapsed,
+            "best_checkpoint": str(out / "best.safetensors")}
