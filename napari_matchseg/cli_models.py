@@ -17,8 +17,17 @@ def add_proposal_args(p) -> None:
 
     p.add_argument("--bank", required=True, help="reference bank folder")
     p.add_argument("-k", type=int, default=8, help="number of supports (1-32, default 8)")
-    p.add_argument("--proposer", default="matchseg", choices=("matchseg",))
-    p.add_argument("--checkpoint", help="MatchSeg checkpoint (default: the one shipped in the package)")
+    p.add_argument("--proposer", default="matchseg", choices=("matchseg", "sam2"))
+    p.add_argument("--checkpoint", help="the proposer's checkpoint (default: MatchSeg's shipped one; for sam2 the "
+                                        "weights cache, see `matchseg weights where`)")
+    p.add_argument("--sam2-model", default="sam2.1_hiera_tiny",
+                   choices=("sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large"))
+    p.add_argument("--sam2-image-size", type=int, default=1024, help="SAM 2 input size (official: 1024)")
+    p.add_argument("--refine", default="none", choices=("none", "sam2"),
+                   help="refine each proposal with SAM 2 prompts from its confident pixels (SAM-Match)")
+    p.add_argument("--refine-threshold", type=float, default=0.95)
+    p.add_argument("--refine-margin", type=int, default=30, help="box margin in pixels")
+    p.add_argument("--sam2-checkpoint", help="SAM 2 checkpoint for --refine (default: the weights cache)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--support", default="retrieved", choices=("retrieved", "random"),
                    help="how supports are chosen (random is the ablation)")
@@ -30,12 +39,20 @@ def add_proposal_args(p) -> None:
 def _pipeline(args):
     from .bank import ReferenceBank
     from .cli import _retriever
-    from .predictor import MatchSegPredictor
+    from .propose import build_proposer
 
     if not 0.0 < args.threshold < 1.0:
         raise InputError(f"--threshold must be between 0 and 1, got {args.threshold}")
     bank = ReferenceBank.open(args.bank)
-    return bank, _retriever(args), MatchSegPredictor(args.checkpoint, device=args.device)
+    predictor = build_proposer(args.proposer, args.checkpoint, args.device, args.sam2_model, args.sam2_image_size)
+    args.refiner = None
+    if args.refine == "sam2":
+        from .samatch import Sam2Refiner
+
+        model = getattr(predictor, "model", None) if args.proposer == "sam2" else None
+        args.refiner = Sam2Refiner(args.sam2_model, args.sam2_checkpoint, args.device, args.sam2_image_size,
+                                   _model=model)
+    return bank, _retriever(args), predictor
 
 
 def _propose_file(bank, retriever, predictor, path: Path, args, rng):
@@ -45,7 +62,9 @@ def _propose_file(bank, retriever, predictor, path: Path, args, rng):
     image = read_image(path)
     exclude = [] if args.allow_self else [i for i in [bank.find_image(image)] if i]
     return image, propose(bank, image, retriever=retriever, predictor=predictor, k=args.k, exclude=exclude,
-                          strategy=args.support, rng=rng)
+                          strategy=args.support, rng=rng, refiner=getattr(args, "refiner", None),
+                          refine_threshold=getattr(args, "refine_threshold", 0.95),
+                          refine_margin=getattr(args, "refine_margin", 30))
 
 
 def cmd_segment(args) -> int:
@@ -88,7 +107,8 @@ def evaluate(bank, retriever, predictor, pairs, args, progress=None) -> dict:
         gt = read_mask(mask_path, image.shape)
         m = all_metrics(proposal.mask(args.threshold), gt)
         rows.append({"image": img_path.name, **{k: round(v, 6) for k, v in m.items()},
-                     "gt_empty": not gt.any(), "supports": " ".join(s.id for s in proposal.supports)})
+                     "gt_empty": not gt.any(), "supports": " ".join(s.id for s in proposal.supports),
+                     "refinement": proposal.note})
         if progress:
             progress(i + 1, len(pairs))
     summary = {"n": len(rows), "n_gt_empty": sum(r["gt_empty"] for r in rows)}
@@ -99,7 +119,7 @@ def evaluate(bank, retriever, predictor, pairs, args, progress=None) -> dict:
         summary[f"{key}_std"] = float(vals.std()) if len(vals) else float("nan")
     summary["n_hd95_undefined"] = int(sum(not np.isfinite(r["hd95"]) for r in rows))
     return {**summary, "k": args.k, "support": args.support, "retriever": retriever.model_id,
-            "checkpoint": predictor.metadata.get("checkpoint"), "rows": rows}
+            "proposer": predictor.model_id, "refine": getattr(args, "refine", "none"), "rows": rows}
 
 
 def cmd_eval(args) -> int:

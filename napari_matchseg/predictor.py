@@ -47,7 +47,12 @@ class MatchSegPredictor:
         self.feature_shapes = [tuple(f.shape[2:]) for f in probe.feats]
         self._cache: OrderedDict[str, list[torch.Tensor]] = OrderedDict()
         self._cache_size = memory_cache
-        self.feature_store = None  # set by propose() to a bank's FeatureCache
+        self.feature_store = None  # set by attach_cache(), e.g. to a bank's FeatureCache
+
+    def attach_cache(self, store) -> None:
+        """Read and write support features through ``store`` (a FeatureCache) as well as memory."""
+        store.bind(self.feature_shapes)
+        self.feature_store = store
 
     @property
     def uses_supports(self) -> bool:

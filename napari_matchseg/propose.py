@@ -14,23 +14,37 @@ from .image_io import check_image
 from .predictor import MatchSegPredictor
 from .retrieval import Match, Retriever, retrieve
 
-PROPOSERS = ("matchseg",)
+PROPOSERS = ("matchseg", "sam2")
 
 
 @dataclasses.dataclass
 class Proposal:
     probability: np.ndarray  # (H, W) float32 in [0, 1]
     supports: list[Match]  # the references used, best first, with their similarity
+    refined_mask: np.ndarray | None = None  # set by a SAM 2 refinement (SAM-Match)
+    note: str = ""
 
     def mask(self, threshold: float = 0.5) -> np.ndarray:
+        if self.refined_mask is not None:
+            return self.refined_mask
         return self.probability >= threshold
 
 
-def attach_bank(predictor: MatchSegPredictor, bank: ReferenceBank) -> None:
-    """Let the predictor read and write its support features in the bank."""
-    store = FeatureCache(bank.path, predictor.model_id)
-    store.bind(predictor.feature_shapes)
-    predictor.feature_store = store
+def build_proposer(name: str = "matchseg", checkpoint=None, device: str | None = "auto",
+                   sam2_model: str = "sam2.1_hiera_tiny", sam2_image_size: int = 1024):
+    """A proposer by name: ``matchseg`` (default, shipped checkpoint) or ``sam2`` (memory attention)."""
+    if name == "matchseg":
+        return MatchSegPredictor(checkpoint, device=device)
+    if name == "sam2":
+        from .sam2_memory import Sam2MemoryProposer
+
+        return Sam2MemoryProposer(sam2_model, checkpoint, device=device, image_size=sam2_image_size)
+    raise InputError(f"unknown proposer {name!r}; choose one of {', '.join(PROPOSERS)}")
+
+
+def attach_bank(predictor, bank: ReferenceBank) -> None:
+    """Let the proposer read and write its per-reference features in the bank."""
+    predictor.attach_cache(FeatureCache(bank.path, predictor.model_id))
 
 
 def select_supports(bank: ReferenceBank, retriever: Retriever, image: np.ndarray, k: int,
@@ -48,11 +62,13 @@ def select_supports(bank: ReferenceBank, retriever: Retriever, image: np.ndarray
     raise InputError(f"support strategy must be 'retrieved' or 'random', not {strategy!r}")
 
 
-def propose(bank: ReferenceBank, image: np.ndarray, *, retriever: Retriever, predictor: MatchSegPredictor,
+def propose(bank: ReferenceBank, image: np.ndarray, *, retriever: Retriever, predictor,
             k: int = 8, exclude: Iterable[str] = (), strategy: str = "retrieved",
             rng: np.random.Generator | None = None, progress: Callable[[int, int], None] | None = None,
-            cancel: Callable[[], bool] | None = None) -> Proposal:
-    """A probability map for ``image`` from its ``k`` most similar references."""
+            cancel: Callable[[], bool] | None = None, refiner=None, refine_threshold: float = 0.95,
+            refine_margin: int = 30) -> Proposal:
+    """A probability map for ``image`` from its ``k`` most similar references (``predictor``: any proposer),
+    optionally refined by SAM 2 prompts (``refiner``: a :class:`~napari_matchseg.samatch.Sam2Refiner`)."""
     img = check_image(image)
     if not 1 <= k <= 32:
         raise InputError(f"k must be between 1 and 32, got {k}")
@@ -63,4 +79,8 @@ def propose(bank: ReferenceBank, image: np.ndarray, *, retriever: Retriever, pre
         matches = select_supports(bank, retriever, img, k, exclude, strategy, rng, progress, cancel)
     ids = [m.id for m in matches]
     prob = predictor.predict(img, [bank.load_image(i) for i in ids], [bank.load_mask(i) for i in ids])
-    return Proposal(prob, matches)
+    proposal = Proposal(prob, matches)
+    if refiner is not None:
+        r = refiner.refine(img, prob, threshold=refine_threshold, margin=refine_margin)
+        proposal.refined_mask, proposal.note = (r.mask if r.refined else None), r.reason
+    return proposal

@@ -2,10 +2,11 @@
 
 The MatchSeg paper compared CLIP with LBP and HOG for choosing the support set; this combines
 them. Each block is made invariant to what should not change the match: HOG is averaged over
-the four flips (so a mirrored scan matches its original), histograms are computed after a
-percentile contrast stretch (so brightness and contrast changes barely move them), LBP runs on
-a lightly smoothed image (so speckle noise moves it less), and histograms are square-rooted
-(Hellinger kernel) before the block is weighted and concatenated.
+the four flips (so a mirrored scan matches its original); LBP and the intensity histogram use a
+percentile-stretched, smoothed image (so brightness, contrast and speckle noise barely move them);
+the colour histogram is of opponent colours (r - g, (r + g)/2 - b) of a 32 x 32 average, blind to
+additive brightness and averaging noise away. Histograms are square-rooted (Hellinger kernel),
+each block is L2-normalised, weighted and concatenated.
 """
 
 from __future__ import annotations
