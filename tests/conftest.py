@@ -21,6 +21,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MATCHSEG_CACHE_DIR", str(tmp_path_factory.mktemp("weights-cache")))
     monkeypatch.setenv("MATCHSEG_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
+    monkeypatch.setenv("MATCHSEG_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
 
 
 def dataset_dir(name: str) -> Path:

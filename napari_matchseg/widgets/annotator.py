@@ -1,0 +1,465 @@
+"""The "Segment by reference" dock widget: bank, references, propose, accept, export.
+
+Everything heavy (embedding the bank, loading a model, proposing) runs in a worker thread with a progress
+bar and a Cancel button; errors become napari notifications carrying the core's message. The widget keeps
+no state that matters beyond the bank on disk, which is written as you go.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                            QLineEdit, QListWidget, QProgressBar, QPushButton, QSlider, QSpinBox, QVBoxLayout,
+                            QWidget)
+
+from ..bank import ReferenceBank
+from ..errors import Cancelled, DuplicateReference, InputError, MatchsegError
+from ..image_io import check_image, check_mask, write_mask
+from ..retrieval import RETRIEVER_NAMES
+from ..settings import Settings
+
+
+class _Signals(QObject):
+    progress = Signal(int, int, str)
+
+
+def _notify_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+def _notify_info(message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(message)
+
+
+class ReferenceAnnotator(QWidget):
+    """Label a few images, retrieve similar references, propose masks, accept or edit, export."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.settings = Settings.load()
+        self.bank: ReferenceBank | None = None
+        self.busy = False
+        self._cancel = threading.Event()
+        self._worker = None
+        self._proposers: dict[tuple, object] = {}
+        self._probabilities: dict[tuple[str, int | None], np.ndarray] = {}
+        self.last_matches: list = []
+        self.accepted: dict[str, set] = {}
+        self._signals = _Signals()
+        self._signals.progress.connect(self._on_progress)
+        self._build_ui()
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self._refresh_layers()
+        if self.settings.bank and (Path(self.settings.bank) / "bank.json").is_file():
+            self.open_bank(self.settings.bank)
+
+    # ------------------------------------------------------------------ UI
+    def _build_ui(self) -> None:
+        s = self.settings
+        root = QVBoxLayout(self)
+        box = QGroupBox("Reference bank")
+        lay = QVBoxLayout(box)
+        row = QHBoxLayout()
+        self.bank_path = QLineEdit(s.bank)
+        self.bank_path.setPlaceholderText("bank folder (new or existing)")
+        open_btn = QPushButton("Open / create")
+        open_btn.clicked.connect(lambda: self.open_bank(self.bank_path.text()))
+        browse = QPushButton("...")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse_bank)
+        row.addWidget(self.bank_path)
+        row.addWidget(browse)
+        row.addWidget(open_btn)
+        lay.addLayout(row)
+        self.bank_label = QLabel("no bank open")
+        lay.addWidget(self.bank_label)
+        self.references = QListWidget()
+        self.references.setMaximumHeight(120)
+        lay.addWidget(self.references)
+        row = QHBoxLayout()
+        self.add_btn = QPushButton("Add as reference")
+        self.add_btn.setToolTip("the current image/slice with its current labels")
+        self.add_btn.clicked.connect(self.add_current_as_reference)
+        rm = QPushButton("Remove selected")
+        rm.clicked.connect(self.remove_selected)
+        row.addWidget(self.add_btn)
+        row.addWidget(rm)
+        lay.addLayout(row)
+        root.addWidget(box)
+
+        box = QGroupBox("Layers")
+        form = QFormLayout(box)
+        self.image_combo = QComboBox()
+        self.labels_combo = QComboBox()
+        form.addRow("image", self.image_combo)
+        form.addRow("labels", self.labels_combo)
+        root.addWidget(box)
+
+        box = QGroupBox("Propose")
+        form = QFormLayout(box)
+        self.retriever_combo = QComboBox()
+        self.retriever_combo.addItems(RETRIEVER_NAMES)
+        self.retriever_combo.setCurrentText(s.retriever)
+        self.k_spin = QSpinBox()
+        self.k_spin.setRange(1, 32)
+        self.k_spin.setValue(s.k)
+        self.proposer_combo = QComboBox()
+        self.proposer_combo.addItems(["matchseg", "sam2"])
+        self.proposer_combo.setCurrentText(s.proposer)
+        self.refine_check = QCheckBox("refine with SAM 2 prompts")
+        self.refine_check.setChecked(s.refine)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device_combo.setCurrentText(s.device)
+        self.threshold = QSlider(Qt.Horizontal)
+        self.threshold.setRange(1, 99)
+        self.threshold.setValue(int(round(s.threshold * 100)))
+        self.threshold.valueChanged.connect(self._rethreshold)
+        form.addRow("retriever", self.retriever_combo)
+        form.addRow("k", self.k_spin)
+        form.addRow("proposer", self.proposer_combo)
+        form.addRow("", self.refine_check)
+        form.addRow("device", self.device_combo)
+        form.addRow("threshold", self.threshold)
+        row = QHBoxLayout()
+        self.propose_btn = QPushButton("Propose")
+        self.propose_btn.setToolTip("propose a mask for the current image/slice (P)")
+        self.propose_btn.clicked.connect(self.propose_current)
+        self.accept_btn = QPushButton("Accept")
+        self.accept_btn.setToolTip("add the (edited) proposal to the bank (A)")
+        self.accept_btn.clicked.connect(self.accept_current)
+        row.addWidget(self.propose_btn)
+        row.addWidget(self.accept_btn)
+        form.addRow(row)
+        self.matches = QListWidget()
+        self.matches.setMaximumHeight(100)
+        form.addRow("retrieved", self.matches)
+        root.addWidget(box)
+
+        row = QHBoxLayout()
+        self.export_btn = QPushButton("Export accepted masks...")
+        self.export_btn.clicked.connect(self._browse_export)
+        row.addWidget(self.export_btn)
+        root.addLayout(row)
+        row = QHBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        row.addWidget(self.progress)
+        row.addWidget(self.cancel_btn)
+        root.addLayout(row)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        root.addWidget(self.status)
+        root.addStretch()
+        try:
+            self.viewer.bind_key("p", lambda v: self.propose_current(), overwrite=True)
+            self.viewer.bind_key("a", lambda v: self.accept_current(), overwrite=True)
+        except Exception:  # key bindings are a convenience
+            pass
+
+    def _refresh_layers(self, *_) -> None:
+        from napari.layers import Image, Labels
+
+        for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
+            current = combo.currentText()
+            combo.clear()
+            combo.addItems([ly.name for ly in self.viewer.layers if isinstance(ly, kind)])
+            if current:
+                combo.setCurrentText(current)
+
+    def _save_settings(self) -> None:
+        s = self.settings
+        s.retriever, s.k = self.retriever_combo.currentText(), self.k_spin.value()
+        s.proposer, s.device = self.proposer_combo.currentText(), self.device_combo.currentText()
+        s.refine, s.threshold = self.refine_check.isChecked(), self.threshold.value() / 100
+        s.bank = str(self.bank.path) if self.bank else s.bank
+        s.save()
+
+    # ------------------------------------------------------------------ bank
+    def _browse_bank(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Bank folder")
+        if folder:
+            self.bank_path.setText(folder)
+            self.open_bank(folder)
+
+    def open_bank(self, path: str) -> None:
+        if not path:
+            _notify_error("choose a folder for the reference bank first")
+            return
+        try:
+            self.bank = ReferenceBank.open(path, create=True)
+        except MatchsegError as exc:
+            _notify_error(str(exc))
+            return
+        self.bank_path.setText(str(self.bank.path))
+        self._save_settings()
+        self._refresh_references()
+
+    def _refresh_references(self) -> None:
+        self.references.clear()
+        if self.bank is None:
+            self.bank_label.setText("no bank open")
+            return
+        self.bank.refresh()
+        for ref in self.bank:
+            tag = "accepted" if ref.source == "accepted_proposal" else "manual"
+            self.references.addItem(f"{ref.id}  [{tag}]  {ref.original_name}")
+        self.bank_label.setText(f"{self.bank.path}: {len(self.bank)} references")
+
+    def _need_bank(self) -> ReferenceBank:
+        if self.bank is None:
+            raise InputError("open or create a reference bank first (Reference bank > Open / create)")
+        return self.bank
+
+    def remove_selected(self) -> None:
+        try:
+            bank = self._need_bank()
+            for item in self.references.selectedItems():
+                bank.remove(item.text().split()[0])
+        except MatchsegError as exc:
+            _notify_error(str(exc))
+        self._refresh_references()
+
+    # ------------------------------------------------------------------ slices
+    def _layer(self, name: str, kind: str):
+        if not name or name not in self.viewer.layers:
+            raise InputError(f"choose a {kind} layer first")
+        return self.viewer.layers[name]
+
+    def _image_slice(self) -> tuple[object, int | None, np.ndarray]:
+        layer = self._layer(self.image_combo.currentText(), "image")
+        data = np.asarray(layer.data)
+        spatial = data.ndim - (1 if layer.rgb else 0)
+        if spatial == 2:
+            return layer, None, check_image(data, name=layer.name)
+        if spatial == 3:
+            idx = int(self.viewer.dims.current_step[0])
+            idx = min(max(idx, 0), data.shape[0] - 1)
+            return layer, idx, check_image(data[idx], name=f"{layer.name} slice {idx}")
+        raise InputError(f"layer {layer.name!r} has shape {data.shape}: expected a 2D image or a stack of 2D "
+                         "images (one slice = one image)")
+
+    @staticmethod
+    def _name(layer, idx: int | None) -> str:
+        src = getattr(getattr(layer, "source", None), "path", None)
+        stem = Path(src).stem if src else layer.name
+        return stem if idx is None else f"{stem}_{idx:04d}"
+
+    def _labels_slice(self, labels_layer, idx: int | None, image: np.ndarray) -> np.ndarray:
+        data = np.asarray(labels_layer.data)
+        sl = data if idx is None or data.ndim == 2 else data[idx]
+        return check_mask(sl, image.shape, name=f"labels {labels_layer.name!r}")
+
+    def add_current_as_reference(self) -> None:
+        try:
+            bank = self._need_bank()
+            layer, idx, image = self._image_slice()
+            labels = self._layer(self.labels_combo.currentText(), "labels")
+            mask = self._labels_slice(labels, idx, image)
+            self._store(bank, image, mask, self._name(layer, idx), "manual")
+        except MatchsegError as exc:
+            _notify_error(str(exc))
+
+    def _store(self, bank, image, mask, name, source) -> None:
+        try:
+            ref = bank.add(image, mask, name=name, source=source)
+            msg = f"added {ref.id} to the bank"
+        except DuplicateReference as exc:
+            ref = bank.update_mask(exc.existing_id, mask, source=source)
+            msg = f"updated the mask of {ref.id}"
+        self._refresh_references()
+        self.status.setText(msg)
+
+    # ------------------------------------------------------------------ workers
+    def _run(self, fn, on_done, label: str) -> None:
+        if self.busy:
+            _notify_info("busy: wait for the current task or cancel it")
+            return
+        from napari.qt.threading import create_worker
+
+        self._cancel.clear()
+        self.busy = True
+        self.progress.setVisible(True)
+        self.progress.setRange(0, 0)
+        self.cancel_btn.setEnabled(True)
+        self.status.setText(label)
+        # errors go to our handler (a notification), never re-raised into the event loop
+        self._worker = create_worker(fn, _connect={"returned": on_done, "errored": self._on_error,
+                                                   "finished": self._on_finished})
+
+    def _on_progress(self, done: int, total: int, text: str) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        if text:
+            self.status.setText(text)
+
+    def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, Cancelled):
+            self.status.setText(f"cancelled: {exc}")
+            return
+        _notify_error(str(exc) if isinstance(exc, MatchsegError) else f"{type(exc).__name__}: {exc}")
+        self.status.setText(f"error: {exc}")
+
+    def _on_finished(self) -> None:
+        self.busy = False
+        self.progress.setVisible(False)
+        self.cancel_btn.setEnabled(False)
+        self._worker = None
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self.status.setText("cancelling...")
+
+    def _progress_cb(self, text: str):
+        def cb(done: int, total: int) -> None:
+            if self._cancel.is_set():
+                raise Cancelled("cancelled by the user")
+            self._signals.progress.emit(done, total, text)
+        return cb
+
+    # ------------------------------------------------------------------ propose / accept
+    def _proposer(self):
+        from ..propose import build_proposer
+
+        key = (self.proposer_combo.currentText(), self.settings.checkpoint, self.device_combo.currentText())
+        if key not in self._proposers:
+            self._proposers[key] = build_proposer(key[0], key[1] or None, key[2])
+        return self._proposers[key]
+
+    def propose_current(self) -> None:
+        try:
+            bank = self._need_bank()
+            if len(bank) == 0:
+                raise InputError("the bank is empty: label an image and press 'Add as reference' first")
+            layer, idx, image = self._image_slice()
+        except MatchsegError as exc:
+            _notify_error(str(exc))
+            return
+        self._save_settings()
+        retriever_name, k = self.retriever_combo.currentText(), self.k_spin.value()
+        refine = self.refine_check.isChecked()
+
+        def work():
+            from ..propose import propose
+            from ..retrieval import get_retriever
+
+            self._signals.progress.emit(0, 0, "loading the model...")
+            proposer = self._proposer()
+            refiner = None
+            if refine:
+                from ..samatch import Sam2Refiner
+
+                refiner = Sam2Refiner(device=self.device_combo.currentText())
+            exclude = [i for i in [bank.find_image(image)] if i]
+            result = propose(bank, image, retriever=get_retriever(retriever_name), predictor=proposer,
+                             k=min(k, len(bank) - len(exclude)) or 1, exclude=exclude,
+                             progress=self._progress_cb("embedding the bank..."),
+                             cancel=self._cancel.is_set, refiner=refiner)
+            return layer, idx, image, result
+
+        self._run(work, self._show_proposal, "proposing...")
+
+    def _show_proposal(self, payload) -> None:
+        layer, idx, image, result = payload
+        self._probabilities[(layer.name, idx)] = result.probability
+        shape = np.asarray(layer.data).shape[: np.asarray(layer.data).ndim - (1 if layer.rgb else 0)]
+        name = f"{layer.name} proposal"
+        if name not in self.viewer.layers or self.viewer.layers[name].data.shape != shape:
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            self.viewer.add_labels(np.zeros(shape, np.uint8), name=name, opacity=0.5)
+        pname = f"{layer.name} probability"
+        if pname not in self.viewer.layers or self.viewer.layers[pname].data.shape != shape:
+            if pname in self.viewer.layers:
+                self.viewer.layers.remove(pname)
+            self.viewer.add_image(np.zeros(shape, np.float32), name=pname, colormap="magma", opacity=0.4,
+                                  contrast_limits=(0, 1), visible=False)
+        prob_layer, labels = self.viewer.layers[pname], self.viewer.layers[name]
+        mask = result.mask(self.threshold.value() / 100).astype(np.uint8)
+        if idx is None:
+            prob_layer.data = result.probability
+            labels.data = mask
+        else:
+            prob_layer.data[idx] = result.probability
+            labels.data[idx] = mask
+            prob_layer.refresh()
+            labels.refresh()
+        self.labels_combo.setCurrentText(name)
+        self.viewer.layers.selection.active = labels
+        self.last_matches = result.supports
+        self.matches.clear()
+        for m in result.supports:
+            self.matches.addItem(f"{m.score:.3f}  {m.id}")
+        note = f"; {result.note}" if result.note else ""
+        self.status.setText(f"proposal from {len(result.supports)} references{note}. Edit it with the brush/eraser, "
+                            "then Accept")
+
+    def _rethreshold(self, value: int) -> None:
+        try:
+            layer, idx, _ = self._image_slice()
+        except MatchsegError:
+            return
+        prob = self._probabilities.get((layer.name, idx))
+        name = f"{layer.name} proposal"
+        if prob is None or name not in self.viewer.layers:
+            return
+        labels = self.viewer.layers[name]
+        mask = (prob >= value / 100).astype(np.uint8)
+        if idx is None:
+            labels.data = mask
+        else:
+            labels.data[idx] = mask
+            labels.refresh()
+
+    def accept_current(self) -> None:
+        try:
+            bank = self._need_bank()
+            layer, idx, image = self._image_slice()
+            name = f"{layer.name} proposal"
+            labels = self._layer(name if name in self.viewer.layers else self.labels_combo.currentText(), "labels")
+            mask = self._labels_slice(labels, idx, image)
+            self._store(bank, image, mask, self._name(layer, idx), "accepted_proposal")
+            self.accepted.setdefault(layer.name, set()).add(idx)
+        except MatchsegError as exc:
+            _notify_error(str(exc))
+
+    # ------------------------------------------------------------------ export
+    def _browse_export(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export masks to")
+        if folder:
+            self.export_accepted(folder)
+
+    def export_accepted(self, folder: str, value: int = 255) -> list[Path]:
+        """Write every accepted slice's mask as ``<stem>.png`` (0/``value``); refuse to overwrite anything."""
+        try:
+            layer, _, _ = self._image_slice()
+            name = f"{layer.name} proposal"
+            labels = np.asarray(self._layer(name, "labels").data)
+            indices = sorted(self.accepted.get(layer.name, set()), key=lambda i: -1 if i is None else i)
+            if not indices:
+                raise InputError("nothing accepted yet for this image layer: Accept a proposal first")
+            targets = [(Path(folder) / f"{self._name(layer, i)}.png", labels if i is None else labels[i])
+                       for i in indices]
+            existing = [str(t.name) for t, _ in targets if t.exists()]
+            if existing:
+                raise InputError(f"{len(existing)} files already exist in {folder} ({', '.join(existing[:5])}); "
+                                 "nothing was written. Choose an empty folder")
+            written = [write_mask(t, m != 0, overwrite=False, value=value) for t, m in targets]
+        except (MatchsegError, OSError) as exc:
+            _notify_error(str(exc))
+            return []
+        self.status.setText(f"exported {len(written)} masks to {folder}")
+        return written

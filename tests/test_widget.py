@@ -1,0 +1,105 @@
+"""The "Segment by reference" widget driven in a real napari viewer (xvfb-run)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_matchseg.bank import ReferenceBank
+from napari_matchseg.checkpoint import save_checkpoint
+from napari_matchseg.modeling import MatchSeg, MatchSegConfig
+from napari_matchseg.widgets import ReferenceAnnotator
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    torch.manual_seed(0)
+    cfg = MatchSegConfig(image_size=64, widths=(8, 16, 24, 32), reduced=(16, 16), heads=2)
+    return save_checkpoint(tmp_path / "tiny.safetensors", MatchSeg(cfg))
+
+
+@pytest.fixture
+def annotator(make_napari_viewer, tmp_path, tiny_ckpt):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-matchseg", "ultrasound")
+    widget = ReferenceAnnotator(viewer)
+    widget.settings.checkpoint = str(tiny_ckpt)
+    widget.image_combo.setCurrentText("sample ultrasound")
+    widget.labels_combo.setCurrentText("sample ultrasound labels")
+    widget.open_bank(str(tmp_path / "bank"))
+    return viewer, widget
+
+
+def test_menu_and_widget_are_contributed():
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    mf = pm.get_manifest("napari-matchseg")
+    assert [s.label for s in mf.contributions.submenus] == ["Segment by reference"]
+    assert "napari/layers/segment" in mf.contributions.menus
+    assert [w.display_name for w in mf.contributions.widgets] == ["Segment by reference"]
+
+
+def test_label_propose_edit_accept_export(annotator, qtbot, tmp_path):
+    viewer, w = annotator
+    for i in range(4):  # label a few slices
+        viewer.dims.set_current_step(0, i)
+        w.add_current_as_reference()
+    assert len(ReferenceBank.open(tmp_path / "bank")) == 4 and w.references.count() == 4
+    viewer.dims.set_current_step(0, 6)
+    w.k_spin.setValue(3)
+    w.propose_current()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    proposal = viewer.layers["sample ultrasound proposal"]
+    assert proposal.data.shape == (8, 160, 160)
+    assert len(w.last_matches) == 3 and w.matches.count() == 3
+    assert "sample ultrasound probability" in viewer.layers
+    prob = viewer.layers["sample ultrasound probability"].data[6]
+    assert prob.max() > 0 and (proposal.data[6] == (prob >= 0.5)).all()
+    w.threshold.setValue(90)  # live re-threshold
+    assert (proposal.data[6] == (prob >= 0.9)).all()
+    edited = proposal.data.copy()  # the user paints
+    edited[6, 40:80, 40:80] = 1
+    proposal.data = edited
+    w.accept_current()
+    bank = ReferenceBank.open(tmp_path / "bank")
+    assert len(bank) == 5
+    accepted = [r for r in bank if r.source == "accepted_proposal"]
+    assert len(accepted) == 1 and bank.load_mask(accepted[0].id)[40:80, 40:80].all()
+    written = w.export_accepted(str(tmp_path / "export"))
+    assert [p.name for p in written] == ["sample ultrasound_0006.png"]
+    assert set(np.unique(np.array(Image.open(written[0])))) == {0, 255}
+    assert w.export_accepted(str(tmp_path / "export")) == []  # never overwritten silently
+
+
+def test_cancel_and_bad_inputs_notify_instead_of_crashing(annotator, qtbot, monkeypatch):
+    viewer, w = annotator
+    errors = []
+    monkeypatch.setattr("napari_matchseg.widgets.annotator._notify_error", errors.append)
+    w.propose_current()
+    assert errors and "bank is empty" in errors[-1]
+    viewer.add_image(np.zeros((3, 4, 20, 20), np.uint8), name="volume4d")
+    w.image_combo.setCurrentText("volume4d")
+    w.add_current_as_reference()
+    assert "expected a 2D image or a stack" in errors[-1]
+    viewer.add_labels(np.zeros((8, 150, 150), np.uint8), name="wrong")
+    w.image_combo.setCurrentText("sample ultrasound")
+    w.labels_combo.setCurrentText("wrong")
+    w.add_current_as_reference()
+    assert "(150, 150)" in errors[-1] and "(160, 160)" in errors[-1]
+    w.labels_combo.setCurrentText("sample ultrasound labels")
+    for i in range(3):
+        viewer.dims.set_current_step(0, i)
+        w.add_current_as_reference()
+    viewer.dims.set_current_step(0, 5)
+    w.propose_current()
+    w.cancel()  # right away: the worker stops at its next check, before the bank is embedded
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert w.status.text().startswith("cancelled")
+    assert "sample ultrasound proposal" not in viewer.layers
+    w.propose_current()  # and the widget still works afterwards
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert "sample ultrasound proposal" in viewer.layers
