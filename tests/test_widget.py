@@ -1,5 +1,7 @@
 """The "Segment by reference" widget driven in a real napari viewer (xvfb-run)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,40 @@ def test_cancel_and_bad_inputs_notify_instead_of_crashing(annotator, qtbot, monk
     w.propose_current()  # and the widget still works afterwards
     qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
     assert "sample ultrasound proposal" in viewer.layers
+
+
+def test_series_propose_all_and_suggest_next(annotator, qtbot, tmp_path):
+    viewer, w = annotator
+    for i in (0, 1):
+        viewer.dims.set_current_step(0, i)
+        w.add_current_as_reference()
+    w.k_spin.setValue(2)
+    w.suggest_next()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert w.status.text().startswith("label slice") and len(w.suggestions) == 6
+    assert viewer.dims.current_step[0] == w.suggestions[0].index not in (0, 1)
+    w.propose_all()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    assert w.status.text() == "proposed 6 of 6 unlabelled slices"
+    assert {k[1] for k in w._probabilities} == {2, 3, 4, 5, 6, 7}
+    assert not w.references.item(0).icon().isNull()  # thumbnails
+
+
+def test_folder_reader_and_labels_writer(tmp_path):
+    from napari_matchseg.reader import get_folder_reader
+    from napari_matchseg.sample_data import write_sample
+    from napari_matchseg.widgets import write_labels
+
+    write_sample(tmp_path / "s", n_per_kind=2)
+    layers = get_folder_reader(str(tmp_path / "s" / "images"))(str(tmp_path / "s" / "images"))
+    assert len(layers) == 4  # two sizes: one layer per image
+    (tmp_path / "same").mkdir()
+    for f in sorted((tmp_path / "s" / "images").glob("ultrasound_*.png")):
+        (tmp_path / "same" / f.name).write_bytes(f.read_bytes())
+    (stack, meta, kind), = get_folder_reader(str(tmp_path / "same"))(str(tmp_path / "same"))
+    assert stack.shape == (2, 160, 160) and [Path(f).name for f in meta["metadata"]["files"]] == [
+        "ultrasound_00.png", "ultrasound_01.png"]
+    out = write_labels(str(tmp_path / "m.png"), np.ones((2, 20, 20), np.uint8), {})
+    assert [Path(p).name for p in out] == ["m_0000.png", "m_0001.png"]
+    with pytest.raises(FileExistsError):
+        write_labels(str(tmp_path / "m.png"), np.ones((2, 20, 20), np.uint8), {})

@@ -141,6 +141,15 @@ class ReferenceAnnotator(QWidget):
         row.addWidget(self.propose_btn)
         row.addWidget(self.accept_btn)
         form.addRow(row)
+        row = QHBoxLayout()
+        self.propose_all_btn = QPushButton("Propose all unlabelled")
+        self.propose_all_btn.clicked.connect(self.propose_all)
+        self.suggest_btn = QPushButton("Suggest next")
+        self.suggest_btn.setToolTip("go to the unlabelled slice the bank covers worst (N)")
+        self.suggest_btn.clicked.connect(self.suggest_next)
+        row.addWidget(self.propose_all_btn)
+        row.addWidget(self.suggest_btn)
+        form.addRow(row)
         self.matches = QListWidget()
         self.matches.setMaximumHeight(100)
         form.addRow("retrieved", self.matches)
@@ -149,7 +158,15 @@ class ReferenceAnnotator(QWidget):
         row = QHBoxLayout()
         self.export_btn = QPushButton("Export accepted masks...")
         self.export_btn.clicked.connect(self._browse_export)
+        self.finetune_btn = QPushButton("Fine-tune on bank")
+        self.finetune_btn.setToolTip("adapt MatchSeg to this bank in the background (a few minutes on a CPU)")
+        self.finetune_btn.clicked.connect(self.finetune)
+        self.download_btn = QPushButton("Download weights")
+        self.download_btn.setToolTip("fetch the checkpoints the chosen retriever/proposer need")
+        self.download_btn.clicked.connect(self.download_weights)
         row.addWidget(self.export_btn)
+        row.addWidget(self.finetune_btn)
+        row.addWidget(self.download_btn)
         root.addLayout(row)
         row = QHBoxLayout()
         self.progress = QProgressBar()
@@ -167,6 +184,7 @@ class ReferenceAnnotator(QWidget):
         try:
             self.viewer.bind_key("p", lambda v: self.propose_current(), overwrite=True)
             self.viewer.bind_key("a", lambda v: self.accept_current(), overwrite=True)
+            self.viewer.bind_key("n", lambda v: self.suggest_next(), overwrite=True)
         except Exception:  # key bindings are a convenience
             pass
 
@@ -216,8 +234,39 @@ class ReferenceAnnotator(QWidget):
         self.bank.refresh()
         for ref in self.bank:
             tag = "accepted" if ref.source == "accepted_proposal" else "manual"
-            self.references.addItem(f"{ref.id}  [{tag}]  {ref.original_name}")
+            self.references.addItem(self._item(f"{ref.id}  [{tag}]  {ref.original_name}", ref.id))
         self.bank_label.setText(f"{self.bank.path}: {len(self.bank)} references")
+
+    def _item(self, text: str, ref_id: str):
+        """A list entry with a thumbnail of the reference (its mask outlined in red)."""
+        from qtpy.QtGui import QIcon, QImage, QPixmap
+        from qtpy.QtWidgets import QListWidgetItem
+
+        item = QListWidgetItem(text)
+        try:
+            thumb = self._thumbnail(ref_id)
+            h, w = thumb.shape[:2]
+            qimg = QImage(thumb.data, w, h, 3 * w, QImage.Format_RGB888).copy()
+            item.setIcon(QIcon(QPixmap.fromImage(qimg)))
+        except (MatchsegError, OSError):
+            pass  # a reference that cannot be read still gets its line
+        return item
+
+    def _thumbnail(self, ref_id: str, size: int = 48) -> np.ndarray:
+        from scipy import ndimage as ndi
+
+        from ..image_io import to_float_rgb
+
+        key = (str(self.bank.path), ref_id, self.bank.get(ref_id).mask_sha256)
+        cache = self.__dict__.setdefault("_thumbs", {})
+        if key not in cache:
+            rgb = (to_float_rgb(self.bank.load_image(ref_id)) * 255).astype(np.uint8)
+            mask = self.bank.load_mask(ref_id)
+            rgb[mask & ~ndi.binary_erosion(mask, iterations=2)] = (255, 40, 40)
+            ys = np.linspace(0, rgb.shape[0] - 1, size).astype(int)
+            xs = np.linspace(0, rgb.shape[1] - 1, size).astype(int)
+            cache[key] = np.ascontiguousarray(rgb[ys][:, xs])
+        return cache[key]
 
     def _need_bank(self) -> ReferenceBank:
         if self.bank is None:
@@ -254,8 +303,12 @@ class ReferenceAnnotator(QWidget):
 
     @staticmethod
     def _name(layer, idx: int | None) -> str:
+        """The export/reference stem: the source file's when known, else layer name (+ slice index)."""
+        files = (getattr(layer, "metadata", None) or {}).get("files")
+        if files and (idx is None and len(files) == 1 or idx is not None and idx < len(files)):
+            return Path(files[0 if idx is None else idx]).stem
         src = getattr(getattr(layer, "source", None), "path", None)
-        stem = Path(src).stem if src else layer.name
+        stem = Path(src).stem if src and not Path(src).is_dir() else layer.name
         return stem if idx is None else f"{stem}_{idx:04d}"
 
     def _labels_slice(self, labels_layer, idx: int | None, image: np.ndarray) -> np.ndarray:
@@ -402,10 +455,142 @@ class ReferenceAnnotator(QWidget):
         self.last_matches = result.supports
         self.matches.clear()
         for m in result.supports:
-            self.matches.addItem(f"{m.score:.3f}  {m.id}")
+            self.matches.addItem(self._item(f"{m.score:.3f}  {m.id}", m.id))
         note = f"; {result.note}" if result.note else ""
         self.status.setText(f"proposal from {len(result.supports)} references{note}. Edit it with the brush/eraser, "
                             "then Accept")
+
+    def _series(self):
+        """(layer, [slice images], indices not yet in the bank nor accepted) of the current image layer."""
+        layer = self._layer(self.image_combo.currentText(), "image")
+        data = np.asarray(layer.data)
+        if data.ndim - (1 if layer.rgb else 0) == 2:
+            images = [check_image(data, name=layer.name)]
+        else:
+            images = [data[i] for i in range(data.shape[0])]
+        bank = self._need_bank()
+        done = self.accepted.get(layer.name, set())
+        todo = [i for i, im in enumerate(images) if bank.find_image(im) is None
+                and (i if len(images) > 1 else None) not in done]
+        return layer, images, todo
+
+    def propose_all(self) -> None:
+        try:
+            bank = self._need_bank()
+            if len(bank) == 0:
+                raise InputError("the bank is empty: label an image and press 'Add as reference' first")
+            layer, images, todo = self._series()
+            if not todo:
+                raise InputError("every slice of this layer is already in the bank or accepted")
+        except MatchsegError as exc:
+            _notify_error(str(exc))
+            return
+        self._save_settings()
+        retriever_name, k = self.retriever_combo.currentText(), self.k_spin.value()
+        stack = len(images) > 1
+
+        def work():
+            from ..propose import propose
+            from ..retrieval import get_retriever
+
+            proposer, retriever, results = self._proposer(), get_retriever(retriever_name), []
+            for n, i in enumerate(todo):
+                if self._cancel.is_set():
+                    break  # keep what is done
+                self._signals.progress.emit(n, len(todo), f"proposing slice {i} ({n + 1} of {len(todo)})...")
+                results.append((layer, i if stack else None, images[i],
+                                propose(bank, images[i], retriever=retriever, predictor=proposer,
+                                        k=min(k, len(bank)))))
+            return results
+
+        def show(results):
+            for payload in results:
+                self._show_proposal(payload)
+            self.status.setText(f"proposed {len(results)} of {len(todo)} unlabelled slices"
+                                + (" (cancelled)" if len(results) < len(todo) else ""))
+
+        self._run(work, show, "proposing all unlabelled slices...")
+
+    def suggest_next(self) -> None:
+        try:
+            layer, images, todo = self._series()
+            if not todo:
+                raise InputError("every slice of this layer is already in the bank or accepted")
+        except MatchsegError as exc:
+            _notify_error(str(exc))
+            return
+        bank, retriever_name = self.bank, self.retriever_combo.currentText()
+        stack = len(images) > 1
+        probs = {i: self._probabilities[(layer.name, i if stack else None)] for i in todo
+                 if (layer.name, i if stack else None) in self._probabilities}
+
+        def work():
+            from ..active import rank_unlabelled
+            from ..retrieval import get_retriever
+
+            return rank_unlabelled(bank, get_retriever(retriever_name), images, todo, probs,
+                                   progress=self._progress_cb("embedding..."), cancel=self._cancel.is_set)
+
+        def show(ranking):
+            self.suggestions = ranking
+            best = ranking[0]
+            if stack:
+                self.viewer.dims.set_current_step(0, best.index)
+            extra = f", proposal uncertainty {best.uncertainty:.2f}" if best.uncertainty is not None else ""
+            self.status.setText(f"label slice {best.index} next: distance to the bank {best.distance:.3f}{extra} "
+                                f"({len(ranking)} unlabelled)")
+
+        self._run(work, show, "ranking unlabelled slices...")
+
+    def finetune(self) -> None:
+        try:
+            bank = self._need_bank()
+            if len(bank) < 2:
+                raise InputError("fine-tuning needs at least 2 references in the bank")
+        except MatchsegError as exc:
+            _notify_error(str(exc))
+            return
+        out = bank.path / "finetuned" / "matchseg_finetuned.safetensors"
+        base = self.settings.checkpoint or None
+
+        def work():
+            from ..training.finetune import finetune
+
+            return finetune(bank, out, base=base, steps=200, overwrite=True, log=lambda m: None,
+                            progress=lambda s, t, info: self._progress_cb("fine-tuning...")(s, t),
+                            cancel=self._cancel.is_set)
+
+        def done(path):
+            self.settings.checkpoint = str(path)
+            self._save_settings()
+            self.status.setText(f"fine-tuned checkpoint in use: {path}")
+
+        self._run(work, done, "fine-tuning MatchSeg on the bank...")
+
+    def _needed_weights(self) -> list[str]:
+        names = {"clip": ["clip-vit-b-32-laion2b"], "dinov2": ["dinov2_vits14"]}.get(self.retriever_combo.currentText(), [])
+        if self.proposer_combo.currentText() == "sam2" or self.refine_check.isChecked():
+            names.append("sam2.1_hiera_tiny")
+        return names
+
+    def download_weights(self) -> None:
+        from .. import weights
+
+        missing = [n for n in self._needed_weights() if weights.status(n) != "present"]
+        if not missing:
+            _notify_info("every checkpoint the current choices need is on this machine")
+            return
+        if weights.is_offline():
+            _notify_error("offline: " + "; ".join(
+                f"put {weights.get_entry(n).url} at {weights.where(n)}" for n in missing))
+            return
+
+        def work():
+            for n in missing:
+                weights.fetch(n, progress=self._progress_cb(f"downloading {n}..."), cancel=self._cancel.is_set)
+            return missing
+
+        self._run(work, lambda names: self.status.setText(f"downloaded {', '.join(names)}"), "downloading...")
 
     def _rethreshold(self, value: int) -> None:
         try:
