@@ -226,6 +226,17 @@ def encode_mask_png(mask: np.ndarray, value: int = 255) -> bytes:
     return buf.getvalue()
 
 
+def write_mask_tiff(path: str | os.PathLike, mask: np.ndarray, overwrite: bool = False,
+                    value: int = 255) -> Path:
+    """Atomically write a binary mask as an 8-bit TIFF, 0 / ``value``."""
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.where(check_mask(mask), value, 0).astype(np.uint8), compression="zlib")
+    data = buf.getvalue()
+    return atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
+
+
 def write_mask(path: str | os.PathLike, mask: np.ndarray, overwrite: bool = False,
                value: int = 255) -> Path:
     """Atomically write a binary mask as an 8-bit PNG, 0 / ``value``."""

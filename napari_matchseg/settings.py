@@ -24,7 +24,8 @@ class Settings:
     threshold: float = 0.5
     refine: bool = False
     checkpoint: str = ""  # empty = the shipped MatchSeg checkpoint
-    export_format: str = "png"
+    export_format: str = "png-255"  # png-255 (0/255), png-labels (0/1), tif-255
+    sam2_image_size: int = 1024
 
     @staticmethod
     def path() -> Path:

@@ -142,3 +142,72 @@ def test_folder_reader_and_labels_writer(tmp_path):
     assert [Path(p).name for p in out] == ["m_0000.png", "m_0001.png"]
     with pytest.raises(FileExistsError):
         write_labels(str(tmp_path / "m.png"), np.ones((2, 20, 20), np.uint8), {})
+
+
+def test_export_formats(annotator, qtbot, tmp_path):
+    import tifffile
+
+    viewer, w = annotator
+    viewer.dims.set_current_step(0, 0)
+    w.add_current_as_reference()
+    viewer.dims.set_current_step(0, 3)
+    w.propose_current()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    w.accept_current()
+    w.export_format.setCurrentText("png-labels")
+    (png,) = w.export_accepted(str(tmp_path / "labels"))
+    assert set(np.unique(np.array(Image.open(png)))) <= {0, 1}
+    w.export_format.setCurrentText("tif-255")
+    (tif,) = w.export_accepted(str(tmp_path / "tif"))
+    assert tif.suffix == ".tif" and set(np.unique(tifffile.imread(tif))) <= {0, 255}
+
+
+@pytest.mark.slow
+def test_sam2_proposer_in_the_widget(annotator, qtbot, tmp_path):
+    from napari_matchseg.sam2_model import build_sam2_model
+
+    viewer, w = annotator
+    torch.manual_seed(0)
+    ckpt = tmp_path / "sam2_random.pt"
+    torch.save({"model": build_sam2_model(image_size=256, random_init=True, device="cpu").state_dict()}, ckpt)
+    w.settings.checkpoint, w.settings.sam2_image_size = str(ckpt), 256
+    w.proposer_combo.setCurrentText("sam2")
+    for i in (0, 1):
+        viewer.dims.set_current_step(0, i)
+        w.add_current_as_reference()
+    viewer.dims.set_current_step(0, 4)
+    w.k_spin.setValue(2)
+    w.propose_current()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    assert w.status.text().startswith("proposal from 2 references"), w.status.text()
+    assert viewer.layers["sample ultrasound probability"].data[4].shape == (160, 160)
+
+
+@pytest.mark.slow
+def test_whole_loop_on_real_images_with_the_shipped_checkpoint(make_napari_viewer, qtbot, tmp_path):
+    from conftest import load_real, real_ids
+    from napari_matchseg.metrics import dice
+
+    ids = [i for i in real_ids("wbc", "train") if i.startswith("d1_")][:10]  # d1 images are all 120 x 120
+    pairs = [load_real("wbc", i) for i in ids]
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([p[0] for p in pairs]), name="wbc", rgb=True)
+    viewer.add_labels(np.stack([p[1] for p in pairs]).astype(np.uint8), name="truth")
+    w = ReferenceAnnotator(viewer)
+    assert w.settings.checkpoint == ""  # the shipped checkpoint
+    w.image_combo.setCurrentText("wbc")
+    w.labels_combo.setCurrentText("truth")
+    w.open_bank(str(tmp_path / "bank"))
+    for i in range(6):
+        viewer.dims.set_current_step(0, i)
+        w.add_current_as_reference()
+    viewer.dims.set_current_step(0, 8)
+    w.propose_current()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    proposal = viewer.layers["wbc proposal"].data[8]
+    assert dice(proposal > 0, pairs[8][1]) > 0.7  # a real proposal, not noise
+    w.accept_current()
+    assert len(ReferenceBank.open(tmp_path / "bank")) == 7
+    (out,) = w.export_accepted(str(tmp_path / "export"))
+    assert out.name == "wbc_0008.png"
+    np.testing.assert_array_equal(np.array(Image.open(out)) > 0, proposal > 0)

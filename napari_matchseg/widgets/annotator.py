@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGro
 
 from ..bank import ReferenceBank
 from ..errors import Cancelled, DuplicateReference, InputError, MatchsegError
-from ..image_io import check_image, check_mask, write_mask
+from ..image_io import check_image, check_mask, write_mask, write_mask_tiff
 from ..retrieval import RETRIEVER_NAMES
 from ..settings import Settings
 
@@ -156,6 +156,14 @@ class ReferenceAnnotator(QWidget):
         root.addWidget(box)
 
         row = QHBoxLayout()
+        self.export_format = QComboBox()
+        self.export_format.addItems(["png-255", "png-labels", "tif-255"])
+        self.export_format.setToolTip("0/255 PNG, label values (0/1) PNG, or 0/255 TIFF")
+        self.export_format.setCurrentText(s.export_format)
+        row.addWidget(QLabel("export as"))
+        row.addWidget(self.export_format)
+        root.addLayout(row)
+        row = QHBoxLayout()
         self.export_btn = QPushButton("Export accepted masks...")
         self.export_btn.clicked.connect(self._browse_export)
         self.finetune_btn = QPushButton("Fine-tune on bank")
@@ -203,6 +211,7 @@ class ReferenceAnnotator(QWidget):
         s.retriever, s.k = self.retriever_combo.currentText(), self.k_spin.value()
         s.proposer, s.device = self.proposer_combo.currentText(), self.device_combo.currentText()
         s.refine, s.threshold = self.refine_check.isChecked(), self.threshold.value() / 100
+        s.export_format = self.export_format.currentText()
         s.bank = str(self.bank.path) if self.bank else s.bank
         s.save()
 
@@ -387,9 +396,10 @@ class ReferenceAnnotator(QWidget):
     def _proposer(self):
         from ..propose import build_proposer
 
-        key = (self.proposer_combo.currentText(), self.settings.checkpoint, self.device_combo.currentText())
+        key = (self.proposer_combo.currentText(), self.settings.checkpoint, self.device_combo.currentText(),
+               self.settings.sam2_image_size)
         if key not in self._proposers:
-            self._proposers[key] = build_proposer(key[0], key[1] or None, key[2])
+            self._proposers[key] = build_proposer(key[0], key[1] or None, key[2], sam2_image_size=key[3])
         return self._proposers[key]
 
     def propose_current(self) -> None:
@@ -415,7 +425,9 @@ class ReferenceAnnotator(QWidget):
             if refine:
                 from ..samatch import Sam2Refiner
 
-                refiner = Sam2Refiner(device=self.device_combo.currentText())
+                model = proposer.model if self.proposer_combo.currentText() == "sam2" else None
+                refiner = Sam2Refiner(device=self.device_combo.currentText(), _model=model,
+                                      image_size=self.settings.sam2_image_size)
             exclude = [i for i in [bank.find_image(image)] if i]
             result = propose(bank, image, retriever=get_retriever(retriever_name), predictor=proposer,
                              k=min(k, len(bank) - len(exclude)) or 1, exclude=exclude,
@@ -627,8 +639,10 @@ class ReferenceAnnotator(QWidget):
         if folder:
             self.export_accepted(folder)
 
-    def export_accepted(self, folder: str, value: int = 255) -> list[Path]:
-        """Write every accepted slice's mask as ``<stem>.png`` (0/``value``); refuse to overwrite anything."""
+    def export_accepted(self, folder: str) -> list[Path]:
+        """Write every accepted slice's mask as ``<stem>.png|.tif`` in the chosen format; never overwrite."""
+        fmt = self.export_format.currentText()
+        suffix, value = (".tif", 255) if fmt == "tif-255" else (".png", 1 if fmt == "png-labels" else 255)
         try:
             layer, _, _ = self._image_slice()
             name = f"{layer.name} proposal"
@@ -636,13 +650,14 @@ class ReferenceAnnotator(QWidget):
             indices = sorted(self.accepted.get(layer.name, set()), key=lambda i: -1 if i is None else i)
             if not indices:
                 raise InputError("nothing accepted yet for this image layer: Accept a proposal first")
-            targets = [(Path(folder) / f"{self._name(layer, i)}.png", labels if i is None else labels[i])
+            targets = [(Path(folder) / f"{self._name(layer, i)}{suffix}", labels if i is None else labels[i])
                        for i in indices]
             existing = [str(t.name) for t, _ in targets if t.exists()]
             if existing:
                 raise InputError(f"{len(existing)} files already exist in {folder} ({', '.join(existing[:5])}); "
                                  "nothing was written. Choose an empty folder")
-            written = [write_mask(t, m != 0, overwrite=False, value=value) for t, m in targets]
+            written = [(write_mask if suffix == ".png" else write_mask_tiff)(t, m != 0, overwrite=False, value=value)
+                       for t, m in targets]
         except (MatchsegError, OSError) as exc:
             _notify_error(str(exc))
             return []
