@@ -17,7 +17,8 @@ from .fsutil import atomic_save_npy
 
 class FeatureCache:
     def __init__(self, bank_path: str | Path, model_id: str):
-        self.folder = Path(bank_path) / "features" / store_folder_name(model_id)
+        self.bank_path = Path(bank_path)
+        self.folder = self.bank_path / "features" / store_folder_name(model_id)
         self._shapes: list[tuple[int, ...]] | None = None
 
     def _file(self, key: str) -> Path:

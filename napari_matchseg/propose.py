@@ -72,7 +72,8 @@ def propose(bank: ReferenceBank, image: np.ndarray, *, retriever: Retriever, pre
     img = check_image(image)
     if not 1 <= k <= 32:
         raise InputError(f"k must be between 1 and 32, got {k}")
-    if predictor.feature_store is None:
+    store = predictor.feature_store
+    if store is None or getattr(store, "bank_path", None) != bank.path:
         attach_bank(predictor, bank)
     matches: list[Match] = []
     if predictor.uses_supports:

@@ -393,11 +393,18 @@ class ReferenceAnnotator(QWidget):
         return cb
 
     # ------------------------------------------------------------------ propose / accept
-    def _proposer(self):
+    def _choices(self) -> dict:
+        """The current choices, read on the GUI thread (workers never touch widgets)."""
+        return {"proposer": self.proposer_combo.currentText(), "checkpoint": self.settings.checkpoint,
+                "device": self.device_combo.currentText(), "sam2_image_size": self.settings.sam2_image_size,
+                "retriever": self.retriever_combo.currentText(), "k": self.k_spin.value(),
+                "refine": self.refine_check.isChecked(), "bank": self._need_bank().path}
+
+    def _proposer(self, c: dict):
+        """A proposer for these choices, built once (in the worker: loading can take a while)."""
         from ..propose import build_proposer
 
-        key = (self.proposer_combo.currentText(), self.settings.checkpoint, self.device_combo.currentText(),
-               self.settings.sam2_image_size)
+        key = (c["proposer"], c["checkpoint"], c["device"], c["sam2_image_size"])
         if key not in self._proposers:
             self._proposers[key] = build_proposer(key[0], key[1] or None, key[2], sam2_image_size=key[3])
         return self._proposers[key]
@@ -412,25 +419,24 @@ class ReferenceAnnotator(QWidget):
             _notify_error(str(exc))
             return
         self._save_settings()
-        retriever_name, k = self.retriever_combo.currentText(), self.k_spin.value()
-        refine = self.refine_check.isChecked()
+        c = self._choices()
 
         def work():
             from ..propose import propose
             from ..retrieval import get_retriever
 
             self._signals.progress.emit(0, 0, "loading the model...")
-            proposer = self._proposer()
+            proposer = self._proposer(c)
             refiner = None
-            if refine:
+            if c["refine"]:
                 from ..samatch import Sam2Refiner
 
-                model = proposer.model if self.proposer_combo.currentText() == "sam2" else None
-                refiner = Sam2Refiner(device=self.device_combo.currentText(), _model=model,
-                                      image_size=self.settings.sam2_image_size)
+                model = proposer.model if c["proposer"] == "sam2" else None
+                refiner = Sam2Refiner(device=c["device"], _model=model, image_size=c["sam2_image_size"])
+            bank = ReferenceBank.open(c["bank"])  # the worker's own view: the GUI may add references meanwhile
             exclude = [i for i in [bank.find_image(image)] if i]
-            result = propose(bank, image, retriever=get_retriever(retriever_name), predictor=proposer,
-                             k=min(k, len(bank) - len(exclude)) or 1, exclude=exclude,
+            result = propose(bank, image, retriever=get_retriever(c["retriever"]), predictor=proposer,
+                             k=min(c["k"], len(bank) - len(exclude)) or 1, exclude=exclude,
                              progress=self._progress_cb("embedding the bank..."),
                              cancel=self._cancel.is_set, refiner=refiner)
             return layer, idx, image, result
@@ -498,21 +504,22 @@ class ReferenceAnnotator(QWidget):
             _notify_error(str(exc))
             return
         self._save_settings()
-        retriever_name, k = self.retriever_combo.currentText(), self.k_spin.value()
+        c = self._choices()
         stack = len(images) > 1
 
         def work():
             from ..propose import propose
             from ..retrieval import get_retriever
 
-            proposer, retriever, results = self._proposer(), get_retriever(retriever_name), []
+            bank = ReferenceBank.open(c["bank"])
+            proposer, retriever, results = self._proposer(c), get_retriever(c["retriever"]), []
             for n, i in enumerate(todo):
                 if self._cancel.is_set():
                     break  # keep what is done
                 self._signals.progress.emit(n, len(todo), f"proposing slice {i} ({n + 1} of {len(todo)})...")
                 results.append((layer, i if stack else None, images[i],
                                 propose(bank, images[i], retriever=retriever, predictor=proposer,
-                                        k=min(k, len(bank)))))
+                                        k=min(c["k"], len(bank)))))
             return results
 
         def show(results):
@@ -531,7 +538,7 @@ class ReferenceAnnotator(QWidget):
         except MatchsegError as exc:
             _notify_error(str(exc))
             return
-        bank, retriever_name = self.bank, self.retriever_combo.currentText()
+        bank_path, retriever_name = self.bank.path, self.retriever_combo.currentText()
         stack = len(images) > 1
         probs = {i: self._probabilities[(layer.name, i if stack else None)] for i in todo
                  if (layer.name, i if stack else None) in self._probabilities}
@@ -540,7 +547,7 @@ class ReferenceAnnotator(QWidget):
             from ..active import rank_unlabelled
             from ..retrieval import get_retriever
 
-            return rank_unlabelled(bank, get_retriever(retriever_name), images, todo, probs,
+            return rank_unlabelled(ReferenceBank.open(bank_path), get_retriever(retriever_name), images, todo, probs,
                                    progress=self._progress_cb("embedding..."), cancel=self._cancel.is_set)
 
         def show(ranking):
@@ -568,7 +575,7 @@ class ReferenceAnnotator(QWidget):
         def work():
             from ..training.finetune import finetune
 
-            return finetune(bank, out, base=base, steps=200, overwrite=True, log=lambda m: None,
+            return finetune(ReferenceBank.open(bank.path), out, base=base, steps=200, overwrite=True, log=lambda m: None,
                             progress=lambda s, t, info: self._progress_cb("fine-tuning...")(s, t),
                             cancel=self._cancel.is_set)
 
