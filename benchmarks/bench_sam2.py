@@ -39,8 +39,9 @@ def main() -> None:
     real = weights.where(args.model).is_file()
     model = build_sam2_model(args.model, device=args.device, image_size=args.image_size, random_init=not real)
     rng = np.random.default_rng(0)
-    refs = [(rng.integers(0, 256, (256, 256), dtype=np.uint8), np.pad(np.ones((100, 120), bool), 60)[:256, :256])
-            for _ in range(args.k)]
+    mask = np.zeros((256, 256), bool)
+    mask[60:160, 60:180] = True
+    refs = [(rng.integers(0, 256, (256, 256), dtype=np.uint8), mask) for _ in range(args.k)]
     queries = [rng.integers(0, 256, (256, 256), dtype=np.uint8) for _ in range(args.repeats)]
 
     def run(cached: bool) -> float:
