@@ -61,3 +61,18 @@ def bank(tmp_path, sample_triples):
     b = ReferenceBank.create(tmp_path / "bank")
     b.add_many((img, m, name) for name, img, m in sample_triples)
     return b
+
+
+TINY_MATCHSEG = dict(image_size=64, widths=(8, 16, 24, 32), reduced=(16, 16), heads=2)
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    """A small randomly initialised MatchSeg checkpoint (fast on a CPU; outputs are not meaningful)."""
+    import torch
+
+    from napari_matchseg.checkpoint import save_checkpoint
+    from napari_matchseg.modeling import MatchSeg, MatchSegConfig
+
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "tiny.safetensors", MatchSeg(MatchSegConfig(**TINY_MATCHSEG)), {"note": "random"})

@@ -4,20 +4,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conftest import dataset_dir, real_ids
-from napari_matchseg.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
+from napari_matchseg.checkpoint import DEFAULT_CHECKPOINT
 from napari_matchseg.cli import main
-from napari_matchseg.modeling import MatchSeg, MatchSegConfig
 
-
-@pytest.fixture
-def tiny_ckpt(tmp_path):
-    torch.manual_seed(0)
-    cfg = MatchSegConfig(image_size=64, widths=(8, 16, 24, 32), reduced=(16, 16), heads=2)
-    return save_checkpoint(tmp_path / "tiny.safetensors", MatchSeg(cfg))
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_MATCHSEG
 from napari_matchseg.bank import ReferenceBank
 from napari_matchseg.checkpoint import build_matchseg, save_checkpoint
 from napari_matchseg.errors import InputError, WeightsError
@@ -13,14 +14,7 @@ from napari_matchseg.predictor import MatchSegPredictor
 from napari_matchseg.propose import propose
 from napari_matchseg.retrieval import get_retriever
 
-TINY = MatchSegConfig(image_size=64, widths=(8, 16, 24, 32), reduced=(16, 16), heads=2)
-
-
-@pytest.fixture
-def tiny_ckpt(tmp_path):
-    torch.manual_seed(0)
-    model = MatchSeg(TINY)
-    return save_checkpoint(tmp_path / "tiny.safetensors", model, {"note": "random"})
+TINY = MatchSegConfig(**TINY_MATCHSEG)
 
 
 def _pairs(n, shape=(70, 90), seed=0):

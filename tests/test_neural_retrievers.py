@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from napari_matchseg import weights
-from napari_matchseg.bank import ReferenceBank
 from napari_matchseg.errors import WeightsError
 from napari_matchseg.retrieval import retrieve
 from napari_matchseg.retrieval._torch_common import to_batch

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import dataset_dir
+from conftest import TINY_MATCHSEG, dataset_dir
 from napari_matchseg.bank import ReferenceBank
 from napari_matchseg.checkpoint import build_matchseg, save_checkpoint
 from napari_matchseg.modeling import MatchSeg, MatchSegConfig
@@ -14,7 +14,7 @@ from napari_matchseg.training.losses import segmentation_loss
 from napari_matchseg.training.synthetic import synthetic_task
 from napari_matchseg.training.train import Task, TrainConfig, sample_batch, train
 
-TINY = MatchSegConfig(image_size=64, widths=(8, 16, 24, 32), reduced=(16, 16), heads=2).to_dict()
+TINY = MatchSegConfig(**TINY_MATCHSEG).to_dict()
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,10 @@ import torch
 from PIL import Image
 
 from napari_matchseg.bank import ReferenceBank
-from napari_matchseg.checkpoint import save_checkpoint
-from napari_matchseg.modeling import MatchSeg, MatchSegConfig
 from napari_matchseg.widgets import ReferenceAnnotator
 
 pytestmark = pytest.mark.gui
 
-
-@pytest.fixture
-def tiny_ckpt(tmp_path):
-    torch.manual_seed(0)
-    cfg = MatchSegConfig(image_size=64, widths=(8, 16, 24, 32), reduced=(16, 16), heads=2)
-    return save_checkpoint(tmp_path / "tiny.safetensors", MatchSeg(cfg))
 
 
 @pytest.fixture

@@ -27,6 +27,21 @@ class _Signals(QObject):
     progress = Signal(int, int, str)
 
 
+def _button(text: str, slot, tip: str = "") -> QPushButton:
+    b = QPushButton(text)
+    b.clicked.connect(slot)
+    if tip:
+        b.setToolTip(tip)
+    return b
+
+
+def _row(*widgets) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for w in widgets:
+        row.addWidget(w)
+    return row
+
+
 def _notify_error(message: str) -> None:
     from napari.utils.notifications import show_error
 
@@ -69,32 +84,20 @@ class ReferenceAnnotator(QWidget):
         root = QVBoxLayout(self)
         box = QGroupBox("Reference bank")
         lay = QVBoxLayout(box)
-        row = QHBoxLayout()
         self.bank_path = QLineEdit(s.bank)
         self.bank_path.setPlaceholderText("bank folder (new or existing)")
-        open_btn = QPushButton("Open / create")
-        open_btn.clicked.connect(lambda: self.open_bank(self.bank_path.text()))
-        browse = QPushButton("...")
+        browse = _button("...", self._browse_bank)
         browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse_bank)
-        row.addWidget(self.bank_path)
-        row.addWidget(browse)
-        row.addWidget(open_btn)
-        lay.addLayout(row)
+        lay.addLayout(_row(self.bank_path, browse,
+                           _button("Open / create", lambda: self.open_bank(self.bank_path.text()))))
         self.bank_label = QLabel("no bank open")
         lay.addWidget(self.bank_label)
         self.references = QListWidget()
         self.references.setMaximumHeight(120)
         lay.addWidget(self.references)
-        row = QHBoxLayout()
-        self.add_btn = QPushButton("Add as reference")
-        self.add_btn.setToolTip("the current image/slice with its current labels")
-        self.add_btn.clicked.connect(self.add_current_as_reference)
-        rm = QPushButton("Remove selected")
-        rm.clicked.connect(self.remove_selected)
-        row.addWidget(self.add_btn)
-        row.addWidget(rm)
-        lay.addLayout(row)
+        self.add_btn = _button("Add as reference", self.add_current_as_reference,
+                               "the current image/slice with its current labels")
+        lay.addLayout(_row(self.add_btn, _button("Remove selected", self.remove_selected)))
         root.addWidget(box)
 
         box = QGroupBox("Layers")
@@ -131,60 +134,34 @@ class ReferenceAnnotator(QWidget):
         form.addRow("", self.refine_check)
         form.addRow("device", self.device_combo)
         form.addRow("threshold", self.threshold)
-        row = QHBoxLayout()
-        self.propose_btn = QPushButton("Propose")
-        self.propose_btn.setToolTip("propose a mask for the current image/slice (P)")
-        self.propose_btn.clicked.connect(self.propose_current)
-        self.accept_btn = QPushButton("Accept")
-        self.accept_btn.setToolTip("add the (edited) proposal to the bank (A)")
-        self.accept_btn.clicked.connect(self.accept_current)
-        row.addWidget(self.propose_btn)
-        row.addWidget(self.accept_btn)
-        form.addRow(row)
-        row = QHBoxLayout()
-        self.propose_all_btn = QPushButton("Propose all unlabelled")
-        self.propose_all_btn.clicked.connect(self.propose_all)
-        self.suggest_btn = QPushButton("Suggest next")
-        self.suggest_btn.setToolTip("go to the unlabelled slice the bank covers worst (N)")
-        self.suggest_btn.clicked.connect(self.suggest_next)
-        row.addWidget(self.propose_all_btn)
-        row.addWidget(self.suggest_btn)
-        form.addRow(row)
+        self.propose_btn = _button("Propose", self.propose_current, "propose a mask for the current image/slice (P)")
+        self.accept_btn = _button("Accept", self.accept_current, "add the (edited) proposal to the bank (A)")
+        form.addRow(_row(self.propose_btn, self.accept_btn))
+        self.propose_all_btn = _button("Propose all unlabelled", self.propose_all)
+        self.suggest_btn = _button("Suggest next", self.suggest_next,
+                                   "go to the unlabelled slice the bank covers worst (N)")
+        form.addRow(_row(self.propose_all_btn, self.suggest_btn))
         self.matches = QListWidget()
         self.matches.setMaximumHeight(100)
         form.addRow("retrieved", self.matches)
         root.addWidget(box)
 
-        row = QHBoxLayout()
         self.export_format = QComboBox()
         self.export_format.addItems(["png-255", "png-labels", "tif-255"])
         self.export_format.setToolTip("0/255 PNG, label values (0/1) PNG, or 0/255 TIFF")
         self.export_format.setCurrentText(s.export_format)
-        row.addWidget(QLabel("export as"))
-        row.addWidget(self.export_format)
-        root.addLayout(row)
-        row = QHBoxLayout()
-        self.export_btn = QPushButton("Export accepted masks...")
-        self.export_btn.clicked.connect(self._browse_export)
-        self.finetune_btn = QPushButton("Fine-tune on bank")
-        self.finetune_btn.setToolTip("adapt MatchSeg to this bank in the background (a few minutes on a CPU)")
-        self.finetune_btn.clicked.connect(self.finetune)
-        self.download_btn = QPushButton("Download weights")
-        self.download_btn.setToolTip("fetch the checkpoints the chosen retriever/proposer need")
-        self.download_btn.clicked.connect(self.download_weights)
-        row.addWidget(self.export_btn)
-        row.addWidget(self.finetune_btn)
-        row.addWidget(self.download_btn)
-        root.addLayout(row)
-        row = QHBoxLayout()
+        root.addLayout(_row(QLabel("export as"), self.export_format))
+        self.export_btn = _button("Export accepted masks...", self._browse_export)
+        self.finetune_btn = _button("Fine-tune on bank", self.finetune,
+                                    "adapt MatchSeg to this bank in the background (a few minutes on a CPU)")
+        self.download_btn = _button("Download weights", self.download_weights,
+                                    "fetch the checkpoints the chosen retriever/proposer need")
+        root.addLayout(_row(self.export_btn, self.finetune_btn, self.download_btn))
         self.progress = QProgressBar()
         self.progress.setVisible(False)
-        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn = _button("Cancel", self.cancel)
         self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.cancel)
-        row.addWidget(self.progress)
-        row.addWidget(self.cancel_btn)
-        root.addLayout(row)
+        root.addLayout(_row(self.progress, self.cancel_btn))
         self.status = QLabel("")
         self.status.setWordWrap(True)
         root.addWidget(self.status)
@@ -276,6 +253,12 @@ class ReferenceAnnotator(QWidget):
             xs = np.linspace(0, rgb.shape[1] - 1, size).astype(int)
             cache[key] = np.ascontiguousarray(rgb[ys][:, xs])
         return cache[key]
+
+    def _need_references(self) -> ReferenceBank:
+        bank = self._need_bank()
+        if len(bank) == 0:
+            raise InputError("the bank is empty: label an image and press 'Add as reference' first")
+        return bank
 
     def _need_bank(self) -> ReferenceBank:
         if self.bank is None:
@@ -411,9 +394,7 @@ class ReferenceAnnotator(QWidget):
 
     def propose_current(self) -> None:
         try:
-            bank = self._need_bank()
-            if len(bank) == 0:
-                raise InputError("the bank is empty: label an image and press 'Add as reference' first")
+            self._need_references()
             layer, idx, image = self._image_slice()
         except MatchsegError as exc:
             _notify_error(str(exc))
@@ -494,9 +475,7 @@ class ReferenceAnnotator(QWidget):
 
     def propose_all(self) -> None:
         try:
-            bank = self._need_bank()
-            if len(bank) == 0:
-                raise InputError("the bank is empty: label an image and press 'Add as reference' first")
+            self._need_references()
             layer, images, todo = self._series()
             if not todo:
                 raise InputError("every slice of this layer is already in the bank or accepted")
