@@ -26,6 +26,17 @@ def annotator(make_napari_viewer, tmp_path, tiny_ckpt):
     return viewer, widget
 
 
+def test_segment_menu_holds_segment_by_reference(make_napari_viewer):
+    from napari._app_model import get_app_model
+
+    make_napari_viewer()
+    app = get_app_model()
+    subs = [i for i in app.menus.get_menu("napari/layers/segment") if getattr(i, "submenu", None)]
+    assert [i.title for i in subs] == ["Segment by reference"]
+    titles = [i.command.title for i in app.menus.get_menu(subs[0].submenu)]
+    assert titles and titles[0].startswith("Segment by reference")
+
+
 def test_menu_and_widget_are_contributed():
     from npe2 import PluginManager
 
@@ -203,3 +214,26 @@ def test_whole_loop_on_real_images_with_the_shipped_checkpoint(make_napari_viewe
     (out,) = w.export_accepted(str(tmp_path / "export"))
     assert out.name == "wbc_0008.png"
     np.testing.assert_array_equal(np.array(Image.open(out)) > 0, proposal > 0)
+
+
+@pytest.mark.slow
+def test_finetune_in_the_background_switches_checkpoint(annotator, qtbot, tmp_path):
+    viewer, w = annotator
+    for i in range(3):
+        viewer.dims.set_current_step(0, i)
+        w.add_current_as_reference()
+    w.finetune()
+    assert w.busy and w.cancel_btn.isEnabled()
+    qtbot.waitUntil(lambda: not w.busy, timeout=180_000)
+    assert w.settings.checkpoint.endswith("matchseg_finetuned.safetensors"), w.status.text()
+    assert (tmp_path / "bank" / "finetuned" / "matchseg_finetuned.safetensors").is_file()
+
+
+def test_missing_weights_offline_say_where_to_put_them(annotator, monkeypatch):
+    _, w = annotator
+    errors = []
+    monkeypatch.setattr("napari_matchseg.widgets.annotator._notify_error", errors.append)
+    w.retriever_combo.setCurrentText("dinov2")
+    w.proposer_combo.setCurrentText("sam2")
+    w.download_weights()  # MATCHSEG_OFFLINE=1 in the tests
+    assert errors and "dinov2_vits14_pretrain.pth" in errors[-1] and "sam2.1_hiera_tiny.pt" in errors[-1]
