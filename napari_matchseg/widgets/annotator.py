@@ -392,6 +392,16 @@ class ReferenceAnnotator(QWidget):
             self._proposers[key] = build_proposer(key[0], key[1] or None, key[2], sam2_image_size=key[3])
         return self._proposers[key]
 
+    @staticmethod
+    def _refiner(c: dict, proposer):
+        """SAM 2 refinement when chosen (sharing the proposer's SAM 2 model when it has one)."""
+        if not c["refine"]:
+            return None
+        from ..samatch import Sam2Refiner
+
+        model = proposer.model if c["proposer"] == "sam2" else None
+        return Sam2Refiner(device=c["device"], _model=model, image_size=c["sam2_image_size"])
+
     def propose_current(self) -> None:
         try:
             self._need_references()
@@ -408,12 +418,7 @@ class ReferenceAnnotator(QWidget):
 
             self._signals.progress.emit(0, 0, "loading the model...")
             proposer = self._proposer(c)
-            refiner = None
-            if c["refine"]:
-                from ..samatch import Sam2Refiner
-
-                model = proposer.model if c["proposer"] == "sam2" else None
-                refiner = Sam2Refiner(device=c["device"], _model=model, image_size=c["sam2_image_size"])
+            refiner = self._refiner(c, proposer)
             bank = ReferenceBank.open(c["bank"])  # the worker's own view: the GUI may add references meanwhile
             exclude = [i for i in [bank.find_image(image)] if i]
             result = propose(bank, image, retriever=get_retriever(c["retriever"]), predictor=proposer,
@@ -471,14 +476,14 @@ class ReferenceAnnotator(QWidget):
         done = self.accepted.get(layer.name, set())
         todo = [i for i, im in enumerate(images) if bank.find_image(im) is None
                 and (i if len(images) > 1 else None) not in done]
+        if not todo:
+            raise InputError("every slice of this layer is already in the bank or accepted")
         return layer, images, todo
 
     def propose_all(self) -> None:
         try:
             self._need_references()
             layer, images, todo = self._series()
-            if not todo:
-                raise InputError("every slice of this layer is already in the bank or accepted")
         except MatchsegError as exc:
             _notify_error(str(exc))
             return
@@ -492,13 +497,14 @@ class ReferenceAnnotator(QWidget):
 
             bank = ReferenceBank.open(c["bank"])
             proposer, retriever, results = self._proposer(c), get_retriever(c["retriever"]), []
+            refiner = self._refiner(c, proposer)
             for n, i in enumerate(todo):
                 if self._cancel.is_set():
                     break  # keep what is done
                 self._signals.progress.emit(n, len(todo), f"proposing slice {i} ({n + 1} of {len(todo)})...")
                 results.append((layer, i if stack else None, images[i],
                                 propose(bank, images[i], retriever=retriever, predictor=proposer,
-                                        k=min(c["k"], len(bank)))))
+                                        k=min(c["k"], len(bank)), refiner=refiner)))
             return results
 
         def show(results):
@@ -512,8 +518,6 @@ class ReferenceAnnotator(QWidget):
     def suggest_next(self) -> None:
         try:
             layer, images, todo = self._series()
-            if not todo:
-                raise InputError("every slice of this layer is already in the bank or accepted")
         except MatchsegError as exc:
             _notify_error(str(exc))
             return
