@@ -49,7 +49,7 @@ def main() -> None:
         times = []
         for q in queries:
             if not cached:
-                p._cache.clear()
+                p.features.clear_memory()
             else:
                 p.predict(q, [r[0] for r in refs], [r[1] for r in refs])  # warm: memories computed once
             t = time.perf_counter()

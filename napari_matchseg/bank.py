@@ -118,6 +118,7 @@ class ReferenceBank:
     def __init__(self, path: str | Path, data: dict[str, Any]):
         self.path = Path(path)
         self._lock = filelock.FileLock(str(self.path / ".bank.lock"), timeout=LOCK_TIMEOUT_S)
+        self._stores: dict[str, EmbeddingStore] = {}
         self._apply(data)
 
     # ------------------------------------------------------------------ open / create
@@ -410,7 +411,13 @@ class ReferenceBank:
 
     # ------------------------------------------------------------------ embeddings
     def embedding_store(self, model_id: str) -> EmbeddingStore:
-        return EmbeddingStore(self.path / "embeddings", model_id, lock=self._lock)
+        """The cached vectors of one retriever; one store object per model, reloaded only when it changed."""
+        store = self._stores.get(model_id)
+        if store is None:
+            store = self._stores[model_id] = EmbeddingStore(self.path / "embeddings", model_id, lock=self._lock)
+        else:
+            store.refresh()
+        return store
 
     def embeddings(self, retriever, *, progress: ProgressFn | None = None,
                    cancel: Callable[[], bool] | None = None) -> np.ndarray:

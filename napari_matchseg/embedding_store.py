@@ -44,7 +44,20 @@ class EmbeddingStore:
             return None
         return cls(folder.parent, info["model_id"])
 
+    def _info_signature(self) -> tuple | None:
+        try:
+            st = (self.folder / "info.json").stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def refresh(self) -> None:
+        """Reload if another process (or store object) committed a new generation since we loaded."""
+        if self._info_signature() != self._signature:
+            self._load()
+
     def _load(self) -> None:
+        self._signature = self._info_signature()
         self._vectors: np.ndarray | None = None
         self._hashes: np.ndarray = np.empty(0, dtype="S64")
         self._index: dict[bytes, int] | None = None

@@ -6,6 +6,8 @@ concatenated), written atomically; a missing or unreadable file just means "comp
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +54,29 @@ class FeatureCache:
     def bind(self, shapes: list[tuple[int, ...]]) -> None:
         """Tell the cache the feature shapes of its model (so it can read files written earlier)."""
         self._shapes = [tuple(s) for s in shapes]
+
+
+class TieredCache:
+    """Per-reference features of a proposer: an LRU in memory in front of an optional :class:`FeatureCache`."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.store: FeatureCache | None = None
+        self._mem: OrderedDict[str, list[torch.Tensor]] = OrderedDict()
+
+    def get_or_compute(self, key: str, compute: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+        value = self._mem.get(key)
+        if value is None and self.store is not None:
+            value = self.store.get(key)
+        if value is None:
+            value = compute()
+            if self.store is not None:
+                self.store.put(key, value)
+        self._mem[key] = value
+        self._mem.move_to_end(key)
+        while len(self._mem) > self.size:
+            self._mem.popitem(last=False)
+        return value
+
+    def clear_memory(self) -> None:
+        self._mem.clear()

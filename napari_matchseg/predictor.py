@@ -7,7 +7,6 @@ then costs one encoder pass for the query, the joint attention and the decoder.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from .checkpoint import DEFAULT_CHECKPOINT, build_matchseg
 from .device import half_dtype, resolve_device
 from .errors import InputError
+from .feature_cache import TieredCache
 from .image_io import check_image, check_mask, content_hash
 from .modeling import SupportFeatures
 from .retrieval._torch_common import file_fingerprint
@@ -45,14 +45,16 @@ class MatchSegPredictor:
             probe = self.model.encode_supports(torch.zeros(1, 1, 3, self.size, self.size, device=self.device),
                                                torch.zeros(1, 1, 1, self.size, self.size, device=self.device))
         self.feature_shapes = [tuple(f.shape[2:]) for f in probe.feats]
-        self._cache: OrderedDict[str, list[torch.Tensor]] = OrderedDict()
-        self._cache_size = memory_cache
-        self.feature_store = None  # set by attach_cache(), e.g. to a bank's FeatureCache
+        self.features = TieredCache(memory_cache)
+
+    @property
+    def feature_store(self):
+        return self.features.store
 
     def attach_cache(self, store) -> None:
         """Read and write support features through ``store`` (a FeatureCache) as well as memory."""
         store.bind(self.feature_shapes)
-        self.feature_store = store
+        self.features.store = store
 
     @property
     def uses_supports(self) -> bool:
@@ -68,22 +70,14 @@ class MatchSegPredictor:
     def image_features(self, image: np.ndarray) -> list[torch.Tensor]:
         """Coarse encoder features of one support image (cached by content hash)."""
         img = check_image(image)
-        key = content_hash(img)
-        feats = self._cache.get(key)
-        if feats is None and self.feature_store is not None:
-            feats = self.feature_store.get(key)
-        if feats is None:
+
+        def compute():
             x = to_working(img, self.size)[None, None].to(self.device)
             dummy = torch.zeros(1, 1, 1, self.size, self.size, device=self.device)
             sf = self._run(self.model.encode_supports, x, dummy)
-            feats = [f[0, 0].float().cpu() for f in sf.feats]
-            if self.feature_store is not None:
-                self.feature_store.put(key, feats)
-        self._cache[key] = feats
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return feats
+            return [f[0, 0].float().cpu() for f in sf.feats]
+
+        return self.features.get_or_compute(content_hash(img), compute)
 
     def supports(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> SupportFeatures:
         """SupportFeatures (1, k, ...) for k image/mask pairs."""

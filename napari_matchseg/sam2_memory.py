@@ -11,7 +11,6 @@ mask and the model, so it is computed once and cached in memory and in the bank.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 from .device import half_dtype, resolve_device
 from .errors import InputError
+from .feature_cache import TieredCache
 from .image_io import check_image, check_mask, content_hash
 from .retrieval._torch_common import file_fingerprint, to_batch
 from .sam2_model import DEFAULT_SAM2, build_sam2_model
@@ -47,9 +47,7 @@ class Sam2MemoryProposer:
         tag = file_fingerprint(src) if src is not None and Path(src).is_file() else "random"
         self.model_id = f"sam2-{model_name}-{tag}-{self.size}"
         self.autocast = half_dtype(self.device) if self.device.type == "cuda" else None
-        self._cache: OrderedDict[str, list[torch.Tensor]] = OrderedDict()
-        self._cache_size = memory_cache
-        self.feature_store = None
+        self.features = TieredCache(memory_cache)
         self._mem_pos: torch.Tensor | None = None
         self.feature_shapes: list[tuple[int, ...]] = []
         self.reference_encodings = 0  # how many memories were computed (not loaded): for tests and benchmarks
@@ -59,7 +57,11 @@ class Sam2MemoryProposer:
             g = self.size // 16
             self.feature_shapes = [(int(self.model.mem_dim), g, g), (int(self.model.hidden_dim),)]
         store.bind(self.feature_shapes)
-        self.feature_store = store
+        self.features.store = store
+
+    @property
+    def feature_store(self):
+        return self.features.store
 
     def _ctx(self):
         if self.autocast is not None:
@@ -80,11 +82,8 @@ class Sam2MemoryProposer:
         """[maskmem_features (C_mem, h, w), obj_ptr (C,)] for one reference, cached by image and mask."""
         img = check_image(image, name="reference image")
         m = check_mask(mask, img.shape, name="reference mask")
-        key = f"{content_hash(img)}-{content_hash(m)[:16]}"
-        mem = self._cache.get(key)
-        if mem is None and self.feature_store is not None:
-            mem = self.feature_store.get(key)
-        if mem is None:
+
+        def compute():
             with torch.inference_mode(), self._ctx():
                 feats, pos, sizes = self._backbone(img)
                 out = self.model.track_step(
@@ -93,15 +92,10 @@ class Sam2MemoryProposer:
                     mask_inputs=self._mask_input(m), output_dict={"cond_frame_outputs": {},
                                                                    "non_cond_frame_outputs": {}},
                     num_frames=1, run_mem_encoder=True)
-            mem = [out["maskmem_features"][0].float().cpu(), out["obj_ptr"][0].float().cpu()]
             self.reference_encodings += 1
-            if self.feature_store is not None:
-                self.feature_store.put(key, mem)
-        self._cache[key] = mem
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return mem
+            return [out["maskmem_features"][0].float().cpu(), out["obj_ptr"][0].float().cpu()]
+
+        return self.features.get_or_compute(f"{content_hash(img)}-{content_hash(m)[:16]}", compute)
 
     def _memory_pos(self, feats: torch.Tensor) -> torch.Tensor:
         if self._mem_pos is None or self._mem_pos.shape[-2:] != feats.shape[-2:]:
