@@ -2,7 +2,10 @@
 
     .venv/bin/python benchmarks/eval_matchseg.py --data ../shared/data --work /tmp/matchseg-eval \
         --method universal=default --method universal-random=default:random [--method NAME=CKPT[:random]] \
-        [--datasets busi kvasir wbc] [-k 8] [--json results.json]
+        [--only NAME=DATASET[,DATASET]] [--datasets busi kvasir wbc] [-k 8] [--json results.json]
+
+``{d}`` in a checkpoint path is replaced by the dataset's name (for checkpoints trained on one dataset);
+``--only`` restricts a method to some datasets (its other cells print as "-").
 
 Every method runs through the same code as ``matchseg eval`` (retrieval with the handcrafted retriever,
 the proposal, thresholding at 0.5, metrics at the original image size). BUSI is evaluated on its benign and
@@ -48,6 +51,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--work", default="/tmp/matchseg-eval")
     ap.add_argument("--method", action="append", required=True, help="NAME=CHECKPOINT[:random]; default = shipped")
+    ap.add_argument("--only", action="append", default=[], help="NAME=DATASET[,DATASET]: run NAME only there")
     ap.add_argument("--datasets", nargs="+", default=["busi", "kvasir", "wbc"])
     ap.add_argument("-k", type=int, default=8)
     ap.add_argument("--json")
@@ -56,13 +60,16 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     retriever = get_retriever("handcrafted")
     results = {}
+    only = {n: set(ds.split(",")) for n, _, ds in (o.partition("=") for o in args.only)}
     for name in args.datasets:
         bank = train_bank(data, name, work)
         test = read_manifest(data, name, "test", GROUPS.get(name))
         pairs = [(data / name / "images" / f"{r}.png", data / name / "masks" / f"{r}.png") for r in test]
         for spec in args.method:
             label, _, ckpt = spec.partition("=")
-            ckpt, _, strategy = ckpt.partition(":")
+            if name not in only.get(label, {name}):
+                continue
+            ckpt, _, strategy = ckpt.format(d=name).partition(":")
             predictor = MatchSegPredictor(None if ckpt in ("", "default") else ckpt, device="auto")
             opts = argparse.Namespace(k=args.k, threshold=0.5, support=strategy or "retrieved", allow_self=False)
             t = time.time()
@@ -78,8 +85,8 @@ def main() -> None:
     for label in labels:
         cells = []
         for d in args.datasets:
-            r = results[d][label]
-            cells += [f"{r['dice_mean']:.3f} +- {r['dice_std']:.3f}", f"{r['iou_mean']:.3f}"]
+            r = results[d].get(label)
+            cells += [f"{r['dice_mean']:.3f} +- {r['dice_std']:.3f}", f"{r['iou_mean']:.3f}"] if r else ["-", "-"]
         print(f"| {label} | " + " | ".join(cells) + " |")
     if args.json:
         slim = {d: {m: {k: v for k, v in r.items() if k != "rows"} for m, r in ms.items()} for d, ms in results.items()}

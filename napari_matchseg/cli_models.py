@@ -214,7 +214,8 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(data_root=args.data, out_dir=args.out, datasets=tuple(args.datasets), steps=args.steps,
                       batch_size=args.batch_size, k_min=args.k_min, k_max=args.k_max, lr=args.lr,
                       synthetic_fraction=args.synthetic_fraction, val_every=args.val_every, seed=args.seed,
-                      retriever=args.retriever, model=model, init_checkpoint=args.init, threads=args.threads)
+                      retriever=args.retriever, model=model, init_checkpoint=args.init, threads=args.threads,
+                      device=args.device)
     from .cli import _progress
 
     update, close = _progress("training")
@@ -246,6 +247,30 @@ def cmd_finetune(args) -> int:
                        log=lambda msg: print(msg, file=sys.stderr))
     finally:
         close()
+    print(f"fine-tuned checkpoint: {out} (use it with --checkpoint {out})")
+    return 0
+
+
+def cmd_semi(args) -> int:
+    from .bank import ReferenceBank
+    from .cli import _progress
+    from .training.semi import SemiConfig, default_run_dir, read_unlabelled_folder, run_semi
+
+    bank = ReferenceBank.open(args.bank)
+    cfg = SemiConfig(rounds=args.rounds, steps_per_round=args.steps, lr=args.lr, confidence=args.confidence,
+                     keep_fraction=args.keep_fraction, k=args.k, refine=args.refine, refine_threshold=args.refine_threshold,
+                     refine_margin=args.refine_margin, sam2_model=args.sam2_model, sam2_checkpoint=args.sam2_checkpoint,
+                     sam2_image_size=args.sam2_image_size, device=args.device, seed=args.seed)
+    cfg.check()
+    unlabelled = read_unlabelled_folder(args.unlabelled)
+    run = Path(args.out) if args.out else default_run_dir(bank)
+    update, close = _progress("semi-supervised")
+    try:
+        out = run_semi(bank, unlabelled, run, base=args.checkpoint, cfg=cfg, progress=lambda d, t, s: update(d, t),
+                       log=lambda msg: print(msg, file=sys.stderr), threads=args.threads)
+    finally:
+        close()
+    print(f"pseudo-labels (not references, never in the bank): {run / 'pseudo'}")
     print(f"fine-tuned checkpoint: {out} (use it with --checkpoint {out})")
     return 0
 
@@ -290,6 +315,7 @@ def register(sub) -> None:
     c.add_argument("--retriever", default="handcrafted", choices=("handcrafted",))
     c.add_argument("--init", help="start from this checkpoint ('default' = the shipped one)")
     c.add_argument("--threads", type=int)
+    c.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     c.add_argument("--export", help="also write the best checkpoint in fp16 here")
     c.set_defaults(func=cmd_train)
 
@@ -303,3 +329,30 @@ def register(sub) -> None:
     c.add_argument("--retriever", default="handcrafted", choices=("handcrafted",))
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=cmd_finetune)
+
+    c = sub.add_parser("semi", help="learn from unlabelled images: pseudo-labels (optionally SAM 2 refined) "
+                                    "fine-tune MatchSeg; resumable")
+    c.add_argument("--bank", required=True, help="the labelled references")
+    c.add_argument("--unlabelled", required=True, help="folder of unlabelled images")
+    c.add_argument("--refine", default="none", choices=("none", "sam2"),
+                   help="turn confident pixels into SAM 2 prompts (SAM-Match); without SAM 2 weights the "
+                        "confident prediction itself is used")
+    c.add_argument("--rounds", type=int, default=2, help="pseudo-label / fine-tune rounds")
+    c.add_argument("--steps", type=int, default=300, help="training steps per round")
+    c.add_argument("--lr", type=float, default=3e-4)
+    c.add_argument("--confidence", type=float, default=0.9,
+                   help="a pixel counts when max(p, 1 - p) reaches this (default 0.9)")
+    c.add_argument("--keep-fraction", type=float, default=0.5,
+                   help="train on this fraction of the pseudo-labels, the most reliable first (default 0.5)")
+    c.add_argument("-k", type=int, default=8, help="supports when pseudo-labelling")
+    c.add_argument("--checkpoint", help="start from this MatchSeg checkpoint (default: the shipped one)")
+    c.add_argument("--out", help="run folder (default: <bank>.semi beside the bank); resumes if it holds a run")
+    c.add_argument("--refine-threshold", type=float, default=0.95, help="SAM 2 prompts from pixels above this")
+    c.add_argument("--refine-margin", type=int, default=30)
+    c.add_argument("--sam2-model", default="sam2.1_hiera_tiny")
+    c.add_argument("--sam2-checkpoint")
+    c.add_argument("--sam2-image-size", type=int, default=1024)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--threads", type=int)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_semi)

@@ -229,6 +229,31 @@ def test_finetune_in_the_background_switches_checkpoint(annotator, qtbot, tmp_pa
     assert (tmp_path / "bank" / "finetuned" / "matchseg_finetuned.safetensors").is_file()
 
 
+def test_learn_from_unlabelled_slices_in_the_background(annotator, qtbot, tmp_path):
+    from napari_matchseg.pseudo_labels import PseudoLabelStore
+    from napari_matchseg.training.semi import SemiConfig
+
+    viewer, w = annotator
+    for i in range(3):
+        viewer.dims.set_current_step(0, i)
+        w.add_current_as_reference()
+    n_slices = viewer.layers["sample ultrasound"].data.shape[0]
+    w.semi_config = SemiConfig(rounds=1, steps_per_round=2, labelled_batch=2, unlabelled_batch=2)
+    w.learn_from_unlabelled()
+    assert w.busy and w.cancel_btn.isEnabled()
+    qtbot.waitUntil(lambda: not w.busy, timeout=180_000)
+    run = tmp_path / "bank.semi" / "sample_ultrasound"
+    assert w.settings.checkpoint == str(run / "matchseg-semi.safetensors"), w.status.text()
+    store = PseudoLabelStore(run / "pseudo" / "round-0")
+    assert len(store) == n_slices - 3 and len(w.bank) == 3  # pseudo-labels stay out of the bank
+    viewer.dims.set_current_step(0, 3)
+    w.add_current_as_reference()  # the bank changed: a second run goes to a new folder, the first is kept
+    w.learn_from_unlabelled()
+    qtbot.waitUntil(lambda: not w.busy, timeout=180_000)
+    assert w.settings.checkpoint == str(run.with_name("sample_ultrasound-2") / "matchseg-semi.safetensors")
+    assert (run / "matchseg-semi.safetensors").is_file()
+
+
 def test_missing_weights_offline_say_where_to_put_them(annotator, monkeypatch):
     _, w = annotator
     errors = []

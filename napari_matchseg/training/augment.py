@@ -35,3 +35,29 @@ def augment(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator,
     images = torch.where(noisy, (images + sigma * noise).clamp(0, 1), images)
     return images, masks
 
+
+
+def strong_photometric(images: torch.Tensor, rng: np.random.Generator, cutout: float = 0.35
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch's strong view, geometry unchanged: strong contrast/brightness/gamma, blur or noise, and one
+    cut-out box per image. Returns the images and a keep-map (N, 1, S, S): 0 inside the cut-out, where the
+    image no longer shows what the label says, so the loss ignores those pixels."""
+    n, _, h, w = images.shape
+    contrast = torch.from_numpy(np.exp(rng.uniform(-0.6, 0.6, n))).float().view(n, 1, 1, 1)
+    bright = torch.from_numpy(rng.uniform(-0.2, 0.2, n)).float().view(n, 1, 1, 1)
+    gamma = torch.from_numpy(np.exp(rng.uniform(-0.6, 0.6, n))).float().view(n, 1, 1, 1)
+    mean = images.mean((1, 2, 3), keepdim=True)
+    out = ((images - mean) * contrast + mean + bright).clamp(0, 1) ** gamma
+    blurred = F.avg_pool2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    blur = torch.from_numpy(rng.random(n) < 0.3).view(n, 1, 1, 1)
+    out = torch.where(blur, blurred, out)
+    sigma = torch.from_numpy(rng.uniform(0, 0.08, n)).float().view(n, 1, 1, 1)
+    out = (out + sigma * torch.from_numpy(rng.standard_normal(out.shape, dtype=np.float32))).clamp(0, 1)
+    keep = torch.ones(n, 1, h, w)
+    for i in range(n):
+        if rng.random() < 0.5:
+            ch, cw = int(h * rng.uniform(0.1, cutout)), int(w * rng.uniform(0.1, cutout))
+            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            out[i, :, y:y + ch, x:x + cw] = out[i].mean()
+            keep[i, :, y:y + ch, x:x + cw] = 0
+    return out, keep

@@ -10,6 +10,7 @@ checkpoint. Runs are deterministic given the seed and resume exactly from ``last
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import build_matchseg, save_checkpoint
+from ..device import resolve_device
 from ..errors import Cancelled, InputError
 from ..modeling import MatchSeg, MatchSegConfig
 from .augment import augment
@@ -53,6 +55,7 @@ class TrainConfig:
     model: dict = dataclasses.field(default_factory=lambda: MatchSegConfig().to_dict())
     init_checkpoint: str | None = None
     threads: int | None = None
+    device: str = "auto"  # cuda, then mps, then cpu; bf16 autocast where the GPU supports it
 
 
 @dataclasses.dataclass
@@ -90,12 +93,15 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
-def sample_batch(tasks: dict[str, Task], cfg: TrainConfig, rng: np.random.Generator, size: int):
-    """(query (B,3,S,S), query mask (B,1,S,S), supports (B,k,3,S,S), support masks (B,k,1,S,S))."""
-    k = int(rng.integers(cfg.k_min, cfg.k_max + 1))
+def sample_batch(tasks: dict[str, Task], cfg: TrainConfig, rng: np.random.Generator, size: int,
+                 k: int | None = None, batch_size: int | None = None):
+    """(query (B,3,S,S), query mask (B,1,S,S), supports (B,k,3,S,S), support masks (B,k,1,S,S), None).
+
+    The last item is the per-pixel loss weight (None: every pixel counts)."""
+    k = int(rng.integers(cfg.k_min, cfg.k_max + 1)) if k is None else k
     names = list(tasks)
     qi, qm, si, sm = [], [], [], []
-    for _ in range(cfg.batch_size):
+    for _ in range(cfg.batch_size if batch_size is None else batch_size):
         if not names or rng.random() < cfg.synthetic_fraction:
             imgs, masks = synthetic_task(rng, 1 + k, size)
         else:
@@ -108,13 +114,14 @@ def sample_batch(tasks: dict[str, Task], cfg: TrainConfig, rng: np.random.Genera
         a_img, a_mask = augment(imgs[:1], masks[:1], rng, 1.0)
         b_img, b_mask = augment(imgs[1:], masks[1:], rng, 0.5)
         qi.append(a_img[0]), qm.append(a_mask[0]), si.append(b_img), sm.append(b_mask)
-    return torch.stack(qi), torch.stack(qm), torch.stack(si), torch.stack(sm)
+    return torch.stack(qi), torch.stack(qm), torch.stack(si), torch.stack(sm), None
 
 
 @torch.no_grad()
 def validate(model: MatchSeg, tasks: dict[str, Task], k: int = 8, batch: int = 8) -> dict[str, float]:
     """Mean Dice per task at the working size, supports = top-k retrieved from the training split."""
     model.eval()
+    dev = next(model.parameters()).device
     out = {}
     for name, task in tasks.items():
         if task.val is None:
@@ -122,10 +129,10 @@ def validate(model: MatchSeg, tasks: dict[str, Task], k: int = 8, batch: int = 8
         dices = []
         for start in range(0, len(task.val), batch):
             rows = range(start, min(len(task.val), start + batch))
-            q = _as_float(task.val.images[list(rows)])
-            gt = task.val.masks[list(rows)].bool()
+            q = _as_float(task.val.images[list(rows)]).to(dev)
+            gt = task.val.masks[list(rows)].bool().to(dev)
             sup = torch.from_numpy(task.val_nn[list(rows), :k].astype(np.int64))
-            logits = model(q, _as_float(task.train.images[sup]), task.train.masks[sup].float())
+            logits = model(q, _as_float(task.train.images[sup]).to(dev), task.train.masks[sup].float().to(dev))
             pred = logits > 0
             inter = (pred & gt).sum((1, 2, 3)).float()
             card = (pred.sum((1, 2, 3)) + gt.sum((1, 2, 3))).float()
@@ -144,8 +151,12 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
 
 def train(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | None = None,
           cancel: Callable[[], bool] | None = None, log: Callable[[str], None] = print,
-          tasks: dict[str, Task] | None = None) -> dict[str, Any]:
-    """Train (or resume) into ``cfg.out_dir``: ``last.pt`` (resume state), ``best.safetensors``, ``log.jsonl``."""
+          tasks: dict[str, Task] | None = None,
+          sampler: Callable[[np.random.Generator], tuple] | None = None) -> dict[str, Any]:
+    """Train (or resume) into ``cfg.out_dir``: ``last.pt`` (resume state), ``best.safetensors``, ``log.jsonl``.
+
+    ``sampler(rng)`` replaces the episode sampler (semi-supervised training brings its own); it returns
+    what :func:`sample_batch` returns."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -160,13 +171,17 @@ def train(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | None = 
     if cfg.k_min < 1 or cfg.k_max < cfg.k_min:
         raise InputError(f"need 1 <= k_min <= k_max, got {cfg.k_min}..{cfg.k_max}")
     tasks = tasks if tasks is not None else load_tasks(cfg, size, log)
-    model.train()
+    dev = resolve_device(cfg.device)
+    # bf16 needs no loss scaling; where only fp16 exists (older GPUs, MPS) training stays fp32
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if dev.type == "cuda" and torch.cuda.is_bf16_supported() \
+        else contextlib.nullcontext()
+    model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
     state_file = out / "last.pt"
     step, best, best_val, elapsed = 0, -math.inf, {}, 0.0
     if state_file.is_file():
-        st = torch.load(state_file, weights_only=True)
+        st = torch.load(state_file, weights_only=True, map_location=dev)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
@@ -193,9 +208,11 @@ def train(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | None = 
             save_state()
             raise Cancelled(f"training cancelled at step {step}; resume with the same command")
         rng = np.random.default_rng([cfg.seed, step])
-        q, qm, s, sm = sample_batch(tasks, cfg, rng, size)
-        logits = model(q, s, sm)
-        loss = segmentation_loss(logits, qm)
+        batch = sampler(rng) if sampler is not None else sample_batch(tasks, cfg, rng, size)
+        q, qm, s, sm, w = (None if t is None else t.to(dev, non_blocking=True) for t in batch)
+        with amp:
+            logits = model(q, s, sm)
+        loss = segmentation_loss(logits.float(), qm, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

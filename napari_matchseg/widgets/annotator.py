@@ -7,6 +7,7 @@ no state that matters beyond the bank on disk, which is written as you go.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -69,6 +70,7 @@ class ReferenceAnnotator(QWidget):
         self._probabilities: dict[tuple[str, int | None], np.ndarray] = {}
         self.last_matches: list = []
         self.accepted: dict[str, set] = {}
+        self.semi_config = None  # a SemiConfig for "Learn from unlabelled" (None: its defaults)
         self._signals = _Signals()
         self._signals.progress.connect(self._on_progress)
         self._build_ui()
@@ -156,7 +158,11 @@ class ReferenceAnnotator(QWidget):
                                     "adapt MatchSeg to this bank in the background (a few minutes on a CPU)")
         self.download_btn = _button("Download weights", self.download_weights,
                                     "fetch the checkpoints the chosen retriever/proposer need")
-        root.addLayout(_row(self.export_btn, self.finetune_btn, self.download_btn))
+        self.semi_btn = _button("Learn from unlabelled", self.learn_from_unlabelled,
+                                "pseudo-label this layer's unlabelled slices (SAM 2 refined when chosen above) "
+                                "and fine-tune MatchSeg on them with the bank, in the background")
+        root.addLayout(_row(self.export_btn, self.download_btn))
+        root.addLayout(_row(self.finetune_btn, self.semi_btn))
         self.progress = QProgressBar()
         self.progress.setVisible(False)
         self.cancel_btn = _button("Cancel", self.cancel)
@@ -568,6 +574,40 @@ class ReferenceAnnotator(QWidget):
             self.status.setText(f"fine-tuned checkpoint in use: {path}")
 
         self._run(work, done, "fine-tuning MatchSeg on the bank...")
+
+    def learn_from_unlabelled(self) -> None:
+        """``matchseg semi`` on the unlabelled slices of the current layer; resumes a cancelled run."""
+        try:
+            bank = self._need_bank()
+            if len(bank) < 2:
+                raise InputError("learning from unlabelled images needs at least 2 references in the bank")
+            layer, images, todo = self._series()
+        except MatchsegError as exc:
+            _notify_error(str(exc))
+            return
+        from ..training.semi import SemiConfig, default_run_dir, run_semi
+
+        c = self._choices()
+        cfg = dataclasses.replace(self.semi_config or SemiConfig(), refine="sam2" if c["refine"] else "none", device=c["device"],
+                                  k=c["k"], sam2_image_size=c["sam2_image_size"])
+        stack = len(images) > 1
+        unlabelled = [(f"{layer.name}-{i}" if stack else layer.name, images[i], f"layer {layer.name}, slice {i}")
+                      for i in todo]
+        run = default_run_dir(bank) / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in layer.name)
+        base = self.settings.checkpoint or None
+
+        def work():
+            return run_semi(ReferenceBank.open(bank.path), unlabelled, run, base=base, cfg=cfg, log=lambda m: None,
+                            progress=lambda d, t, text: self._progress_cb(text)(d, t), cancel=self._cancel.is_set,
+                            new_run_if_different=True)
+
+        def done(path):
+            self.settings.checkpoint = str(path)
+            self._save_settings()
+            self.status.setText(f"learned from {len(todo)} unlabelled slices; checkpoint in use: {path}. "
+                                f"Pseudo-labels (not references): {path.parent / 'pseudo'}")
+
+        self._run(work, done, f"learning from {len(todo)} unlabelled slices...")
 
     def _needed_weights(self) -> list[str]:
         names = {"clip": ["clip-vit-b-32-laion2b"], "dinov2": ["dinov2_vits14"]}.get(self.retriever_combo.currentText(), [])

@@ -1,0 +1,157 @@
+"""Learning from unlabelled images (SAM-Match issue): a few labelled images, the rest of the train split unlabelled.
+
+    .venv/bin/python benchmarks/bench_semi.py --dataset busi [--labelled 30] [--rounds 2] [--steps 300] \
+        [--sam2-image-size 256] [--skip-sam2] [--work /tmp/matchseg-semi] [--json results.json]
+
+In one run, evaluated on the test split with the labelled images as the bank (k = 8):
+  (a) the shipped checkpoint;  (b) fine-tuned on the labelled images only (``finetune``, rounds x steps
+  steps of 8 episodes);  (c) the semi-supervised loop without SAM 2 (self-training, same number of steps,
+  4 labelled + 4 pseudo-labelled episodes per step);  (d) the SAM 2 refinement path. No SAM 2 weights can
+  be downloaded on the development machines, so (d) runs with a randomly initialised SAM 2 (tiny, at
+  ``--sam2-image-size``) unless the real checkpoint is in the weights cache: it shows the path runs, not
+  what SAM 2 is worth. Also reported: the Dice of each round's pseudo-labels against the (hidden) truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench_foundation import machine  # noqa: E402
+
+from napari_matchseg import weights  # noqa: E402
+from napari_matchseg.bank import ReferenceBank  # noqa: E402
+from napari_matchseg.checkpoint import build_matchseg  # noqa: E402
+from napari_matchseg.cli_models import evaluate  # noqa: E402
+from napari_matchseg.image_io import read_image, read_mask  # noqa: E402
+from napari_matchseg.metrics import dice  # noqa: E402
+from napari_matchseg.predictor import MatchSegPredictor  # noqa: E402
+from napari_matchseg.pseudo_labels import PseudoLabelStore  # noqa: E402
+from napari_matchseg.retrieval import get_retriever  # noqa: E402
+from napari_matchseg.training.data import read_manifest  # noqa: E402
+from napari_matchseg.training.finetune import finetune  # noqa: E402
+from napari_matchseg.training.semi import SemiConfig, run_semi  # noqa: E402
+from napari_matchseg.training.train import GROUPS  # noqa: E402
+
+
+def pseudo_label_quality(run: Path, truth: dict[str, np.ndarray]) -> list[dict]:
+    out = []
+    for folder in sorted((run / "pseudo").glob("round-*")):
+        store = PseudoLabelStore(folder)
+        d_all, d_conf, acc = [], [], []
+        for rec in store.records():
+            mask, conf = store.load(rec["name"])
+            gt = truth[rec["name"]]
+            d_all.append(dice(mask, gt))
+            acc.append(float((mask == gt)[conf].mean()) if conf.any() else float("nan"))
+        chosen = set(json.loads((folder / "selected.json").read_text()))
+        d_sel = [d for d, rec in zip(d_all, store.records()) if rec["name"] in chosen]
+        out.append({"round": folder.name, "dice_vs_truth": round(float(np.mean(d_all)), 4),
+                    "selected": len(chosen), "selected_dice_vs_truth": round(float(np.mean(d_sel)), 4),
+                    "confident_pixel_accuracy": round(float(np.nanmean(acc)), 4),
+                    "sam2_refined": sum(r["method"] == "sam2" for r in store.records()), "images": len(store)})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--dataset", default="busi")
+    ap.add_argument("--labelled", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=300, help="training steps per round")
+    ap.add_argument("--confidence", type=float, default=0.9)
+    ap.add_argument("--keep-fraction", type=float, default=0.5)
+    ap.add_argument("--sam2-image-size", type=int, default=256)
+    ap.add_argument("--skip-sam2", action="store_true")
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default="/tmp/matchseg-semi")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    data, name = Path(args.data), args.dataset
+    work = Path(args.work) / name
+    ids = read_manifest(data, name, "train", GROUPS.get(name))
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(ids))
+    lab_ids, unl_ids = [ids[i] for i in order[:args.labelled]], [ids[i] for i in order[args.labelled:]]
+    bank = ReferenceBank.open(work / "bank", create=True)
+    if len(bank) < len(lab_ids):
+        bank.add_many(((read_image(data / name / "images" / f"{r}.png"),
+                        read_mask(data / name / "masks" / f"{r}.png"), f"{r}.png") for r in lab_ids),
+                      on_duplicate="skip")
+    unlabelled, truth = [], {}
+    for r in unl_ids:
+        img = read_image(data / name / "images" / f"{r}.png")
+        unlabelled.append((r, img, str(data / name / "images" / f"{r}.png")))
+        truth[r] = read_mask(data / name / "masks" / f"{r}.png", img.shape)
+    test = read_manifest(data, name, "test", GROUPS.get(name))
+    pairs = [(data / name / "images" / f"{r}.png", data / name / "masks" / f"{r}.png") for r in test]
+    retriever = get_retriever("handcrafted")
+    opts = argparse.Namespace(k=8, threshold=0.5, support="retrieved", allow_self=False)
+    total = args.rounds * args.steps
+    results: dict[str, dict] = {}
+
+    def score(label: str, ckpt, seconds: float, extra: dict | None = None) -> None:
+        t = time.time()
+        r = evaluate(bank, retriever, MatchSegPredictor(ckpt, device="auto"), pairs, opts)
+        results[label] = {k: v for k, v in r.items() if k != "rows"} | {"train_seconds": round(seconds),
+                                                                        "eval_seconds": round(time.time() - t)}
+        results[label].update(extra or {})
+        print(f"{name} {label:34s} Dice {r['dice_mean']:.4f} +- {r['dice_std']:.4f}  IoU {r['iou_mean']:.4f}  "
+              f"n={r['n']}  train {seconds:.0f} s", flush=True)
+
+    score("(a) shipped", None, 0)
+    ft = work / "finetuned.safetensors"
+    if not ft.exists():  # (reused when the benchmark is run again)
+        finetune(bank, ft, steps=total, batch_size=8, lr=3e-4, log=lambda m: None)
+    score("(b) fine-tuned on labelled", ft, build_matchseg(ft)[1]["train_seconds"])
+    cfg = SemiConfig(rounds=args.rounds, steps_per_round=args.steps, confidence=args.confidence, seed=args.seed,
+                     keep_fraction=args.keep_fraction)
+    t = time.time()
+    out = run_semi(bank, unlabelled, work / "semi", cfg=cfg, log=lambda m: print("  " + m, flush=True))
+    score("(c) semi, self-training", out, time.time() - t, {"pseudo_labels": pseudo_label_quality(work / "semi", truth)})
+    if not args.skip_sam2:
+        from napari_matchseg.sam2_model import build_sam2_model
+        from napari_matchseg.samatch import Sam2Refiner
+
+        real = weights.where("sam2.1_hiera_tiny").is_file()
+        size = 1024 if real else args.sam2_image_size
+        model = build_sam2_model("sam2.1_hiera_tiny", image_size=size, random_init=not real)
+        refiner = Sam2Refiner(image_size=size, _model=model)
+        cfg_d = dataclasses.replace(cfg, refine="sam2", sam2_image_size=size)
+        t = time.time()
+        out = run_semi(bank, unlabelled, work / ("semi-sam2" if real else "semi-sam2-random"), cfg=cfg_d,
+                       refiner=refiner, log=lambda m: print("  " + m, flush=True))
+        label = "(d) semi, SAM 2 refined" + ("" if real else " (RANDOM SAM 2)")
+        score(label, out, time.time() - t, {"sam2_weights": "official" if real else f"random init, {size} px",
+                                            "pseudo_labels": pseudo_label_quality(work / out.parent.name, truth)})
+    print(f"\nmachine: {machine()}")
+    print(f"{name}: {len(lab_ids)} labelled (bank), {len(unl_ids)} unlabelled, {len(pairs)} test images; "
+          f"{args.rounds} rounds x {args.steps} steps; confidence {args.confidence}; keep {args.keep_fraction}\n")
+    print("| method | Dice | IoU | training (s) |\n|---|---:|---:|---:|")
+    for label, r in results.items():
+        print(f"| {label} | {r['dice_mean']:.3f} +- {r['dice_std']:.3f} | {r['iou_mean']:.3f} | {r['train_seconds']} |")
+    for label, r in results.items():
+        for q in r.get("pseudo_labels", []):
+            print(f"{label} pseudo-labels {q}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "dataset": name, "args": vars(args),
+                                               "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

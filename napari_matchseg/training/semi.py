@@ -1,0 +1,348 @@
+"""Learning from unlabelled images: SAM-Match style pseudo-labels that fine-tune MatchSeg.
+
+Each round (``matchseg semi``, or "Learn from unlabelled" in the plugin):
+
+1. **Pseudo-label** every unlabelled image with the current MatchSeg, supports retrieved from the bank, on
+   the weak view (the image and its mirror image, averaged). Confident pixels (``max(p, 1 - p) >=
+   confidence``) are kept; with ``refine="sam2"`` they become SAM 2 prompts and SAM 2's mask is the label
+   (SAM-Match). Without SAM 2 weights the confident prediction itself is the label. Pseudo-labels go to
+   ``RUN/pseudo/round-<r>/`` (:class:`~napari_matchseg.pseudo_labels.PseudoLabelStore`), never to the bank.
+2. **Fine-tune** on batches of labelled episodes (query and supports from the bank, as ``finetune`` does)
+   plus unlabelled episodes in FixMatch style: the pseudo-label from the weak view supervises a strongly
+   augmented view (same geometry for image and label, strong intensity changes, blur/noise, cut-out), and
+   only confident pixels count in the loss.
+
+The pseudo-labels are refreshed once per round rather than at every step: a CPU then pays one forward
+pass per unlabelled image and round instead of one per training step. Everything is resumable: finished
+pseudo-labels are kept, training resumes from ``last.pt``, finished rounds from ``round-<r>.safetensors``.
+The result, ``RUN/matchseg-semi.safetensors``, carries its settings and pseudo-label statistics. ``RUN``
+defaults to ``<bank>.semi`` beside the bank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..bank import ReferenceBank
+from ..checkpoint import build_matchseg, save_checkpoint
+from ..errors import Cancelled, InputError, WeightsError
+from ..fsutil import atomic_write_json
+from ..image_io import check_image, content_hash, list_images, read_image
+from ..predictor import MatchSegPredictor
+from ..pseudo_labels import PseudoLabelStore, confident_pseudo_label, refined_pseudo_label
+from ..retrieval import get_retriever
+from .augment import augment, strong_photometric
+from .data import mask_to_working, neighbours, to_working
+from .finetune import bank_task
+from .train import Task, TrainConfig, sample_batch, train
+
+FINAL_NAME = "matchseg-semi.safetensors"
+Progress = Callable[[int, int, str], None]
+
+
+@dataclasses.dataclass
+class SemiConfig:
+    rounds: int = 2
+    steps_per_round: int = 300
+    labelled_batch: int = 4
+    unlabelled_batch: int = 4
+    k: int = 8  # supports when pseudo-labelling
+    k_max: int = 8  # supports drawn in 1..k_max while training
+    lr: float = 3e-4
+    confidence: float = 0.9
+    keep_fraction: float = 0.5  # train on the most reliable pseudo-labels only (weak views agree best)
+    unlabelled_weight: float = 1.0
+    synthetic_fraction: float = 0.3  # as in finetune: keeps the model using its supports
+    refine: str = "none"  # or "sam2"
+    refine_threshold: float = 0.95
+    refine_margin: int = 30
+    sam2_model: str = "sam2.1_hiera_tiny"
+    sam2_checkpoint: str | None = None
+    sam2_image_size: int = 1024
+    retriever: str = "handcrafted"
+    device: str = "auto"
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.refine not in ("none", "sam2"):
+            raise InputError(f"refine must be 'none' or 'sam2', not {self.refine!r}")
+        if self.rounds < 1 or self.steps_per_round < 1:
+            raise InputError("rounds and steps_per_round must be at least 1")
+        if not 0.5 <= self.confidence < 1:
+            raise InputError(f"confidence must be in [0.5, 1), got {self.confidence}")
+        if not 0 < self.keep_fraction <= 1:
+            raise InputError(f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
+        if not 1 <= self.k <= 32:
+            raise InputError(f"k must be between 1 and 32, got {self.k}")
+
+
+@dataclasses.dataclass
+class Unlabelled:
+    """Unlabelled images at the working size, their supports in the bank and (per round) pseudo-labels."""
+
+    names: list[str]
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    support_nn: np.ndarray  # (N, n) bank rows, most similar first
+    masks: torch.Tensor | None = None  # (N, 1, S, S) uint8 pseudo-labels
+    confident: torch.Tensor | None = None  # (N, 1, S, S) uint8: 1 = the pixel counts
+
+    def subset(self, rows: Sequence[int]) -> Unlabelled:
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        return Unlabelled([self.names[i] for i in rows], self.images[idx], self.support_nn[list(rows)],
+                          None if self.masks is None else self.masks[idx],
+                          None if self.confident is None else self.confident[idx])
+
+
+def read_unlabelled_folder(folder: str | Path) -> list[tuple[str, np.ndarray, str]]:
+    """(name, image, source path) for every image of a folder; a file that cannot be read is an error."""
+    files = list_images(folder)
+    if not files:
+        raise InputError(f"no images in {folder}")
+    names = [p.stem for p in files]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(f"{folder} holds several images named {dup[:5]} with different suffixes; rename them")
+    return [(p.stem, read_image(p), str(p)) for p in files]
+
+
+def default_run_dir(bank: ReferenceBank) -> Path:
+    return bank.path.with_name(bank.path.name + ".semi")
+
+
+def _digest(items: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+
+def _open_run(run: Path, settings: dict, new_run_if_different: bool, log) -> Path:
+    """The run folder to use: a new one, or one started with exactly these settings (resumed or complete)."""
+    if new_run_if_different:
+        n, first = 1, run
+        while (run / "config.json").exists() and json.loads((run / "config.json").read_text()) != settings:
+            n += 1
+            run = first.with_name(f"{first.name}-{n}")
+    config_file = run / "config.json"
+    if not config_file.exists():
+        atomic_write_json(config_file, settings, overwrite=False)
+        return run
+    started = json.loads(config_file.read_text())
+    if started != settings:
+        changed = sorted(k for k in settings if started.get(k) != settings[k])
+        raise InputError(f"{run} holds a run started with other settings ({', '.join(changed)} differ); "
+                         "choose another run folder, or delete this one to start over")
+    log(f"{run / FINAL_NAME} is already complete" if (run / FINAL_NAME).exists() else f"resuming the run in {run}")
+    return run
+
+
+def semi_batch(bank: Task, unl: Unlabelled, cfg: SemiConfig, tcfg: TrainConfig, rng: np.random.Generator,
+               size: int):
+    """Labelled episodes (as in fine-tuning) followed by FixMatch episodes on pseudo-labelled images."""
+    k = int(rng.integers(tcfg.k_min, tcfg.k_max + 1))
+    q, qm, s, sm, _ = sample_batch({"bank": bank}, tcfg, rng, size, k=k, batch_size=cfg.labelled_batch)
+    weights = [torch.ones_like(qm)]
+    uq, um, uw, us, usm = [], [], [], [], []
+    for _ in range(cfg.unlabelled_batch):
+        u = int(rng.integers(len(unl.names)))
+        pool = unl.support_nn[u][: max(k, min(unl.support_nn.shape[1], 2 * k))]
+        sup = torch.from_numpy(rng.choice(pool, size=k, replace=len(pool) < k).astype(np.int64))
+        image = unl.images[u:u + 1].float() / 255
+        target = torch.cat([unl.masks[u:u + 1], unl.confident[u:u + 1]], 1).float()
+        weak, target = augment(image, target, rng, 1.0)  # geometry shared by the view and its label
+        strong, keep = strong_photometric(weak, rng)
+        b_img, b_mask = augment(bank.train.images[sup].float() / 255, bank.train.masks[sup].float(), rng, 0.5)
+        uq.append(strong[0]), um.append(target[0, :1]), uw.append(target[0, 1:] * keep[0] * cfg.unlabelled_weight)
+        us.append(b_img), usm.append(b_mask)
+    weights.append(torch.stack(uw))
+    return (torch.cat([q, torch.stack(uq)]), torch.cat([qm, torch.stack(um)]), torch.cat([s, torch.stack(us)]),
+            torch.cat([sm, torch.stack(usm)]), torch.cat(weights))
+
+
+class _Refiner:
+    """Builds SAM 2 once, on first use; without its weights, says so once and returns None."""
+
+    def __init__(self, cfg: SemiConfig, log, refiner=None):
+        self.cfg, self.log, self.refiner, self.tried = cfg, log, refiner, refiner is not None
+
+    def get(self):
+        if self.cfg.refine != "sam2":
+            return None
+        if not self.tried:
+            self.tried = True
+            from ..samatch import Sam2Refiner
+
+            try:
+                self.refiner = Sam2Refiner(self.cfg.sam2_model, self.cfg.sam2_checkpoint, self.cfg.device,
+                                           self.cfg.sam2_image_size)
+            except WeightsError as exc:
+                self.log(f"SAM 2 refinement unavailable ({exc}); the confident predictions are the pseudo-labels")
+        return self.refiner
+
+
+def pseudo_label_round(predictor: MatchSegPredictor, bank: ReferenceBank, bank_ids: list[str],
+                       items: Sequence[tuple[str, np.ndarray, str]], support_nn: np.ndarray, store: PseudoLabelStore,
+                       cfg: SemiConfig, refiner: _Refiner, round_: int, checkpoint: str,
+                       progress: Callable[[int], None], cancel: Callable[[], bool] | None) -> None:
+    """Pseudo-label the images ``store`` lacks (weak view = the image and its mirror, averaged)."""
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def support(i):
+        if i not in cache:
+            cache[i] = (bank.load_image(i), bank.load_mask(i))
+        return cache[i]
+
+    for n, (name, image, source) in enumerate(items):
+        if cancel is not None and cancel():
+            raise Cancelled(f"pseudo-labelling cancelled ({len(store)} of {len(items)} done); "
+                            "run the same command again to resume")
+        if name not in store:
+            sup = [support(bank_ids[j]) for j in support_nn[n][:cfg.k]]
+            s_img, s_msk = [s[0] for s in sup], [s[1] for s in sup]
+            mirrored = np.ascontiguousarray(image[:, ::-1])
+            p, p_m = predictor.predict_batch([image, mirrored], [(s_img, s_msk), (s_img, s_msk)])
+            p_m = p_m[:, ::-1]
+            prob = 0.5 * (p + p_m)
+            sam = refiner.get()
+            if sam is not None:
+                mask, conf, method, note = refined_pseudo_label(sam, image, prob, cfg.confidence,
+                                                                cfg.refine_threshold, cfg.refine_margin)
+            else:
+                (mask, conf), method, note = confident_pseudo_label(prob, cfg.confidence), "confident", ""
+            store.add(name, mask, conf, reliability=round(_agreement(p >= 0.5, p_m >= 0.5), 5),
+                      source=source, image_sha256=content_hash(image), round=round_,
+                      method=method, note=note, checkpoint=checkpoint, supports=[bank_ids[j] for j in support_nn[n][:cfg.k]])
+        progress(n + 1)
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice between the two weak views' masks (1 when both are empty): how reliable a pseudo-label is.
+    On BUSI train images it ranks pseudo-labels by their true Dice with Spearman 0.77 (docs/semi.md)."""
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+
+
+def select_reliable(store: PseudoLabelStore, names: list[str], keep_fraction: float) -> list[int]:
+    """Rows of ``names`` whose pseudo-labels are the most reliable ``keep_fraction`` (ST++-style selection)."""
+    recs = {r["name"]: r for r in store.records()}
+    score = np.array([recs[n]["reliability"] for n in names])
+    n_keep = max(1, int(round(keep_fraction * len(names))))
+    return sorted(np.argsort(-score, kind="stable")[:n_keep].tolist())
+
+
+def _load_pseudo(store: PseudoLabelStore, names: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    masks, confs = [], []
+    for name in names:
+        m, c = store.load(name)
+        masks.append(mask_to_working(m, size).to(torch.uint8))
+        confs.append(mask_to_working(c, size).to(torch.uint8))
+    return torch.stack(masks), torch.stack(confs)
+
+
+def _round_stats(store: PseudoLabelStore) -> dict:
+    recs = store.records()
+    return {"images": len(recs), "sam2_refined": sum(r["method"] == "sam2" for r in recs),
+            "mean_confident_fraction": round(float(np.mean([r["confident_fraction"] for r in recs])), 4),
+            "mean_foreground_fraction": round(float(np.mean([r["foreground_fraction"] for r in recs])), 4),
+            "selected": len(json.loads((store.folder / "selected.json").read_text()))}
+
+
+def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, str]], run_dir: str | Path | None = None,
+             base: str | Path | None = None, cfg: SemiConfig | None = None, progress: Progress | None = None,
+             cancel: Callable[[], bool] | None = None, log: Callable[[str], None] = print,
+             refiner=None, threads: int | None = None, new_run_if_different: bool = False) -> Path:
+    """Run (or resume) the loop; returns the fine-tuned checkpoint. ``unlabelled``: (name, image, source)
+    triples (see :func:`read_unlabelled_folder`); ``refiner``: a ready SAM 2 refiner (tests, benchmarks).
+    A run folder started with other settings is an error, or with ``new_run_if_different`` (the plugin) the
+    run goes to the first free ``<run>-2``, ``<run>-3``... instead."""
+    cfg = cfg or SemiConfig()
+    cfg.check()
+    if threads:
+        torch.set_num_threads(threads)
+    if len(bank) < 2:
+        raise InputError(f"the semi-supervised loop needs at least 2 labelled references, the bank has {len(bank)}")
+    items, skipped = [], 0
+    for name, image, source in unlabelled:
+        image = check_image(image, name=source or name)
+        if bank.find_image(image) is not None:
+            skipped += 1  # already labelled by a person: the bank's label wins
+            continue
+        items.append((name, image, source))
+    if skipped:
+        log(f"{skipped} of the unlabelled images are already in the bank; they are not pseudo-labelled")
+    if not items:
+        raise InputError("no unlabelled images left to learn from (all of them are already in the bank)")
+    if len({n for n, _, _ in items}) != len(items):
+        raise InputError("unlabelled images need unique names")
+    run = Path(run_dir) if run_dir is not None else default_run_dir(bank)
+    bank_ids = bank.ids()
+    settings = {"semi": dataclasses.asdict(cfg), "base": str(base) if base else "default",
+                "bank": str(bank.path), "references": _digest(bank_ids),
+                "unlabelled": _digest([f"{n}:{content_hash(im)}" for n, im, _ in items])}
+    run = _open_run(run, settings, new_run_if_different, log)
+    final = run / FINAL_NAME
+    if final.exists():
+        return final
+
+    model, base_meta = build_matchseg(base)
+    size = model.config.image_size
+    labelled = bank_task(bank, size, cfg.retriever)
+    retriever = get_retriever(cfg.retriever)
+    u_vectors = np.asarray(retriever.embed([im for _, im, _ in items]))
+    unl = Unlabelled([n for n, _, _ in items],
+                     torch.stack([(to_working(im, size) * 255).round().to(torch.uint8) for _, im, _ in items]),
+                     neighbours(u_vectors, labelled.train.vectors, max(16, cfg.k), exclude_self=False))
+    sam = _Refiner(cfg, log, refiner)
+    per_round = len(items) + cfg.steps_per_round
+    total = cfg.rounds * per_round
+    report = progress or (lambda d, t, s: None)
+    t0, stats = time.time(), []
+    previous = str(base) if base else None
+    for r in range(cfg.rounds):
+        done_ckpt = run / f"round-{r}.safetensors"
+        store = PseudoLabelStore(run / "pseudo" / f"round-{r}")
+        if done_ckpt.exists():
+            stats.append(_round_stats(store))
+            previous = str(done_ckpt)
+            continue
+        start = r * per_round
+        predictor = MatchSegPredictor(previous, device=cfg.device)
+        pseudo_label_round(predictor, bank, bank_ids, items, unl.support_nn, store, cfg, sam, r,
+                           previous or "default", lambda n: report(start + n, total, f"pseudo-labelling (round {r + 1})"),
+                           cancel)
+        del predictor
+        keep = select_reliable(store, unl.names, cfg.keep_fraction)
+        atomic_write_json(store.folder / "selected.json", [unl.names[i] for i in keep])
+        chosen = unl.subset(keep)
+        chosen.masks, chosen.confident = _load_pseudo(store, chosen.names, size)
+        stats.append(_round_stats(store))
+        log(f"round {r + 1}: pseudo-labels {json.dumps(stats[-1])}")
+        tcfg = TrainConfig(data_root=str(bank.path), out_dir=str(run / f"train-round-{r}"), datasets=("bank",),
+                           steps=cfg.steps_per_round, batch_size=cfg.labelled_batch, k_min=1,
+                           k_max=max(1, min(cfg.k_max, len(bank) - 1)), lr=cfg.lr, warmup=min(20, cfg.steps_per_round),
+                           synthetic_fraction=cfg.synthetic_fraction, val_every=cfg.steps_per_round,
+                           seed=cfg.seed + 1000 * r, retriever=cfg.retriever,
+                           init_checkpoint=previous or "default", device=cfg.device)
+        result = train(tcfg, tasks={"bank": labelled}, log=log, cancel=cancel,
+                       sampler=lambda rng: semi_batch(labelled, chosen, cfg, tcfg, rng, size),
+                       progress=lambda s, t, i: report(start + len(items) + s, total, f"fine-tuning (round {r + 1})"))
+        tuned, meta = build_matchseg(result["best_checkpoint"])
+        save_checkpoint(done_ckpt, tuned, dict(meta, semi_round=r, pseudo_labels=stats[-1]))
+        shutil.rmtree(tcfg.out_dir, ignore_errors=True)
+        previous = str(done_ckpt)
+    tuned, _ = build_matchseg(previous)
+    metadata = {"semi_supervised": settings, "rounds": stats, "base": base_meta.get("checkpoint"),
+                "references": len(bank), "unlabelled_images": len(items),
+                "seconds_this_session": round(time.time() - t0), "torch": torch.__version__}
+    save_checkpoint(final, tuned, metadata, overwrite=False)
+    log(f"semi-supervised checkpoint: {final}")
+    return final
+
+
+__all__ = ["SemiConfig", "run_semi", "read_unlabelled_folder", "default_run_dir", "semi_batch", "FINAL_NAME"]

@@ -1,0 +1,207 @@
+"""Learning from unlabelled images: pseudo-labels, confident-pixel masking, the loop, resume, `matchseg semi`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from conftest import dataset_dir, load_real, real_ids
+from napari_matchseg.bank import ReferenceBank
+from napari_matchseg.checkpoint import build_matchseg
+from napari_matchseg.cli import main
+from napari_matchseg.errors import Cancelled, InputError
+from napari_matchseg.metrics import dice
+from napari_matchseg.pseudo_labels import PseudoLabelStore, confident_pseudo_label, refined_pseudo_label
+from napari_matchseg.samatch import Refinement, extract_prompts
+from napari_matchseg.training.losses import segmentation_loss
+from napari_matchseg.training.semi import FINAL_NAME, SemiConfig, Unlabelled, run_semi, semi_batch
+from napari_matchseg.training.data import Split
+from napari_matchseg.training.train import Task, TrainConfig
+
+FAST = dict(rounds=2, steps_per_round=3, labelled_batch=2, unlabelled_batch=2, k=3, k_max=3)
+
+
+def soft(mask: np.ndarray, sigma: float = 3.0) -> np.ndarray:
+    """A probability map like a model's: certain inside and far outside, uncertain near the boundary."""
+    return ndi.gaussian_filter(mask.astype(np.float32), sigma)
+
+
+@pytest.mark.parametrize("row", [0, 1, 2])
+def test_pseudo_labels_from_real_masks(row):
+    _, gt = load_real("busi", real_ids("busi", n=3, groups=("benign", "malignant"))[row])
+    prob = soft(gt)
+    mask, confident = confident_pseudo_label(prob, 0.9)
+    assert dice(mask, gt) > 0.95
+    assert not confident[(prob > 0.1) & (prob < 0.9)].any()  # below the threshold: left out
+    assert confident[(prob >= 0.9) | (prob <= 0.1)].all()
+    assert (mask == gt)[confident].mean() > 0.999  # what is kept is right
+    edge = gt ^ ndi.binary_erosion(gt, iterations=1)
+    assert not confident[edge].all()  # the uncertain boundary is not trusted
+    prompts, _ = extract_prompts(prob, 0.95)
+    xs, ys = prompts.points[:, 0].astype(int), prompts.points[:, 1].astype(int)
+    assert gt[ys[prompts.labels == 1], xs[prompts.labels == 1]].all()
+    assert not gt[ys[prompts.labels == 0], xs[prompts.labels == 0]].any()
+
+
+def test_sam_refined_pseudo_label_drops_contradicted_pixels():
+    _, gt = load_real("busi", real_ids("busi", n=1, groups=("benign",))[0])
+    prob = soft(gt)
+
+    class Refiner:  # stands in for SAM 2: returns a mask that is the truth shifted by 5 px
+        def refine(self, image, p, threshold, margin):
+            return Refinement(np.roll(gt, 5, axis=1), None, True, "refined")
+
+    mask, confident, method, _ = refined_pseudo_label(Refiner(), np.zeros(gt.shape, np.uint8), prob, 0.9)
+    assert method == "sam2" and np.array_equal(mask, np.roll(gt, 5, axis=1))
+    sure_fg, sure_bg = prob >= 0.9, prob <= 0.1
+    assert not confident[(sure_fg & ~mask) | (sure_bg & mask)].any()
+    assert confident[sure_fg & mask].all()
+
+    class Empty:
+        def refine(self, image, p, threshold, margin):
+            return Refinement(p >= 0.5, None, False, "not refined: empty proposal")
+
+    mask, confident, method, note = refined_pseudo_label(Empty(), np.zeros(gt.shape, np.uint8), prob, 0.9)
+    assert method == "confident" and "empty" in note and np.array_equal(mask, prob >= 0.5)
+
+
+def test_store_marks_pseudo_labels_and_survives_a_torn_record(tmp_path):
+    store = PseudoLabelStore(tmp_path / "p")
+    m = np.zeros((20, 30), bool)
+    m[5:10, 5:20] = True
+    c = np.ones_like(m)
+    c[0] = False
+    rec = store.add("a", m, c, round=0, method="confident")
+    assert rec["kind"] == "pseudo_label" and rec["reviewed"] is False
+    assert json.loads((tmp_path / "p" / "info.json").read_text())["reviewed"] is False
+    with open(tmp_path / "p" / "labels.jsonl", "a") as f:
+        f.write('{"name": "b", "kind": "pseu')  # a crash mid-line
+    again = PseudoLabelStore(tmp_path / "p")
+    assert "a" in again and "b" not in again and len(again) == 1
+    mm, cc = again.load("a")
+    assert np.array_equal(mm, m) and np.array_equal(cc, c)
+    with pytest.raises(InputError, match="differ"):
+        store.add("c", m, c[:5])
+
+
+def test_only_the_most_reliable_pseudo_labels_are_selected(tmp_path):
+    from napari_matchseg.training.semi import _agreement, select_reliable
+
+    a = np.zeros((10, 10), bool)
+    a[2:6, 2:6] = True
+    assert _agreement(a, a) == 1.0 and _agreement(a, ~a) == 0.0 and _agreement(a & False, a & False) == 1.0
+    store = PseudoLabelStore(tmp_path / "p")
+    for name, rel in (("a", 0.2), ("b", 0.9), ("c", 0.5), ("d", 0.95)):
+        store.add(name, a, a, reliability=rel)
+    assert select_reliable(store, ["a", "b", "c", "d"], 0.5) == [1, 3]
+    assert select_reliable(store, ["a", "b", "c", "d"], 1.0) == [0, 1, 2, 3]
+    assert select_reliable(store, ["a"], 0.1) == [0]
+
+
+def _tiny_unlabelled(size=64, n=3, confident=1):
+    imgs = torch.randint(0, 255, (n, 3, size, size), dtype=torch.uint8)
+    masks = torch.zeros(n, 1, size, size, dtype=torch.uint8)
+    masks[:, :, 16:48, 16:48] = 1
+    return Unlabelled([f"u{i}" for i in range(n)], imgs, np.zeros((n, 4), np.int64), masks,
+                      torch.full((n, 1, size, size), confident, dtype=torch.uint8))
+
+
+def _tiny_bank_task(size=64, n=4):
+    imgs = torch.randint(0, 255, (n, 3, size, size), dtype=torch.uint8)
+    masks = torch.zeros(n, 1, size, size, dtype=torch.uint8)
+    masks[:, :, 10:30, 10:30] = 1
+    nn = np.array([[j for j in range(n) if j != i] for i in range(n)])
+    return Task(Split("bank", [f"b{i}" for i in range(n)], imgs, masks, np.eye(n)), None, nn, None)
+
+
+def test_pixels_below_the_confidence_threshold_contribute_no_loss():
+    cfg = SemiConfig(labelled_batch=2, unlabelled_batch=3, synthetic_fraction=0.0)
+    tcfg = TrainConfig(data_root="x", out_dir="x", datasets=("bank",), k_min=1, k_max=3, synthetic_fraction=0.0)
+    bank = _tiny_bank_task()
+    q, qm, s, sm, w = semi_batch(bank, _tiny_unlabelled(confident=0), cfg, tcfg, np.random.default_rng(0), 64)
+    assert q.shape[0] == qm.shape[0] == s.shape[0] == w.shape[0] == 5
+    assert (w[:2] == 1).all() and (w[2:] == 0).all()  # labelled: every pixel; unconfident: none
+    logits = torch.randn_like(qm)
+    wild = logits.clone()
+    wild[2:] = 40.0
+    assert torch.equal(segmentation_loss(logits, qm, w), segmentation_loss(wild, qm, w))
+    *_, w1 = semi_batch(bank, _tiny_unlabelled(confident=1), cfg, tcfg, np.random.default_rng(0), 64)
+    assert w1[2:].sum() > 0.5 * w1[2:].numel()  # confident pixels count (minus padding and cut-out)
+
+
+@pytest.fixture
+def semi_setup(tmp_path, tiny_ckpt):
+    ids = real_ids("kvasir", n=10)
+    bank = ReferenceBank.create(tmp_path / "bank")
+    bank.add_many((*load_real("kvasir", i), i) for i in ids[:5])
+    unlabelled = [(i, load_real("kvasir", i)[0], f"kvasir/{i}.png") for i in ids[5:]]
+    return bank, unlabelled, tiny_ckpt, tmp_path
+
+
+@pytest.mark.slow
+def test_loop_runs_changes_the_weights_and_leaves_the_bank_alone(semi_setup):
+    bank, unlabelled, base, tmp = semi_setup
+    bank_json = (bank.path / "bank.json").read_bytes()
+    logs = []
+    out = run_semi(bank, unlabelled + [("again", bank.load_image(bank.ids()[0]), "x")], tmp / "run", base=base,
+                   cfg=SemiConfig(**FAST, refine="sam2"), log=logs.append)
+    assert out == tmp / "run" / FINAL_NAME
+    assert any("already in the bank" in m for m in logs)
+    assert any("SAM 2 refinement unavailable" in m for m in logs)  # offline, no weights: confident labels
+    tuned, meta = build_matchseg(out)
+    orig, _ = build_matchseg(base)
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), orig.state_dict().values()))
+    assert meta["unlabelled_images"] == 5 and len(meta["rounds"]) == 2
+    for r in range(2):
+        store = PseudoLabelStore(tmp / "run" / "pseudo" / f"round-{r}")
+        assert sorted(x["name"] for x in store.records()) == sorted(n for n, _, _ in unlabelled)
+        assert all(x["method"] == "confident" and x["kind"] == "pseudo_label" for x in store.records())
+        assert len(json.loads((store.folder / "selected.json").read_text())) == meta["rounds"][r]["selected"] == 2
+    assert (bank.path / "bank.json").read_bytes() == bank_json and len(ReferenceBank.open(bank.path)) == 5
+    assert run_semi(bank, unlabelled, tmp / "run", base=base, cfg=SemiConfig(**FAST, refine="sam2"),
+                    log=logs.append) == out and "already complete" in logs[-1]
+    with pytest.raises(InputError, match="other settings"):
+        run_semi(bank, unlabelled, tmp / "run", base=base, cfg=SemiConfig(**dict(FAST, rounds=3)))
+
+
+@pytest.mark.slow
+def test_cancelled_run_resumes_to_the_same_result(semi_setup):
+    bank, unlabelled, base, tmp = semi_setup
+    straight = run_semi(bank, unlabelled, tmp / "a", base=base, cfg=SemiConfig(**FAST), log=lambda m: None)
+    for stop_after in (3, 7):  # during round 1's pseudo-labelling, then during its training
+        calls = {"n": 0}
+
+        def cancel():
+            calls["n"] += 1
+            return calls["n"] == stop_after
+
+        with pytest.raises(Cancelled, match="same command"):
+            run_semi(bank, unlabelled, tmp / "b", base=base, cfg=SemiConfig(**FAST), cancel=cancel, log=lambda m: None)
+    assert (tmp / "b" / "train-round-0" / "last.pt").exists()
+    resumed = run_semi(bank, unlabelled, tmp / "b", base=base, cfg=SemiConfig(**FAST), log=lambda m: None)
+    lines = (tmp / "b" / "pseudo" / "round-0" / "labels.jsonl").read_text().splitlines()
+    assert len(lines) == len(unlabelled)  # nothing pseudo-labelled twice
+    a, b = build_matchseg(straight)[0].state_dict(), build_matchseg(resumed)[0].state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_semi_command_end_to_end(semi_setup, capsys):
+    bank, unlabelled, base, tmp = semi_setup
+    folder = tmp / "unlabelled"
+    folder.mkdir()
+    for name, _, _ in unlabelled:
+        (folder / f"{name}.png").symlink_to(dataset_dir("kvasir") / "images" / f"{name}.png")
+    code = main(["semi", "--bank", str(bank.path), "--unlabelled", str(folder), "--checkpoint", str(base),
+                 "--rounds", "1", "--steps", "2", "-k", "3"])
+    out = capsys.readouterr().out
+    assert code == 0 and "fine-tuned checkpoint" in out
+    assert (tmp / "bank.semi" / FINAL_NAME).exists()
+    assert len(PseudoLabelStore(tmp / "bank.semi" / "pseudo" / "round-0")) == len(unlabelled)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    code = main(["semi", "--bank", str(bank.path), "--unlabelled", str(folder), "--checkpoint", str(base),
+                 "--out", str(tmp / "other")])
+    assert code != 0 and "broken.png" in capsys.readouterr().err
