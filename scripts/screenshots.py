@@ -3,7 +3,8 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
 
 Opens napari, docks "Segment by reference" from the plugin menu, labels four slices of the generated sample
-series, proposes a mask for a fifth with the shipped MatchSeg checkpoint, and saves each step.
+series, proposes a mask for a fifth with the shipped MatchSeg checkpoint, accepts it, asks what to label next,
+then learns from the unlabelled slices in the background, and saves each step.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ def wait(widget) -> None:
         QApplication.processEvents()
 
 
+def without_toasts(viewer) -> None:
+    """Close notification pop-ups (napari's PyQt5 deprecation notice) so they do not cover the picture."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+    QApplication.processEvents()
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer()
@@ -36,6 +46,7 @@ def main() -> None:
     for i in range(4):
         viewer.dims.set_current_step(0, i)
         w.add_current_as_reference()
+    without_toasts(viewer)
     viewer.screenshot(str(OUT / "1-references.png"), canvas_only=False)
     viewer.dims.set_current_step(0, 6)
     viewer.layers["sample ultrasound labels"].visible = False
@@ -46,6 +57,14 @@ def main() -> None:
     w.suggest_next()
     wait(w)
     viewer.screenshot(str(OUT / "3-accepted-suggest-next.png"), canvas_only=False)
+    from napari_matchseg.training.semi import SemiConfig
+
+    w.semi_config = SemiConfig(rounds=1, steps_per_round=60)
+    w.learn_from_unlabelled()
+    while w.busy and not (w.status.text().startswith("fine-tuning") and w.progress.value() > 20):
+        QApplication.processEvents()
+    viewer.screenshot(str(OUT / "4-learn-from-unlabelled.png"), canvas_only=False)
+    wait(w)
     print(f"screenshots written to {OUT}", file=sys.stderr)
     viewer.close()
 

@@ -80,3 +80,30 @@ viewer.close()
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "(1, 16)" in res.stdout
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_training_runs_after_napari_opengl_in_one_process(tmp_path):
+    """Regression: the plugin's fine-tuning crashed napari (torch.optim imports triton after Mesa's LLVM)."""
+    code = f"""
+import numpy as np, napari
+viewer = napari.Viewer(show=False)
+viewer.add_image(np.zeros((32, 32)))
+viewer.screenshot(canvas_only=True)  # OpenGL is up before any training code is imported
+from napari_matchseg.bank import ReferenceBank
+from napari_matchseg.checkpoint import build_matchseg, save_checkpoint
+from napari_matchseg.modeling import MatchSeg, MatchSegConfig
+from napari_matchseg.sample_data import make_sample
+from napari_matchseg.training.finetune import finetune
+base = save_checkpoint({str(tmp_path / 'b.safetensors')!r}, MatchSeg(MatchSegConfig(image_size=64, widths=(8, 16, 24, 32),
+                       reduced=(16, 16), heads=2)))
+bank = ReferenceBank.create({str(tmp_path / 'bank')!r})
+bank.add_many((img, m, name) for name, img, m in make_sample("ultrasound", 3))
+out = finetune(bank, {str(tmp_path / 't.safetensors')!r}, base=base, steps=2, batch_size=2, log=lambda m: None)
+print("tuned", build_matchseg(out)[1]["references"])
+viewer.close()
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "tuned 3" in res.stdout
