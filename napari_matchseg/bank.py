@@ -220,7 +220,11 @@ class ReferenceBank:
 
     def find_image(self, image) -> str | None:
         """Id of the reference holding exactly this image, if any."""
-        return self._by_hash.get(content_hash(check_image(image)))
+        return self.find_hash(content_hash(check_image(image)))
+
+    def find_hash(self, image_sha256: str) -> str | None:
+        """Id of the reference whose image has this :func:`~napari_matchseg.image_io.content_hash`, if any."""
+        return self._by_hash.get(image_sha256)
 
     def load_image(self, ref_id: str) -> np.ndarray:
         return read_image(self.path / self.get(ref_id).image_file)

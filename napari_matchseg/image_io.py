@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .fsutil import atomic_write
+from .fsutil import atomic_write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _LOSSY = (".jpg", ".jpeg")
@@ -214,7 +214,7 @@ def encode_image(image: np.ndarray) -> tuple[bytes, str]:
 def write_image(path: str | os.PathLike, image: np.ndarray, overwrite: bool = False) -> Path:
     """Atomically write ``image`` losslessly; ``path``'s suffix must match :func:`encode_image`."""
     data, _ = encode_image(check_image(image))
-    return atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
+    return atomic_write_bytes(path, data, overwrite=overwrite)
 
 
 def encode_mask_png(mask: np.ndarray, value: int = 255) -> bytes:
@@ -233,12 +233,10 @@ def write_mask_tiff(path: str | os.PathLike, mask: np.ndarray, overwrite: bool =
 
     buf = io.BytesIO()
     tifffile.imwrite(buf, np.where(check_mask(mask), value, 0).astype(np.uint8), compression="zlib")
-    data = buf.getvalue()
-    return atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
+    return atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)
 
 
 def write_mask(path: str | os.PathLike, mask: np.ndarray, overwrite: bool = False,
                value: int = 255) -> Path:
     """Atomically write a binary mask as an 8-bit PNG, 0 / ``value``."""
-    data = encode_mask_png(check_mask(mask), value)
-    return atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
+    return atomic_write_bytes(path, encode_mask_png(check_mask(mask), value), overwrite=overwrite)

@@ -43,7 +43,7 @@ from ..retrieval import get_retriever
 from .augment import augment, strong_photometric
 from .data import mask_to_working, neighbours, to_working
 from .finetune import bank_task
-from .train import Task, TrainConfig, sample_batch, train
+from .train import Task, TrainConfig, draw_supports, sample_batch, train
 
 FINAL_NAME = "matchseg-semi.safetensors"
 Progress = Callable[[int, int, str], None]
@@ -151,8 +151,7 @@ def semi_batch(bank: Task, unl: Unlabelled, cfg: SemiConfig, tcfg: TrainConfig, 
     uq, um, uw, us, usm = [], [], [], [], []
     for _ in range(cfg.unlabelled_batch):
         u = int(rng.integers(len(unl.names)))
-        pool = unl.support_nn[u][: max(k, min(unl.support_nn.shape[1], 2 * k))]
-        sup = torch.from_numpy(rng.choice(pool, size=k, replace=len(pool) < k).astype(np.int64))
+        sup = torch.from_numpy(draw_supports(unl.support_nn[u], k, rng).astype(np.int64))
         image = unl.images[u:u + 1].float() / 255
         target = torch.cat([unl.masks[u:u + 1], unl.confident[u:u + 1]], 1).float()
         weak, target = augment(image, target, rng, 1.0)  # geometry shared by the view and its label
@@ -187,7 +186,7 @@ class _Refiner:
 
 
 def pseudo_label_round(predictor: MatchSegPredictor, bank: ReferenceBank, bank_ids: list[str],
-                       items: Sequence[tuple[str, np.ndarray, str]], support_nn: np.ndarray, store: PseudoLabelStore,
+                       items: Sequence[tuple[str, np.ndarray, str, str]], support_nn: np.ndarray, store: PseudoLabelStore,
                        cfg: SemiConfig, refiner: _Refiner, round_: int, checkpoint: str,
                        progress: Callable[[int], None], cancel: Callable[[], bool] | None) -> None:
     """Pseudo-label the images ``store`` lacks (weak view = the image and its mirror, averaged)."""
@@ -198,7 +197,7 @@ def pseudo_label_round(predictor: MatchSegPredictor, bank: ReferenceBank, bank_i
             cache[i] = (bank.load_image(i), bank.load_mask(i))
         return cache[i]
 
-    for n, (name, image, source) in enumerate(items):
+    for n, (name, image, source, sha) in enumerate(items):
         if cancel is not None and cancel():
             raise Cancelled(f"pseudo-labelling cancelled ({len(store)} of {len(items)} done); "
                             "run the same command again to resume")
@@ -216,7 +215,7 @@ def pseudo_label_round(predictor: MatchSegPredictor, bank: ReferenceBank, bank_i
             else:
                 (mask, conf), method, note = confident_pseudo_label(prob, cfg.confidence), "confident", ""
             store.add(name, mask, conf, reliability=round(_agreement(p >= 0.5, p_m >= 0.5), 5),
-                      source=source, image_sha256=content_hash(image), round=round_,
+                      source=source, image_sha256=sha, round=round_,
                       method=method, note=note, checkpoint=checkpoint, supports=[bank_ids[j] for j in support_nn[n][:cfg.k]])
         progress(n + 1)
 
@@ -267,24 +266,25 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
         torch.set_num_threads(threads)
     if len(bank) < 2:
         raise InputError(f"the semi-supervised loop needs at least 2 labelled references, the bank has {len(bank)}")
-    items, skipped = [], 0
+    items, skipped = [], 0  # (name, image, source, content hash)
     for name, image, source in unlabelled:
         image = check_image(image, name=source or name)
-        if bank.find_image(image) is not None:
+        sha = content_hash(image)
+        if bank.find_hash(sha) is not None:
             skipped += 1  # already labelled by a person: the bank's label wins
             continue
-        items.append((name, image, source))
+        items.append((name, image, source, sha))
     if skipped:
         log(f"{skipped} of the unlabelled images are already in the bank; they are not pseudo-labelled")
     if not items:
         raise InputError("no unlabelled images left to learn from (all of them are already in the bank)")
-    if len({n for n, _, _ in items}) != len(items):
+    if len({item[0] for item in items}) != len(items):
         raise InputError("unlabelled images need unique names")
     run = Path(run_dir) if run_dir is not None else default_run_dir(bank)
     bank_ids = bank.ids()
     settings = {"semi": dataclasses.asdict(cfg), "base": str(base) if base else "default",
                 "bank": str(bank.path), "references": _digest(bank_ids),
-                "unlabelled": _digest([f"{n}:{content_hash(im)}" for n, im, _ in items])}
+                "unlabelled": _digest([f"{n}:{sha}" for n, _, _, sha in items])}
     run = _open_run(run, settings, new_run_if_different, log)
     final = run / FINAL_NAME
     if final.exists():
@@ -294,9 +294,9 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
     size = model.config.image_size
     labelled = bank_task(bank, size, cfg.retriever)
     retriever = get_retriever(cfg.retriever)
-    u_vectors = np.asarray(retriever.embed([im for _, im, _ in items]))
-    unl = Unlabelled([n for n, _, _ in items],
-                     torch.stack([(to_working(im, size) * 255).round().to(torch.uint8) for _, im, _ in items]),
+    u_vectors = np.asarray(retriever.embed([item[1] for item in items]))
+    unl = Unlabelled([item[0] for item in items],
+                     torch.stack([(to_working(item[1], size) * 255).round().to(torch.uint8) for item in items]),
                      neighbours(u_vectors, labelled.train.vectors, max(16, cfg.k), exclude_self=False))
     sam = _Refiner(cfg, log, refiner)
     per_round = len(items) + cfg.steps_per_round

@@ -93,6 +93,12 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
+def draw_supports(nearest: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k supports among the 2k nearest neighbours (best first in ``nearest``), so the choice varies."""
+    pool = nearest[: max(k, min(len(nearest), 2 * k))]
+    return rng.choice(pool, size=k, replace=len(pool) < k)
+
+
 def sample_batch(tasks: dict[str, Task], cfg: TrainConfig, rng: np.random.Generator, size: int,
                  k: int | None = None, batch_size: int | None = None):
     """(query (B,3,S,S), query mask (B,1,S,S), supports (B,k,3,S,S), support masks (B,k,1,S,S), None).
@@ -107,8 +113,7 @@ def sample_batch(tasks: dict[str, Task], cfg: TrainConfig, rng: np.random.Genera
         else:
             task = tasks[names[int(rng.integers(len(names)))]]
             q = int(rng.integers(len(task.train)))
-            pool = task.train_nn[q][: max(k, min(task.train_nn.shape[1], 2 * k))]
-            sup = rng.choice(pool, size=k, replace=len(pool) < k)
+            sup = draw_supports(task.train_nn[q], k, rng)
             idx = torch.from_numpy(np.concatenate([[q], sup]).astype(np.int64))
             imgs, masks = _as_float(task.train.images[idx]), task.train.masks[idx].float()
         a_img, a_mask = augment(imgs[:1], masks[:1], rng, 1.0)
