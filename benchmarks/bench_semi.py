@@ -1,12 +1,16 @@
 """Learning from unlabelled images (SAM-Match issue): a few labelled images, the rest of the train split unlabelled.
 
     .venv/bin/python benchmarks/bench_semi.py --dataset busi [--labelled 30] [--rounds 2] [--steps 300] \
-        [--sam2-image-size 256] [--skip-sam2] [--work /tmp/matchseg-semi] [--json results.json]
+        [--sam2-image-size 256] [--skip-sam2] [--checkpoint START] [--work /tmp/matchseg-semi] [--json results.json]
 
 In one run, evaluated on the test split with the labelled images as the bank (k = 8):
-  (a) the shipped checkpoint;  (b) fine-tuned on the labelled images only (``finetune``, rounds x steps
-  steps of 8 episodes);  (c) the semi-supervised loop without SAM 2 (self-training, same number of steps,
-  4 labelled + 4 pseudo-labelled episodes per step);  (d) the SAM 2 refinement path. No SAM 2 weights can
+  (a) the shipped checkpoint, or ``--checkpoint`` (e.g. one trained without this dataset: the shipped one
+  has seen every train label, the "unlabelled" ones too);  (b) fine-tuned on the labelled images only
+  (``finetune``, rounds x steps steps of 8 episodes);  (c) the semi-supervised loop without SAM 2 started
+  straight from (a) (self-training, same number of steps, 4 labelled + 4 pseudo-labelled episodes per step);
+  (b2) (b) fine-tuned as long again on the labelled images;  (c2) the loop started from (b), i.e. after a
+  labelled-only warm-up, what ``matchseg semi`` does by default (same compute as (b2));  (d) the SAM 2
+  refinement path, from (b). No SAM 2 weights can
   be downloaded on the development machines, so (d) runs with a randomly initialised SAM 2 (tiny, at
   ``--sam2-image-size``) unless the real checkpoint is in the weights cache: it shows the path runs, not
   what SAM 2 is worth. Also reported: the Dice of each round's pseudo-labels against the (hidden) truth.
@@ -47,7 +51,7 @@ def pseudo_label_quality(run: Path, truth: dict[str, np.ndarray]) -> list[dict]:
     out = []
     for folder in sorted((run / "pseudo").glob("round-*")):
         store = PseudoLabelStore(folder)
-        d_all, d_conf, acc = [], [], []
+        d_all, acc = [], []
         for rec in store.records():
             mask, conf = store.load(rec["name"])
             gt = truth[rec["name"]]
@@ -60,6 +64,11 @@ def pseudo_label_quality(run: Path, truth: dict[str, np.ndarray]) -> list[dict]:
                     "confident_pixel_accuracy": round(float(np.nanmean(acc)), 4),
                     "sam2_refined": sum(r["method"] == "sam2" for r in store.records()), "images": len(store)})
     return out
+
+
+def semi_seconds(ckpt: Path) -> float:
+    """How long the semi-supervised run took (from its checkpoint, so a reused run reports it too)."""
+    return build_matchseg(ckpt)[1]["seconds_this_session"]
 
 
 def main() -> None:
@@ -75,6 +84,8 @@ def main() -> None:
     ap.add_argument("--skip-sam2", action="store_true")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint", help="start (a)-(d) from this MatchSeg checkpoint instead of the shipped one, "
+                    "e.g. one trained without --dataset (the shipped one has seen every train label)")
     ap.add_argument("--work", default="/tmp/matchseg-semi")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -114,16 +125,25 @@ def main() -> None:
         print(f"{name} {label:34s} Dice {r['dice_mean']:.4f} +- {r['dice_std']:.4f}  IoU {r['iou_mean']:.4f}  "
               f"n={r['n']}  train {seconds:.0f} s", flush=True)
 
-    score("(a) shipped", None, 0)
+    base = args.checkpoint
+    score("(a) shipped" if base is None else "(a) start checkpoint", base, 0)
     ft = work / "finetuned.safetensors"
     if not ft.exists():  # (reused when the benchmark is run again)
-        finetune(bank, ft, steps=total, batch_size=8, lr=3e-4, log=lambda m: None)
+        finetune(bank, ft, base=base, steps=total, batch_size=8, lr=3e-4, log=lambda m: None)
     score("(b) fine-tuned on labelled", ft, build_matchseg(ft)[1]["train_seconds"])
     cfg = SemiConfig(rounds=args.rounds, steps_per_round=args.steps, confidence=args.confidence, seed=args.seed,
-                     keep_fraction=args.keep_fraction)
-    t = time.time()
-    out = run_semi(bank, unlabelled, work / "semi", cfg=cfg, log=lambda m: print("  " + m, flush=True))
-    score("(c) semi, self-training", out, time.time() - t, {"pseudo_labels": pseudo_label_quality(work / "semi", truth)})
+                     keep_fraction=args.keep_fraction, warmup_steps=0)
+    out = run_semi(bank, unlabelled, work / "semi", base=base, cfg=cfg, log=lambda m: print("  " + m, flush=True))
+    score("(c) semi, self-training", out, semi_seconds(out), {"pseudo_labels": pseudo_label_quality(work / "semi", truth)})
+    # The teacher first learns from the labelled images (SAM-Match's order; `SemiConfig.warmup_steps` does the same
+    # inside run_semi with the same finetune call): (c2) starts from (b). (b2) is its equal-compute control.
+    ft2 = work / "finetuned-2x.safetensors"
+    if not ft2.exists():
+        finetune(bank, ft2, base=ft, steps=total, batch_size=8, lr=3e-4, log=lambda m: None)
+    score("(b2) fine-tuned on labelled, 2x steps", ft2, build_matchseg(ft2)[1]["train_seconds"])
+    out = run_semi(bank, unlabelled, work / "semi-after-ft", base=ft, cfg=cfg, log=lambda m: print("  " + m, flush=True))
+    score("(c2) semi, self-training from (b)", out, semi_seconds(out),
+          {"pseudo_labels": pseudo_label_quality(work / "semi-after-ft", truth)})
     if not args.skip_sam2:
         from napari_matchseg.sam2_model import build_sam2_model
         from napari_matchseg.samatch import Sam2Refiner
@@ -133,11 +153,10 @@ def main() -> None:
         model = build_sam2_model("sam2.1_hiera_tiny", image_size=size, random_init=not real)
         refiner = Sam2Refiner(image_size=size, _model=model)
         cfg_d = dataclasses.replace(cfg, refine="sam2", sam2_image_size=size)
-        t = time.time()
         out = run_semi(bank, unlabelled, work / ("semi-sam2" if real else "semi-sam2-random"), cfg=cfg_d,
-                       refiner=refiner, log=lambda m: print("  " + m, flush=True))
+                       base=ft, refiner=refiner, log=lambda m: print("  " + m, flush=True))
         label = "(d) semi, SAM 2 refined" + ("" if real else " (RANDOM SAM 2)")
-        score(label, out, time.time() - t, {"sam2_weights": "official" if real else f"random init, {size} px",
+        score(label, out, semi_seconds(out), {"sam2_weights": "official" if real else f"random init, {size} px",
                                             "pseudo_labels": pseudo_label_quality(work / out.parent.name, truth)})
     print(f"\nmachine: {machine()}")
     print(f"{name}: {len(lab_ids)} labelled (bank), {len(unl_ids)} unlabelled, {len(pairs)} test images; "

@@ -257,7 +257,7 @@ def cmd_semi(args) -> int:
     from .training.semi import SemiConfig, default_run_dir, read_unlabelled_folder, run_semi
 
     bank = ReferenceBank.open(args.bank)
-    cfg = SemiConfig(rounds=args.rounds, steps_per_round=args.steps, lr=args.lr, confidence=args.confidence,
+    cfg = SemiConfig(warmup_steps=args.warmup_steps, rounds=args.rounds, steps_per_round=args.steps, lr=args.lr, confidence=args.confidence,
                      keep_fraction=args.keep_fraction, k=args.k, refine=args.refine, refine_threshold=args.refine_threshold,
                      refine_margin=args.refine_margin, sam2_model=args.sam2_model, sam2_checkpoint=args.sam2_checkpoint,
                      sam2_image_size=args.sam2_image_size, device=args.device, seed=args.seed)
@@ -337,6 +337,9 @@ def register(sub) -> None:
     c.add_argument("--refine", default="none", choices=("none", "sam2"),
                    help="turn confident pixels into SAM 2 prompts (SAM-Match); without SAM 2 weights the "
                         "confident prediction itself is used")
+    c.add_argument("--warmup-steps", type=int, default=600,
+                   help="fine-tune on the labelled bank alone first, so the first pseudo-labels come from a model "
+                        "that knows the bank's domain (default 600; 0 = start pseudo-labelling at once)")
     c.add_argument("--rounds", type=int, default=2, help="pseudo-label / fine-tune rounds")
     c.add_argument("--steps", type=int, default=300, help="training steps per round")
     c.add_argument("--lr", type=float, default=3e-4)

@@ -18,9 +18,10 @@ from napari_matchseg.samatch import Refinement, extract_prompts
 from napari_matchseg.training.losses import segmentation_loss
 from napari_matchseg.training.semi import FINAL_NAME, SemiConfig, Unlabelled, run_semi, semi_batch
 from napari_matchseg.training.data import Split
+from napari_matchseg.training.finetune import finetune
 from napari_matchseg.training.train import Task, TrainConfig
 
-FAST = dict(rounds=2, steps_per_round=3, labelled_batch=2, unlabelled_batch=2, k=3, k_max=3)
+FAST = dict(warmup_steps=2, rounds=2, steps_per_round=3, labelled_batch=2, unlabelled_batch=2, k=3, k_max=3)
 
 
 def soft(mask: np.ndarray, sigma: float = 3.0) -> np.ndarray:
@@ -170,7 +171,9 @@ def test_loop_runs_changes_the_weights_and_leaves_the_bank_alone(semi_setup):
 def test_cancelled_run_resumes_to_the_same_result(semi_setup):
     bank, unlabelled, base, tmp = semi_setup
     straight = run_semi(bank, unlabelled, tmp / "a", base=base, cfg=SemiConfig(**FAST), log=lambda m: None)
-    for stop_after in (3, 7):  # during round 1's pseudo-labelling, then during its training
+    # cancel() is asked once per training step and once per image to pseudo-label (done or not); each run below
+    # resumes the last one: during the warm-up (its 2nd step), round 1's pseudo-labelling (3rd image), its training
+    for stop_after, state in ((2, "warmup.safetensors.run"), (4, "pseudo/round-0"), (7, "train-round-0")):
         calls = {"n": 0}
 
         def cancel():
@@ -179,7 +182,8 @@ def test_cancelled_run_resumes_to_the_same_result(semi_setup):
 
         with pytest.raises(Cancelled, match="same command"):
             run_semi(bank, unlabelled, tmp / "b", base=base, cfg=SemiConfig(**FAST), cancel=cancel, log=lambda m: None)
-    assert (tmp / "b" / "train-round-0" / "last.pt").exists()
+        assert (tmp / "b" / state).is_dir()
+    assert (tmp / "b" / "warmup.safetensors").exists() and (tmp / "b" / "train-round-0" / "last.pt").exists()
     resumed = run_semi(bank, unlabelled, tmp / "b", base=base, cfg=SemiConfig(**FAST), log=lambda m: None)
     lines = (tmp / "b" / "pseudo" / "round-0" / "labels.jsonl").read_text().splitlines()
     assert len(lines) == len(unlabelled)  # nothing pseudo-labelled twice
@@ -205,3 +209,15 @@ def test_semi_command_end_to_end(semi_setup, capsys):
     code = main(["semi", "--bank", str(bank.path), "--unlabelled", str(folder), "--checkpoint", str(base),
                  "--out", str(tmp / "other")])
     assert code != 0 and "broken.png" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_warm_up_is_skipped_for_a_checkpoint_already_tuned_on_the_bank(semi_setup):
+    bank, unlabelled, base, tmp = semi_setup
+    tuned = finetune(bank, tmp / "tuned.safetensors", base=base, steps=2, batch_size=2, k_max=3, log=lambda m: None)
+    logs = []
+    run_semi(bank, unlabelled, tmp / "run", base=tuned, cfg=SemiConfig(**dict(FAST, rounds=1)), log=logs.append)
+    assert any("already fine-tuned on this bank" in m for m in logs)
+    assert not (tmp / "run" / "warmup.safetensors").exists()
+    run_semi(bank, unlabelled, tmp / "run2", base=base, cfg=SemiConfig(**dict(FAST, rounds=1)), log=logs.append)
+    assert (tmp / "run2" / "warmup.safetensors").exists()  # the untuned start gets its warm-up

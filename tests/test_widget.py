@@ -238,7 +238,7 @@ def test_learn_from_unlabelled_slices_in_the_background(annotator, qtbot, tmp_pa
         viewer.dims.set_current_step(0, i)
         w.add_current_as_reference()
     n_slices = viewer.layers["sample ultrasound"].data.shape[0]
-    w.semi_config = SemiConfig(rounds=1, steps_per_round=2, labelled_batch=2, unlabelled_batch=2)
+    w.semi_config = SemiConfig(warmup_steps=1, rounds=1, steps_per_round=2, labelled_batch=2, unlabelled_batch=2)
     w.learn_from_unlabelled()
     assert w.busy and w.cancel_btn.isEnabled()
     qtbot.waitUntil(lambda: not w.busy, timeout=180_000)
