@@ -257,9 +257,10 @@ def cmd_semi(args) -> int:
     from .training.semi import SemiConfig, default_run_dir, read_unlabelled_folder, run_semi
 
     bank = ReferenceBank.open(args.bank)
-    cfg = SemiConfig(warmup_steps=args.warmup_steps, rounds=args.rounds, steps_per_round=args.steps, lr=args.lr, confidence=args.confidence,
-                     keep_fraction=args.keep_fraction, k=args.k, refine=args.refine, refine_threshold=args.refine_threshold,
-                     refine_margin=args.refine_margin, sam2_model=args.sam2_model, sam2_checkpoint=args.sam2_checkpoint,
+    cfg = SemiConfig(warmup_steps=args.warmup_steps, rounds=args.rounds, steps_per_round=args.steps, lr=args.lr,
+                     confidence=args.confidence, keep_fraction=args.keep_fraction, k=args.k, refine=args.refine,
+                     refine_threshold=args.refine_threshold, refine_margin=args.refine_margin,
+                     sam2_model=args.sam2_model, sam2_checkpoint=args.sam2_checkpoint,
                      sam2_image_size=args.sam2_image_size, device=args.device, seed=args.seed)
     cfg.check()
     unlabelled = read_unlabelled_folder(args.unlabelled)
