@@ -36,7 +36,6 @@ def augment(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator,
     return images, masks
 
 
-
 def strong_photometric(images: torch.Tensor, rng: np.random.Generator, cutout: float = 0.35
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """FixMatch's strong view, geometry unchanged: strong contrast/brightness/gamma, blur or noise, and one

@@ -209,7 +209,8 @@ def pseudo_label_round(predictor: MatchSegPredictor, bank: ReferenceBank, bank_i
             raise Cancelled(f"pseudo-labelling cancelled ({len(store)} of {len(items)} done); "
                             "run the same command again to resume")
         if name not in store:
-            sup = [support(bank_ids[j]) for j in support_nn[n][:cfg.k]]
+            sup_ids = [bank_ids[j] for j in support_nn[n][:cfg.k]]
+            sup = [support(i) for i in sup_ids]
             s_img, s_msk = [s[0] for s in sup], [s[1] for s in sup]
             mirrored = np.ascontiguousarray(image[:, ::-1])
             p, p_m = predictor.predict_batch([image, mirrored], [(s_img, s_msk), (s_img, s_msk)])
@@ -223,7 +224,7 @@ def pseudo_label_round(predictor: MatchSegPredictor, bank: ReferenceBank, bank_i
                 (mask, conf), method, note = confident_pseudo_label(prob, cfg.confidence), "confident", ""
             store.add(name, mask, conf, reliability=round(_agreement(p >= 0.5, p_m >= 0.5), 5),
                       source=source, image_sha256=sha, round=round_,
-                      method=method, note=note, checkpoint=checkpoint, supports=[bank_ids[j] for j in support_nn[n][:cfg.k]])
+                      method=method, note=note, checkpoint=checkpoint, supports=sup_ids)
         progress(n + 1)
 
 
@@ -259,10 +260,9 @@ def _round_stats(store: PseudoLabelStore) -> dict:
             "selected": len(json.loads((store.folder / "selected.json").read_text()))}
 
 
-def _tuned_on(checkpoint: str | Path, bank: ReferenceBank) -> bool:
-    """Whether ``checkpoint`` came out of ``finetune`` on this bank (same folder, same number of references):
-    then it already is what the warm-up would make."""
-    meta = build_matchseg(checkpoint)[1]
+def _tuned_on(meta: dict, bank: ReferenceBank) -> bool:
+    """Whether a checkpoint (its metadata) came out of ``finetune`` on this bank (same folder, same number of
+    references): then it already is what the warm-up would make."""
     return meta.get("finetuned_on") == str(bank.path) and meta.get("references") == len(bank)
 
 
@@ -276,7 +276,8 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
     run goes to the first free ``<run>-2``, ``<run>-3``... instead."""
     cfg = cfg or SemiConfig()
     cfg.check()
-    if cfg.warmup_steps and base is not None and _tuned_on(base, bank):
+    model, base_meta = build_matchseg(base)  # a bad checkpoint fails here, before any folder is made
+    if cfg.warmup_steps and base is not None and _tuned_on(base_meta, bank):
         log("the start checkpoint is already fine-tuned on this bank: no warm-up")
         cfg = dataclasses.replace(cfg, warmup_steps=0)
     if threads:
@@ -310,7 +311,6 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
     if final.exists():
         return final
 
-    model, base_meta = build_matchseg(base)
     size = model.config.image_size
     labelled = bank_task(bank, size, cfg.retriever)
     retriever = get_retriever(cfg.retriever)

@@ -588,8 +588,8 @@ class ReferenceAnnotator(QWidget):
         from ..training.semi import SemiConfig, default_run_dir, run_semi
 
         c = self._choices()
-        cfg = dataclasses.replace(self.semi_config or SemiConfig(), refine="sam2" if c["refine"] else "none", device=c["device"],
-                                  k=c["k"], sam2_image_size=c["sam2_image_size"])
+        cfg = dataclasses.replace(self.semi_config or SemiConfig(), refine="sam2" if c["refine"] else "none",
+                                  device=c["device"], k=c["k"], sam2_image_size=c["sam2_image_size"])
         stack = len(images) > 1
         unlabelled = [(f"{layer.name}-{i}" if stack else layer.name, images[i], f"layer {layer.name}, slice {i}")
                       for i in todo]
