@@ -1,6 +1,6 @@
 """MatchSeg speed: FLOPs, proposal latency (retrieval + network, supports cached), training steps/s.
 
-    .venv/bin/python benchmarks/bench_matchseg.py [--checkpoint PATH] [--queries 30] [--device auto]
+    .venv/bin/python benchmarks/bench_matchseg.py [--checkpoint PATH] [--queries 30] [--device auto] [--json FILE]
 
 Latency is for one proposal as the plugin makes it: embed the query with the handcrafted retriever, top-k
 over the bank's cached vectors, then MatchSeg with the k supports' features already cached (the first use
@@ -10,6 +10,7 @@ of a reference computes them once; that cost is reported separately).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -74,6 +75,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=30)
     ap.add_argument("--device", default="auto")
     ap.add_argument("-k", type=int, default=8)
+    ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args()
     ckpt = args.checkpoint or (DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.is_file() else None)
     if ckpt is None:
@@ -134,6 +136,17 @@ def main() -> None:
             steps.append(time.perf_counter() - t0)
     print(f"\ntraining: {1 / statistics.median(steps):.2f} steps/s at batch {b} episodes x k = {k} supports "
           "(network only, no data loading)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "machine": machine(), "device": str(predictor.device), "threads": torch.get_num_threads(),
+            "source": source, "k": args.k, "working_size": size, "parameters": n_params,
+            "gflops_per_query": round(gq, 3), "gflops_per_support": round(gs, 3),
+            "proposal_ms_median": round(statistics.median(times) * 1e3, 1),
+            "proposal_ms_p90": round(float(np.percentile(times, 90)) * 1e3, 1),
+            "query_embedding_ms_median": round(statistics.median(t_ret) * 1e3, 1),
+            "first_use_ms_mean": round(first * 1e3, 1),
+            "train_steps_per_second": round(1 / statistics.median(steps), 3),
+            "train_batch": {"episodes": b, "k": k}}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Learning from unlabelled images (SAM-Match issue): a few labelled images, the rest of the train split unlabelled.
 
     .venv/bin/python benchmarks/bench_semi.py --dataset busi [--labelled 30] [--rounds 2] [--steps 300] \
-        [--sam2-image-size 256] [--skip-sam2] [--checkpoint START] [--work /tmp/matchseg-semi] [--json results.json]
+        [--sam2-image-size 256] [--skip-sam2] [--rows a,b,c,b2,c2,d] [--checkpoint START] [--work /tmp/matchseg-semi] \
+        [--json results.json]
 
 In one run, evaluated on the test split with the labelled images as the bank (k = 8):
   (a) the shipped checkpoint, or ``--checkpoint`` (e.g. one trained without this dataset: the shipped one
@@ -13,7 +14,8 @@ In one run, evaluated on the test split with the labelled images as the bank (k 
   refinement path, from (b). No SAM 2 weights can
   be downloaded on the development machines, so (d) runs with a randomly initialised SAM 2 (tiny, at
   ``--sam2-image-size``) unless the real checkpoint is in the weights cache: it shows the path runs, not
-  what SAM 2 is worth. Also reported: the Dice of each round's pseudo-labels against the (hidden) truth.
+  what SAM 2 is worth. ``--rows`` runs a subset (e.g. ``b,b2,c2`` for a longer schedule). Also reported:
+  the Dice of each round's pseudo-labels against the (hidden) truth.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def main() -> None:
     ap.add_argument("--confidence", type=float, default=0.9)
     ap.add_argument("--keep-fraction", type=float, default=0.5)
     ap.add_argument("--sam2-image-size", type=int, default=256)
-    ap.add_argument("--skip-sam2", action="store_true")
+    ap.add_argument("--skip-sam2", action="store_true", help="leave out row (d)")
+    ap.add_argument("--rows", default="a,b,c,b2,c2,d", help="which rows to run, comma-separated")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", help="start (a)-(d) from this MatchSeg checkpoint instead of the shipped one, "
@@ -89,6 +92,9 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/matchseg-semi")
     ap.add_argument("--json")
     args = ap.parse_args()
+    rows = set(args.rows.split(",")) - ({"d"} if args.skip_sam2 else set())
+    if rows - {"a", "b", "c", "b2", "c2", "d"}:
+        raise SystemExit(f"--rows: unknown rows {sorted(rows - {'a', 'b', 'c', 'b2', 'c2', 'd'})}")
     if args.threads:
         import torch
 
@@ -126,25 +132,32 @@ def main() -> None:
               f"n={r['n']}  train {seconds:.0f} s", flush=True)
 
     base = args.checkpoint
-    score("(a) shipped" if base is None else "(a) start checkpoint", base, 0)
+    if "a" in rows:
+        score("(a) shipped" if base is None else "(a) start checkpoint", base, 0)
     ft = work / "finetuned.safetensors"
     if not ft.exists():  # (reused when the benchmark is run again)
         finetune(bank, ft, base=base, steps=total, batch_size=8, lr=3e-4, log=lambda m: None)
-    score("(b) fine-tuned on labelled", ft, build_matchseg(ft)[1]["train_seconds"])
+    if "b" in rows:
+        score("(b) fine-tuned on labelled", ft, build_matchseg(ft)[1]["train_seconds"])
     cfg = SemiConfig(rounds=args.rounds, steps_per_round=args.steps, confidence=args.confidence, seed=args.seed,
                      keep_fraction=args.keep_fraction, warmup_steps=0)
-    out = run_semi(bank, unlabelled, work / "semi", base=base, cfg=cfg, log=lambda m: print("  " + m, flush=True))
-    score("(c) semi, self-training", out, semi_seconds(out), {"pseudo_labels": pseudo_label_quality(work / "semi", truth)})
+    if "c" in rows:
+        out = run_semi(bank, unlabelled, work / "semi", base=base, cfg=cfg, log=lambda m: print("  " + m, flush=True))
+        score("(c) semi, self-training", out, semi_seconds(out),
+              {"pseudo_labels": pseudo_label_quality(work / "semi", truth)})
     # The teacher first learns from the labelled images (SAM-Match's order; `SemiConfig.warmup_steps` does the same
     # inside run_semi with the same finetune call): (c2) starts from (b). (b2) is its equal-compute control.
-    ft2 = work / "finetuned-2x.safetensors"
-    if not ft2.exists():
-        finetune(bank, ft2, base=ft, steps=total, batch_size=8, lr=3e-4, log=lambda m: None)
-    score("(b2) fine-tuned on labelled, 2x steps", ft2, build_matchseg(ft2)[1]["train_seconds"])
-    out = run_semi(bank, unlabelled, work / "semi-after-ft", base=ft, cfg=cfg, log=lambda m: print("  " + m, flush=True))
-    score("(c2) semi, self-training from (b)", out, semi_seconds(out),
-          {"pseudo_labels": pseudo_label_quality(work / "semi-after-ft", truth)})
-    if not args.skip_sam2:
+    if "b2" in rows:
+        ft2 = work / "finetuned-2x.safetensors"
+        if not ft2.exists():
+            finetune(bank, ft2, base=ft, steps=total, batch_size=8, lr=3e-4, log=lambda m: None)
+        score("(b2) fine-tuned on labelled, 2x steps", ft2, build_matchseg(ft2)[1]["train_seconds"])
+    if "c2" in rows:
+        out = run_semi(bank, unlabelled, work / "semi-after-ft", base=ft, cfg=cfg,
+                       log=lambda m: print("  " + m, flush=True))
+        score("(c2) semi, self-training from (b)", out, semi_seconds(out),
+              {"pseudo_labels": pseudo_label_quality(work / "semi-after-ft", truth)})
+    if "d" in rows:
         from napari_matchseg.sam2_model import build_sam2_model
         from napari_matchseg.samatch import Sam2Refiner
 
