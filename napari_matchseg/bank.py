@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -108,6 +109,18 @@ class _LazyImages(Sequence):
         return self._bank.load_image(self._ids[i])
 
 
+def _stat_signature(st: os.stat_result) -> tuple:
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _signature(f: Path) -> tuple | None:
+    """Changes whenever a writer commits (every commit writes a new file and renames it over the old)."""
+    try:
+        return _stat_signature(f.stat())
+    except FileNotFoundError:
+        return None
+
+
 class ReferenceBank:
     """A folder of labelled references; see the module docstring for the layout.
 
@@ -115,11 +128,11 @@ class ReferenceBank:
     other processes' changes); every write takes the lock, re-reads ``bank.json`` and commits it.
     """
 
-    def __init__(self, path: str | Path, data: dict[str, Any]):
+    def __init__(self, path: str | Path, data: dict[str, Any], signature: tuple | None):
         self.path = Path(path)
         self._lock = filelock.FileLock(str(self.path / ".bank.lock"), timeout=LOCK_TIMEOUT_S)
         self._stores: dict[str, EmbeddingStore] = {}
-        self._apply(data)
+        self._apply(data, signature)
 
     # ------------------------------------------------------------------ open / create
     @classmethod
@@ -140,7 +153,7 @@ class ReferenceBank:
             if (path / BANK_FILE).exists():  # lost a race with another creator: use theirs
                 return cls.open(path)
             atomic_write_text(path / BANK_FILE, _format_bank_json(data, []))
-        return cls(path, dict(data, references=[]))
+            return cls(path, dict(data, references=[]), _signature(path / BANK_FILE))
 
     @classmethod
     def open(cls, path: str | Path, create: bool = False) -> ReferenceBank:
@@ -154,13 +167,17 @@ class ReferenceBank:
                                 f"with `matchseg bank create {path}` or ReferenceBank.create()")
             raise BankError(f"{path} is not a napari-matchseg reference bank (no {BANK_FILE} in it). "
                             "Choose the bank folder itself, or create a new bank in an empty folder")
-        return cls(path, cls._read(path))
+        return cls(path, *cls._read(path))
 
     @staticmethod
-    def _read(path: Path) -> dict[str, Any]:
+    def _read(path: Path) -> tuple[dict[str, Any], tuple]:
+        """The bank file's contents and the signature of the very file they came from (a writer may
+        replace ``bank.json`` between a read and a later ``stat``: pairing them would hide its commit)."""
         f = path / BANK_FILE
         try:
-            data = json.loads(f.read_text(encoding="utf-8"))
+            with open(f, "rb") as fh:
+                signature = _stat_signature(os.fstat(fh.fileno()))
+                data = json.loads(fh.read().decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BankError(f"{f} is corrupt ({exc}); it was changed outside napari-matchseg. "
                             "Restore it from a copy of the bank") from exc
@@ -172,9 +189,9 @@ class ReferenceBank:
                             f"{data['version']}, this version reads {FORMAT_VERSION}); upgrade the package")
         if not isinstance(data.get("references"), list):
             raise BankError(f"{f} has no list of references")
-        return data
+        return data, signature
 
-    def _apply(self, data: dict[str, Any]) -> None:
+    def _apply(self, data: dict[str, Any], signature: tuple | None) -> None:
         self._header = {k: v for k, v in data.items() if k != "references"}
         self._refs: dict[str, Reference] = {}
         for d in data["references"]:
@@ -182,19 +199,12 @@ class ReferenceBank:
             self._refs[ref.id] = ref
         self._by_hash = {r.image_sha256: r.id for r in self._refs.values()}
         self._lines: dict[str, tuple[Reference, str]] = {}  # id -> (record, its JSON): re-encode only changes
-        self._signature = self._file_signature()
-
-    def _file_signature(self) -> tuple | None:
-        try:
-            st = (self.path / BANK_FILE).stat()
-        except FileNotFoundError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns
+        self._signature = signature  # of the bank.json that ``data`` came from
 
     def refresh(self) -> None:
         """Re-read ``bank.json`` if another process committed since we last read or wrote it."""
-        if self._file_signature() != self._signature:
-            self._apply(self._read(self.path))
+        if _signature(self.path / BANK_FILE) != self._signature:
+            self._apply(*self._read(self.path))
 
     # ------------------------------------------------------------------ read
     def __len__(self) -> int:
@@ -258,7 +268,7 @@ class ReferenceBank:
                 cached = self._lines[ref.id] = (ref, json.dumps(ref.to_json(), ensure_ascii=False))
             lines.append(cached[1])
         atomic_write_text(self.path / BANK_FILE, _format_bank_json(self._header, lines))
-        self._signature = self._file_signature()
+        self._signature = _signature(self.path / BANK_FILE)  # under the lock: nobody replaced it since
         self._by_hash = {r.image_sha256: r.id for r in self._refs.values()}
 
     def _unique_id(self, name: str | None) -> str:

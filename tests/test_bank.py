@@ -198,3 +198,25 @@ def test_add_many_commits_in_chunks_and_can_be_cancelled(tmp_path):
         bank.add_many(items(), commit_every=3, progress=lambda d, t: seen.append(d),
                       cancel=lambda: len(seen) >= 7)
     assert len(ReferenceBank.open(bank.path)) == 7  # everything before the cancel is committed
+
+
+def test_commit_between_read_and_stat_is_not_lost(tmp_path, monkeypatch):
+    """Another writer commits while this process reads bank.json: its reference must survive our next write.
+    (Found by test_concurrent_writers_lose_nothing failing 1 run in ~10: the file signature was taken by a
+    separate stat after the read, so it described the newer file and the refresh before writing was skipped.)"""
+    import napari_matchseg.bank as bank_module
+
+    path = tmp_path / "b"
+    ReferenceBank.create(path).add(*_pair(), name="first")
+    real_loads = json.loads
+
+    def loads_while_another_writer_commits(text, *a, **kw):
+        monkeypatch.setattr(bank_module.json, "loads", real_loads)  # once
+        ReferenceBank.open(path).add(*_pair((40, 40)), name="theirs")
+        return real_loads(text, *a, **kw)
+
+    monkeypatch.setattr(bank_module.json, "loads", loads_while_another_writer_commits)
+    mine = ReferenceBank.open(path)  # read before "theirs" was committed
+    assert sorted(mine.ids()) == ["first"]
+    mine.add(*_pair((32, 32)), name="mine")
+    assert sorted(ReferenceBank.open(path).ids()) == ["first", "mine", "theirs"]
