@@ -202,7 +202,7 @@ def test_add_many_commits_in_chunks_and_can_be_cancelled(tmp_path):
 
 def test_commit_between_read_and_stat_is_not_lost(tmp_path, monkeypatch):
     """Another writer commits while this process reads bank.json: its reference must survive our next write.
-    (Found by test_concurrent_writers_lose_nothing failing 1 run in ~10: the file signature was taken by a
+    (Found by test_concurrent_writers_lose_nothing failing once in CI: the file signature was taken by a
     separate stat after the read, so it described the newer file and the refresh before writing was skipped.)"""
     import napari_matchseg.bank as bank_module
 
