@@ -49,6 +49,17 @@ from napari_matchseg.training.semi import SemiConfig, run_semi  # noqa: E402
 from napari_matchseg.training.train import GROUPS  # noqa: E402
 
 
+ROWS = ("a", "b", "c", "b2", "c2", "d")
+# how every row is scored: the labelled images as the bank, k = 8, handcrafted retrieval (paired_dice.py too)
+EVAL_OPTS = argparse.Namespace(k=8, threshold=0.5, support="retrieved", allow_self=False)
+
+
+def test_pairs(data: Path, name: str) -> list[tuple[Path, Path]]:
+    """(image, mask) paths of a dataset's test split."""
+    return [(data / name / "images" / f"{r}.png", data / name / "masks" / f"{r}.png")
+            for r in read_manifest(data, name, "test", GROUPS.get(name))]
+
+
 def pseudo_label_quality(run: Path, truth: dict[str, np.ndarray]) -> list[dict]:
     out = []
     for folder in sorted((run / "pseudo").glob("round-*")):
@@ -84,7 +95,7 @@ def main() -> None:
     ap.add_argument("--keep-fraction", type=float, default=0.5)
     ap.add_argument("--sam2-image-size", type=int, default=256)
     ap.add_argument("--skip-sam2", action="store_true", help="leave out row (d)")
-    ap.add_argument("--rows", default="a,b,c,b2,c2,d", help="which rows to run, comma-separated")
+    ap.add_argument("--rows", default=",".join(ROWS), help="which rows to run, comma-separated")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", help="start (a)-(d) from this MatchSeg checkpoint instead of the shipped one, "
@@ -93,8 +104,8 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     rows = set(args.rows.split(",")) - ({"d"} if args.skip_sam2 else set())
-    if rows - {"a", "b", "c", "b2", "c2", "d"}:
-        raise SystemExit(f"--rows: unknown rows {sorted(rows - {'a', 'b', 'c', 'b2', 'c2', 'd'})}")
+    if rows - set(ROWS):
+        raise SystemExit(f"--rows: unknown rows {sorted(rows - set(ROWS))}")
     if args.threads:
         import torch
 
@@ -115,16 +126,14 @@ def main() -> None:
         img = read_image(data / name / "images" / f"{r}.png")
         unlabelled.append((r, img, str(data / name / "images" / f"{r}.png")))
         truth[r] = read_mask(data / name / "masks" / f"{r}.png", img.shape)
-    test = read_manifest(data, name, "test", GROUPS.get(name))
-    pairs = [(data / name / "images" / f"{r}.png", data / name / "masks" / f"{r}.png") for r in test]
+    pairs = test_pairs(data, name)
     retriever = get_retriever("handcrafted")
-    opts = argparse.Namespace(k=8, threshold=0.5, support="retrieved", allow_self=False)
     total = args.rounds * args.steps
     results: dict[str, dict] = {}
 
     def score(label: str, ckpt, seconds: float, extra: dict | None = None) -> None:
         t = time.time()
-        r = evaluate(bank, retriever, MatchSegPredictor(ckpt, device="auto"), pairs, opts)
+        r = evaluate(bank, retriever, MatchSegPredictor(ckpt, device="auto"), pairs, EVAL_OPTS)
         results[label] = {k: v for k, v in r.items() if k != "rows"} | {"train_seconds": round(seconds),
                                                                         "eval_seconds": round(time.time() - t)}
         results[label].update(extra or {})

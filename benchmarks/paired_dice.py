@@ -22,13 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_foundation import machine  # noqa: E402
+from bench_semi import EVAL_OPTS, test_pairs  # noqa: E402
 
 from napari_matchseg.bank import ReferenceBank  # noqa: E402
 from napari_matchseg.cli_models import evaluate  # noqa: E402
 from napari_matchseg.predictor import MatchSegPredictor  # noqa: E402
 from napari_matchseg.retrieval import get_retriever  # noqa: E402
-from napari_matchseg.training.data import read_manifest  # noqa: E402
-from napari_matchseg.training.train import GROUPS  # noqa: E402
 
 
 def paired_interval(a: np.ndarray, b: np.ndarray, draws: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
@@ -49,13 +48,11 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     data, name = Path(args.data), args.dataset
-    test = read_manifest(data, name, "test", GROUPS.get(name))
-    pairs = [(data / name / "images" / f"{r}.png", data / name / "masks" / f"{r}.png") for r in test]
+    pairs = test_pairs(data, name)
     bank, retriever = ReferenceBank.open(args.bank), get_retriever("handcrafted")
-    opts = argparse.Namespace(k=8, threshold=0.5, support="retrieved", allow_self=False)
     dice = {}
     for key in ("a", "b"):
-        rows = evaluate(bank, retriever, MatchSegPredictor(getattr(args, key), device="auto"), pairs, opts)["rows"]
+        rows = evaluate(bank, retriever, MatchSegPredictor(getattr(args, key), device="auto"), pairs, EVAL_OPTS)["rows"]
         dice[key] = np.array([r["dice"] for r in rows])
     mean, lo, hi = paired_interval(dice["a"], dice["b"])
     out = {"machine": machine(), "dataset": name, "n": len(pairs), "a": args.a, "b": args.b,
