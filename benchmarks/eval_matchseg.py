@@ -1,11 +1,13 @@
 """Results table for the MatchSeg issue: Dice / IoU / HD95 on the test splits, bank = the train split.
 
     .venv/bin/python benchmarks/eval_matchseg.py --data ../shared/data --work /tmp/matchseg-eval \
-        --method universal=default --method universal-random=default:random [--method NAME=CKPT[:random]] \
+        --method universal=default --method universal-random=default:random [--method NAME=CKPT[:OPTION+...]] \
         [--only NAME=DATASET[,DATASET]] [--datasets busi kvasir wbc] [-k 8] [--json results.json]
 
-``{d}`` in a checkpoint path is replaced by the dataset's name (for checkpoints trained on one dataset);
-``--only`` restricts a method to some datasets (its other cells print as "-").
+``{d}`` in a checkpoint path is replaced by the dataset's name (for checkpoints trained on one dataset).
+Options after the colon: ``random`` (random supports instead of retrieved ones), ``mirror`` (test-time mirror:
+the proposal averages the image's and its mirror image's probabilities), joined by ``+``. ``--only`` restricts
+a method to some datasets (its other cells print as "-").
 
 Every method runs through the same code as ``matchseg eval`` (retrieval with the handcrafted retriever,
 the proposal, thresholding at 0.5, metrics at the original image size). BUSI is evaluated on its benign and
@@ -46,11 +48,23 @@ def train_bank(data: Path, name: str, work: Path) -> ReferenceBank:
     return bank
 
 
+def method_predictor(spec: str) -> tuple[MatchSegPredictor, str]:
+    """``CHECKPOINT[:random][+mirror]`` -> (predictor, support strategy); "" or "default" = the shipped one."""
+    ckpt, _, options = spec.partition(":")
+    chosen = set(filter(None, options.split("+")))
+    if chosen - {"random", "mirror"}:
+        raise SystemExit(f"unknown method options {sorted(chosen - {'random', 'mirror'})} in {spec!r}")
+    predictor = MatchSegPredictor(None if ckpt in ("", "default") else ckpt, device="auto",
+                                  mirror_tta="mirror" in chosen)
+    return predictor, "random" if "random" in chosen else "retrieved"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--work", default="/tmp/matchseg-eval")
-    ap.add_argument("--method", action="append", required=True, help="NAME=CHECKPOINT[:random]; default = shipped")
+    ap.add_argument("--method", action="append", required=True,
+                    help="NAME=CHECKPOINT[:random][+mirror]; default = shipped")
     ap.add_argument("--only", action="append", default=[], help="NAME=DATASET[,DATASET]: run NAME only there")
     ap.add_argument("--datasets", nargs="+", default=["busi", "kvasir", "wbc"])
     ap.add_argument("-k", type=int, default=8)
@@ -69,9 +83,8 @@ def main() -> None:
             label, _, ckpt = spec.partition("=")
             if name not in only.get(label, {name}):
                 continue
-            ckpt, _, strategy = ckpt.format(d=name).partition(":")
-            predictor = MatchSegPredictor(None if ckpt in ("", "default") else ckpt, device="auto")
-            opts = argparse.Namespace(k=args.k, threshold=0.5, support=strategy or "retrieved", allow_self=False)
+            predictor, support = method_predictor(ckpt.format(d=name))
+            opts = argparse.Namespace(k=args.k, threshold=0.5, support=support, allow_self=False)
             t = time.time()
             r = evaluate(bank, retriever, predictor, pairs, opts)
             r["seconds"] = round(time.time() - t, 1)

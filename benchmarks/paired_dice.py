@@ -4,6 +4,7 @@
         --a runs/semi-long/kvasir/finetuned-2x.safetensors \
         --b runs/semi-long/kvasir/semi-after-ft/matchseg-semi.safetensors
 
+``--a default --b default:mirror`` compares the shipped checkpoint with and without the test-time mirror.
 Both checkpoints segment the same test images with the same bank (k = 8, handcrafted retrieval, threshold 0.5,
 as in ``bench_semi.py``); the per-image differences B - A are resampled (10,000 bootstrap draws, seed 0) for a
 95 % interval of the mean difference. Differences of 0.02-0.03 Dice are within the noise of ~130-200 test images.
@@ -23,10 +24,10 @@ sys.path.insert(0, str(REPO))
 
 from bench_foundation import machine  # noqa: E402
 from bench_semi import EVAL_OPTS, test_pairs  # noqa: E402
+from eval_matchseg import method_predictor  # noqa: E402
 
 from napari_matchseg.bank import ReferenceBank  # noqa: E402
 from napari_matchseg.cli_models import evaluate  # noqa: E402
-from napari_matchseg.predictor import MatchSegPredictor  # noqa: E402
 from napari_matchseg.retrieval import get_retriever  # noqa: E402
 
 
@@ -43,8 +44,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--bank", required=True)
-    ap.add_argument("--a", required=True, help="reference checkpoint")
-    ap.add_argument("--b", required=True, help="checkpoint compared with it")
+    ap.add_argument("--a", required=True, help="reference checkpoint (CKPT[:random][+mirror], as in eval_matchseg.py)")
+    ap.add_argument("--b", required=True, help="checkpoint compared with it (same form)")
     ap.add_argument("--json")
     args = ap.parse_args()
     data, name = Path(args.data), args.dataset
@@ -52,7 +53,9 @@ def main() -> None:
     bank, retriever = ReferenceBank.open(args.bank), get_retriever("handcrafted")
     dice = {}
     for key in ("a", "b"):
-        rows = evaluate(bank, retriever, MatchSegPredictor(getattr(args, key), device="auto"), pairs, EVAL_OPTS)["rows"]
+        predictor, support = method_predictor(getattr(args, key))
+        opts = argparse.Namespace(**{**vars(EVAL_OPTS), "support": support})
+        rows = evaluate(bank, retriever, predictor, pairs, opts)["rows"]
         dice[key] = np.array([r["dice"] for r in rows])
     mean, lo, hi = paired_interval(dice["a"], dice["b"])
     out = {"machine": machine(), "dataset": name, "n": len(pairs), "a": args.a, "b": args.b,

@@ -29,6 +29,9 @@ def add_proposal_args(p) -> None:
     p.add_argument("--refine-margin", type=int, default=30, help="box margin in pixels")
     p.add_argument("--sam2-checkpoint", help="SAM 2 checkpoint for --refine (default: the weights cache)")
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--mirror-tta", action="store_true",
+                   help="matchseg: average each image's probabilities with its mirror image's "
+                        "(62 -> 96 ms per proposal on a 2-core CPU)")
     p.add_argument("--support", default="retrieved", choices=("retrieved", "random"),
                    help="how supports are chosen (random is the ablation)")
     p.add_argument("--allow-self", action="store_true",
@@ -44,7 +47,8 @@ def _pipeline(args):
     if not 0.0 < args.threshold < 1.0:
         raise InputError(f"--threshold must be between 0 and 1, got {args.threshold}")
     bank = ReferenceBank.open(args.bank)
-    predictor = build_proposer(args.proposer, args.checkpoint, args.device, args.sam2_model, args.sam2_image_size)
+    predictor = build_proposer(args.proposer, args.checkpoint, args.device, args.sam2_model, args.sam2_image_size,
+                               mirror_tta=args.mirror_tta)
     args.refiner = None
     if args.refine == "sam2":
         from .samatch import Sam2Refiner
@@ -119,7 +123,8 @@ def evaluate(bank, retriever, predictor, pairs, args, progress=None) -> dict:
         summary[f"{key}_std"] = float(vals.std()) if len(vals) else float("nan")
     summary["n_hd95_undefined"] = int(sum(not np.isfinite(r["hd95"]) for r in rows))
     return {**summary, "k": args.k, "support": args.support, "retriever": retriever.model_id,
-            "proposer": predictor.model_id, "refine": getattr(args, "refine", "none"), "rows": rows}
+            "proposer": predictor.model_id, "mirror_tta": getattr(predictor, "mirror_tta", False),
+            "refine": getattr(args, "refine", "none"), "rows": rows}
 
 
 def cmd_eval(args) -> int:

@@ -30,10 +30,12 @@ class MatchSegPredictor:
     """Loads a checkpoint once (``None`` = the embedded default) and predicts on any device.
 
     ``half`` (default: automatic) runs the network under bf16/fp16 autocast on CUDA/MPS; CPU stays fp32.
+    ``mirror_tta`` averages each query's probabilities with those of its left-right mirror image: one more
+    query pass (the support features are shared), a steadier proposal (docs/benchmarks.md "Test-time mirror").
     """
 
     def __init__(self, checkpoint: str | Path | None = None, device: str | None = "auto",
-                 half: bool | None = None, memory_cache: int = 512):
+                 half: bool | None = None, memory_cache: int = 512, mirror_tta: bool = False):
         self.device = resolve_device(device)
         self.model, self.metadata = build_matchseg(checkpoint)
         self.model.to(self.device)
@@ -46,6 +48,7 @@ class MatchSegPredictor:
                                                torch.zeros(1, 1, 1, self.size, self.size, device=self.device))
         self.feature_shapes = [tuple(f.shape[2:]) for f in probe.feats]
         self.features = TieredCache(memory_cache)
+        self.mirror_tta = mirror_tta
 
     @property
     def feature_store(self):
@@ -108,11 +111,25 @@ class MatchSegPredictor:
     def predict_batch(self, images: Sequence[np.ndarray],
                       supports: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]) -> list[np.ndarray]:
         """Several queries at once; queries with the same number of supports share one forward pass."""
+        if not self.mirror_tta:
+            return self._predict_views(images, supports, mirror=False)
+        return [0.5 * (p + p_m) for p, p_m in self.predict_with_mirror(images, supports)]
+
+    def predict_with_mirror(self, images: Sequence[np.ndarray],
+                            supports: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]
+                            ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(p, p_mirror) per query: the probabilities of the image and of its mirror image, mirrored back.
+        Their mean is the test-time-augmented proposal; their agreement says how reliable it is."""
+        views = self._predict_views(images, supports, mirror=True)
+        return [(views[2 * i], views[2 * i + 1]) for i in range(len(images))]
+
+    def _predict_views(self, images, supports, mirror: bool) -> list[np.ndarray]:
         if len(images) != len(supports):
             raise InputError(f"{len(images)} queries but {len(supports)} support sets")
         checked = [check_image(im, name=f"query {i}") for i, im in enumerate(images)]
         sfs = [self.supports(*s) if self.uses_supports else None for s in supports]
-        out: list[np.ndarray | None] = [None] * len(checked)
+        views = 2 if mirror else 1
+        out: list[np.ndarray | None] = [None] * (views * len(checked))
         groups: dict[int, list[int]] = {}
         for i, sf in enumerate(sfs):
             groups.setdefault(0 if sf is None else sf.feats[0].shape[1], []).append(i)
@@ -122,9 +139,17 @@ class MatchSegPredictor:
             if k:
                 sf = SupportFeatures([torch.cat([sfs[i].feats[s] for i in rows]) for s in range(len(sfs[rows[0]].feats))],
                                      [torch.cat([sfs[i].masks[s] for i in rows]) for s in range(len(sfs[rows[0]].masks))])
+            if mirror:  # the mirrored queries ride in the same batch, with the same (cached) supports
+                q = torch.cat([q, q.flip(-1)])
+                if sf is not None:
+                    sf = SupportFeatures([torch.cat([f, f]) for f in sf.feats], [torch.cat([m, m]) for m in sf.masks])
             logits = self._run(self.model.decode, q, sf).float()
-            for j, i in enumerate(rows):
-                h, w = checked[i].shape[:2]
-                up = F.interpolate(logits[j:j + 1], size=(h, w), mode="bilinear", align_corners=False)
-                out[i] = torch.sigmoid(up)[0, 0].cpu().numpy().astype(np.float32)
+            if mirror:
+                logits = torch.cat([logits[:len(rows)], logits[len(rows):].flip(-1)])
+            for v in range(views):
+                for j, i in enumerate(rows):
+                    h, w = checked[i].shape[:2]
+                    row = logits[v * len(rows) + j: v * len(rows) + j + 1]
+                    up = F.interpolate(row, size=(h, w), mode="bilinear", align_corners=False)
+                    out[views * i + v] = torch.sigmoid(up)[0, 0].cpu().numpy().astype(np.float32)
         return out  # type: ignore[return-value]

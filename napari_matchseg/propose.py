@@ -31,11 +31,13 @@ class Proposal:
 
 
 def build_proposer(name: str = "matchseg", checkpoint=None, device: str | None = "auto",
-                   sam2_model: str = "sam2.1_hiera_tiny", sam2_image_size: int = 1024):
+                   sam2_model: str = "sam2.1_hiera_tiny", sam2_image_size: int = 1024, mirror_tta: bool = False):
     """A proposer by name: ``matchseg`` (default, shipped checkpoint) or ``sam2`` (memory attention)."""
     if name == "matchseg":
-        return MatchSegPredictor(checkpoint, device=device)
+        return MatchSegPredictor(checkpoint, device=device, mirror_tta=mirror_tta)
     if name == "sam2":
+        if mirror_tta:
+            raise InputError("the test-time mirror (--mirror-tta) is a MatchSeg option; the sam2 proposer has none")
         from .sam2_memory import Sam2MemoryProposer
 
         return Sam2MemoryProposer(sam2_model, checkpoint, device=device, image_size=sam2_image_size)

@@ -50,6 +50,13 @@ def test_segment_and_eval_on_real_images(kvasir_subset, tiny_ckpt, capsys):
     assert res["n"] == 4 and 0 <= res["dice_mean"] <= 1 and 0 <= res["iou_mean"] <= 1 and len(res["rows"]) == 4
     assert len(res["rows"][0]["supports"].split()) == 2
     assert (t / "r.csv").read_text().startswith("image,dice,iou,hd95")
+    assert not res["mirror_tta"]
+    code, out, err = run(capsys, "eval", "--bank", t / "bank", "--images", t / "query/images", "--masks",
+                         t / "query/masks", "--checkpoint", tiny_ckpt, "-k", "2", "--mirror-tta",
+                         "--json", t / "m.json")
+    assert code == 0, err
+    mirrored = json.loads((t / "m.json").read_text())
+    assert mirrored["mirror_tta"] and mirrored["n"] == 4
 
 
 def test_segment_refuses_bad_options(tmp_path, tiny_ckpt, capsys):
@@ -66,6 +73,9 @@ def test_segment_refuses_bad_options(tmp_path, tiny_ckpt, capsys):
     code, _, err = run(capsys, "segment", "--bank", tmp_path / "b", "--images", tmp_path / "s/images", "--out",
                        tmp_path / "o", "--checkpoint", tiny_ckpt, "-k", "40")
     assert code == 2 and "between 1 and 32" in err
+    code, _, err = run(capsys, "segment", "--bank", tmp_path / "b", "--images", tmp_path / "s/images", "--out",
+                       tmp_path / "o", "--proposer", "sam2", "--mirror-tta")
+    assert code == 2 and "MatchSeg option" in err
 
 
 def test_demo_runs_offline_with_the_shipped_checkpoint(tmp_path, capsys):

@@ -54,6 +54,21 @@ def test_predictor_sizes_channels_and_k(tiny_ckpt):
     assert [b.shape for b in batch] == [(70, 90), (70, 90)]
 
 
+def test_mirror_tta_averages_the_image_and_its_mirror(tiny_ckpt):
+    (img, m), (q, _), (q2, _) = _pairs(3)
+    plain = MatchSegPredictor(tiny_ckpt, device="cpu")
+    tta = MatchSegPredictor(tiny_ckpt, device="cpu", mirror_tta=True)
+    sup = ([img], [m])
+    p = plain.predict(q, *sup)
+    p_mirror = plain.predict(np.ascontiguousarray(q[:, ::-1]), *sup)[:, ::-1]
+    assert np.abs(p - p_mirror).max() > 1e-4  # a random network is not mirror-symmetric: the views differ
+    [(a, b), (a2, _)] = plain.predict_with_mirror([q, q2], [sup, sup])
+    np.testing.assert_allclose(a, p, atol=1e-5)
+    np.testing.assert_allclose(a2, plain.predict(q2, *sup), atol=1e-5)
+    np.testing.assert_allclose(b, p_mirror, atol=1e-5)
+    np.testing.assert_allclose(tta.predict(q, *sup), 0.5 * (p + p_mirror), atol=1e-5)
+
+
 def test_supports_matter(tiny_ckpt):
     p = MatchSegPredictor(tiny_ckpt, device="cpu")
     (img, m), (q, _) = _pairs(2)

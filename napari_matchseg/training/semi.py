@@ -212,9 +212,7 @@ def pseudo_label_round(predictor: MatchSegPredictor, bank: ReferenceBank, bank_i
             sup_ids = [bank_ids[j] for j in support_nn[n][:cfg.k]]
             sup = [support(i) for i in sup_ids]
             s_img, s_msk = [s[0] for s in sup], [s[1] for s in sup]
-            mirrored = np.ascontiguousarray(image[:, ::-1])
-            p, p_m = predictor.predict_batch([image, mirrored], [(s_img, s_msk), (s_img, s_msk)])
-            p_m = p_m[:, ::-1]
+            [(p, p_m)] = predictor.predict_with_mirror([image], [(s_img, s_msk)])
             prob = 0.5 * (p + p_m)
             sam = refiner.get()
             if sam is not None:
