@@ -23,6 +23,7 @@ class Settings:
     device: str = "auto"
     threshold: float = 0.5
     refine: bool = False
+    mirror_tta: bool = False  # MatchSeg: average with the mirror image's probabilities
     checkpoint: str = ""  # empty = the shipped MatchSeg checkpoint
     export_format: str = "png-255"  # png-255 (0/255), png-labels (0/1), tif-255
     sam2_image_size: int = 1024

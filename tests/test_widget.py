@@ -80,6 +80,31 @@ def test_label_propose_edit_accept_export(annotator, qtbot, tmp_path):
     assert w.export_accepted(str(tmp_path / "export")) == []  # never overwritten silently
 
 
+def test_mirror_option_averages_both_views(annotator, qtbot, tmp_path):
+    from napari_matchseg.predictor import MatchSegPredictor
+
+    viewer, w = annotator
+    for i in range(3):
+        viewer.dims.set_current_step(0, i)
+        w.add_current_as_reference()
+    viewer.dims.set_current_step(0, 5)
+    w.k_spin.setValue(3)
+    w.mirror_check.setChecked(True)
+    w.propose_current()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    got = viewer.layers["sample ultrasound probability"].data[5]
+    bank = ReferenceBank.open(tmp_path / "bank")
+    sup = [bank.load_image(m.id) for m in w.last_matches], [bank.load_mask(m.id) for m in w.last_matches]
+    [(p, p_mirror)] = MatchSegPredictor(w.settings.checkpoint, device="cpu").predict_with_mirror(
+        [viewer.layers["sample ultrasound"].data[5]], [sup])
+    assert np.abs(p - p_mirror).max() > 1e-3  # the two views differ, so the test can tell them apart
+    np.testing.assert_allclose(got, 0.5 * (p + p_mirror), atol=1e-4)
+    w.proposer_combo.setCurrentText("sam2")
+    assert not w.mirror_check.isEnabled()
+    w._save_settings()
+    assert w.settings.mirror_tta
+
+
 def test_cancel_and_bad_inputs_notify_instead_of_crashing(annotator, qtbot, monkeypatch):
     viewer, w = annotator
     errors = []

@@ -123,6 +123,13 @@ class ReferenceAnnotator(QWidget):
         self.proposer_combo.setCurrentText(s.proposer)
         self.refine_check = QCheckBox("refine with SAM 2 prompts")
         self.refine_check.setChecked(s.refine)
+        self.mirror_check = QCheckBox("average with the mirror image")
+        self.mirror_check.setToolTip("MatchSeg: also segment the left-right mirror image and average the two "
+                                     "(steadier proposals, about 1.5x the time)")
+        self.mirror_check.setChecked(s.mirror_tta)
+        self.proposer_combo.currentTextChanged.connect(
+            lambda name: self.mirror_check.setEnabled(name == "matchseg"))
+        self.mirror_check.setEnabled(s.proposer == "matchseg")
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
         self.device_combo.setCurrentText(s.device)
@@ -134,6 +141,7 @@ class ReferenceAnnotator(QWidget):
         form.addRow("k", self.k_spin)
         form.addRow("proposer", self.proposer_combo)
         form.addRow("", self.refine_check)
+        form.addRow("", self.mirror_check)
         form.addRow("device", self.device_combo)
         form.addRow("threshold", self.threshold)
         self.propose_btn = _button("Propose", self.propose_current, "propose a mask for the current image/slice (P)")
@@ -194,6 +202,7 @@ class ReferenceAnnotator(QWidget):
         s.retriever, s.k = self.retriever_combo.currentText(), self.k_spin.value()
         s.proposer, s.device = self.proposer_combo.currentText(), self.device_combo.currentText()
         s.refine, s.threshold = self.refine_check.isChecked(), self.threshold.value() / 100
+        s.mirror_tta = self.mirror_check.isChecked()
         s.export_format = self.export_format.currentText()
         s.bank = str(self.bank.path) if self.bank else s.bank
         s.save()
@@ -387,15 +396,17 @@ class ReferenceAnnotator(QWidget):
         return {"proposer": self.proposer_combo.currentText(), "checkpoint": self.settings.checkpoint,
                 "device": self.device_combo.currentText(), "sam2_image_size": self.settings.sam2_image_size,
                 "retriever": self.retriever_combo.currentText(), "k": self.k_spin.value(),
-                "refine": self.refine_check.isChecked(), "bank": self._need_bank().path}
+                "refine": self.refine_check.isChecked(), "bank": self._need_bank().path,
+                "mirror_tta": self.mirror_check.isChecked() and self.proposer_combo.currentText() == "matchseg"}
 
     def _proposer(self, c: dict):
         """A proposer for these choices, built once (in the worker: loading can take a while)."""
         from ..propose import build_proposer
 
-        key = (c["proposer"], c["checkpoint"], c["device"], c["sam2_image_size"])
+        key = (c["proposer"], c["checkpoint"], c["device"], c["sam2_image_size"], c["mirror_tta"])
         if key not in self._proposers:
-            self._proposers[key] = build_proposer(key[0], key[1] or None, key[2], sam2_image_size=key[3])
+            self._proposers[key] = build_proposer(key[0], key[1] or None, key[2], sam2_image_size=key[3],
+                                                  mirror_tta=key[4])
         return self._proposers[key]
 
     @staticmethod
