@@ -112,7 +112,7 @@ class MatchSegPredictor:
                       supports: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]) -> list[np.ndarray]:
         """Several queries at once; queries with the same number of supports share one forward pass."""
         if not self.mirror_tta:
-            return self._predict_views(images, supports, mirror=False)
+            return self._predict_views(images, supports, mirror=False)[0]
         return [0.5 * (p + p_m) for p, p_m in self.predict_with_mirror(images, supports)]
 
     def predict_with_mirror(self, images: Sequence[np.ndarray],
@@ -120,16 +120,15 @@ class MatchSegPredictor:
                             ) -> list[tuple[np.ndarray, np.ndarray]]:
         """(p, p_mirror) per query: the probabilities of the image and of its mirror image, mirrored back.
         Their mean is the test-time-augmented proposal; their agreement says how reliable it is."""
-        views = self._predict_views(images, supports, mirror=True)
-        return [(views[2 * i], views[2 * i + 1]) for i in range(len(images))]
+        return list(zip(*self._predict_views(images, supports, mirror=True)))
 
-    def _predict_views(self, images, supports, mirror: bool) -> list[np.ndarray]:
+    def _predict_views(self, images, supports, mirror: bool) -> list[list[np.ndarray]]:
+        """One list of probability maps per view (the image; with ``mirror`` also its mirror image)."""
         if len(images) != len(supports):
             raise InputError(f"{len(images)} queries but {len(supports)} support sets")
         checked = [check_image(im, name=f"query {i}") for i, im in enumerate(images)]
         sfs = [self.supports(*s) if self.uses_supports else None for s in supports]
-        views = 2 if mirror else 1
-        out: list[np.ndarray | None] = [None] * (views * len(checked))
+        out: list[list[np.ndarray | None]] = [[None] * len(checked) for _ in range(2 if mirror else 1)]
         groups: dict[int, list[int]] = {}
         for i, sf in enumerate(sfs):
             groups.setdefault(0 if sf is None else sf.feats[0].shape[1], []).append(i)
@@ -144,12 +143,12 @@ class MatchSegPredictor:
                 if sf is not None:
                     sf = SupportFeatures([torch.cat([f, f]) for f in sf.feats], [torch.cat([m, m]) for m in sf.masks])
             logits = self._run(self.model.decode, q, sf).float()
-            if mirror:
-                logits = torch.cat([logits[:len(rows)], logits[len(rows):].flip(-1)])
-            for v in range(views):
+            per_view = logits.split(len(rows)) if mirror else (logits,)
+            for v, view_logits in enumerate(per_view):
+                if v == 1:
+                    view_logits = view_logits.flip(-1)  # back to the image's own orientation
                 for j, i in enumerate(rows):
                     h, w = checked[i].shape[:2]
-                    row = logits[v * len(rows) + j: v * len(rows) + j + 1]
-                    up = F.interpolate(row, size=(h, w), mode="bilinear", align_corners=False)
-                    out[views * i + v] = torch.sigmoid(up)[0, 0].cpu().numpy().astype(np.float32)
+                    up = F.interpolate(view_logits[j:j + 1], size=(h, w), mode="bilinear", align_corners=False)
+                    out[v][i] = torch.sigmoid(up)[0, 0].cpu().numpy().astype(np.float32)
         return out  # type: ignore[return-value]

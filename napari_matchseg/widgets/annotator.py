@@ -403,11 +403,13 @@ class ReferenceAnnotator(QWidget):
         """A proposer for these choices, built once (in the worker: loading can take a while)."""
         from ..propose import build_proposer
 
-        key = (c["proposer"], c["checkpoint"], c["device"], c["sam2_image_size"], c["mirror_tta"])
+        key = (c["proposer"], c["checkpoint"], c["device"], c["sam2_image_size"])
         if key not in self._proposers:
-            self._proposers[key] = build_proposer(key[0], key[1] or None, key[2], sam2_image_size=key[3],
-                                                  mirror_tta=key[4])
-        return self._proposers[key]
+            self._proposers[key] = build_proposer(key[0], key[1] or None, key[2], sam2_image_size=key[3])
+        proposer = self._proposers[key]
+        if c["proposer"] == "matchseg":  # a per-proposal choice: same model, same cached support features
+            proposer.mirror_tta = c["mirror_tta"]
+        return proposer
 
     @staticmethod
     def _refiner(c: dict, proposer):
