@@ -215,12 +215,12 @@ def cmd_train(args) -> int:
     from .modeling import MatchSegConfig
     from .training.train import TrainConfig, train
 
-    model = MatchSegConfig(interaction=args.interaction, image_size=args.image_size).to_dict()
+    model = MatchSegConfig(image_size=args.image_size).to_dict()
     cfg = TrainConfig(data_root=args.data, out_dir=args.out, datasets=tuple(args.datasets), steps=args.steps,
                       batch_size=args.batch_size, k_min=args.k_min, k_max=args.k_max, lr=args.lr,
                       synthetic_fraction=args.synthetic_fraction, val_every=args.val_every, seed=args.seed,
-                      retriever=args.retriever, model=model, init_checkpoint=args.init, threads=args.threads,
-                      device=args.device)
+                      retriever=args.retriever, model=model, init_checkpoint=args.init, interaction=args.interaction,
+                      threads=args.threads, device=args.device)
     from .cli import _progress
 
     update, close = _progress("training")
@@ -316,7 +316,9 @@ def register(sub) -> None:
     c.add_argument("--synthetic-fraction", type=float, default=0.15)
     c.add_argument("--val-every", type=int, default=500)
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--interaction", default="joint_attention", choices=("joint_attention", "crossconv", "none"))
+    c.add_argument("--interaction", choices=("joint_attention", "crossconv", "none"),
+                   help="default joint_attention; with --init, the checkpoint's (a support-free one can be "
+                        "given an interaction: its U-Net weights are kept)")
     c.add_argument("--image-size", type=int, default=128)
     c.add_argument("--retriever", default="handcrafted", choices=("handcrafted",))
     c.add_argument("--init", help="start from this checkpoint ('default' = the shipped one)")

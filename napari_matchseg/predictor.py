@@ -136,8 +136,9 @@ class MatchSegPredictor:
             q = torch.stack([to_working(checked[i], self.size) for i in rows]).to(self.device)
             sf = None
             if k:
-                sf = SupportFeatures([torch.cat([sfs[i].feats[s] for i in rows]) for s in range(len(sfs[rows[0]].feats))],
-                                     [torch.cat([sfs[i].masks[s] for i in rows]) for s in range(len(sfs[rows[0]].masks))])
+                parts = [sfs[i] for i in rows]  # join the queries' support sets along the batch axis
+                sf = SupportFeatures([torch.cat(f) for f in zip(*(p.feats for p in parts))],
+                                     [torch.cat(m) for m in zip(*(p.masks for p in parts))])
             if mirror:  # the mirrored queries ride in the same batch, with the same (cached) supports
                 q = torch.cat([q, q.flip(-1)])
                 if sf is not None:

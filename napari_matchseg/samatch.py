@@ -57,7 +57,8 @@ def extract_prompts(prob: np.ndarray, threshold: float = 0.95, margin: int = 30,
         raise ValueError(f"threshold must be in (0.5, 1), got {threshold}")
     confident = prob >= threshold
     if not confident.any():
-        reason = "empty proposal" if prob.max() < 0.5 else f"no pixel is confident (max probability {prob.max():.2f} < {threshold})"
+        reason = ("empty proposal" if prob.max() < 0.5
+                  else f"no pixel is confident (max probability {prob.max():.2f} < {threshold})")
         return None, reason
     labels, n = ndi.label(confident)
     sizes = ndi.sum(confident, labels, index=np.arange(1, n + 1))
@@ -115,7 +116,8 @@ class Sam2Refiner:
 
         rgb = (to_float_rgb(img) * 255).round().astype(np.uint8)
         dev = self.predictor.model.device
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+        ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+               else torch.autocast("cpu", enabled=False))
         with torch.inference_mode(), ctx:
             self.predictor.set_image(rgb)
             masks, scores, _ = self.predictor.predict(point_coords=prompts.points, point_labels=prompts.labels,

@@ -96,8 +96,8 @@ from napari_matchseg.checkpoint import build_matchseg, save_checkpoint
 from napari_matchseg.modeling import MatchSeg, MatchSegConfig
 from napari_matchseg.sample_data import make_sample
 from napari_matchseg.training.finetune import finetune
-base = save_checkpoint({str(tmp_path / 'b.safetensors')!r}, MatchSeg(MatchSegConfig(image_size=64, widths=(8, 16, 24, 32),
-                       reduced=(16, 16), heads=2)))
+base = save_checkpoint({str(tmp_path / 'b.safetensors')!r},
+                       MatchSeg(MatchSegConfig(image_size=64, widths=(8, 16, 24, 32), reduced=(16, 16), heads=2)))
 bank = ReferenceBank.create({str(tmp_path / 'bank')!r})
 bank.add_many((img, m, name) for name, img, m in make_sample("ultrasound", 3))
 out = finetune(bank, {str(tmp_path / 't.safetensors')!r}, base=base, steps=2, batch_size=2, log=lambda m: None)

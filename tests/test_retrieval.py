@@ -37,7 +37,8 @@ def test_retrieve_finds_the_same_modality_and_caches_embeddings(bank, sample_tri
     retriever = get_retriever("handcrafted")
     calls = []
     original = type(retriever)._embed_batch
-    monkeypatch.setattr(type(retriever), "_embed_batch", lambda self, ims: calls.append(len(ims)) or original(self, ims))
+    monkeypatch.setattr(type(retriever), "_embed_batch",
+                        lambda self, ims: calls.append(len(ims)) or original(self, ims))
     from napari_matchseg.sample_data import make_sample
 
     query = make_sample("ultrasound", 8, seed=7)[0][1]  # unseen image

@@ -7,7 +7,8 @@ import torch
 from conftest import TINY_MATCHSEG, dataset_dir
 from napari_matchseg.bank import ReferenceBank
 from napari_matchseg.checkpoint import build_matchseg, save_checkpoint
-from napari_matchseg.modeling import MatchSeg, MatchSegConfig
+from napari_matchseg.errors import InputError
+from napari_matchseg.modeling import MatchSeg, MatchSegConfig, add_interaction
 from napari_matchseg.training.augment import augment
 from napari_matchseg.training.data import load_split, neighbours
 from napari_matchseg.training.losses import segmentation_loss
@@ -24,7 +25,8 @@ def tiny_tasks():
     for name in ("kvasir", "wbc"):
         tr = load_split(root, name, "train", 64, limit=16)
         va = load_split(root, name, "val", 64, limit=6)
-        tasks[name] = Task(tr, va, neighbours(tr.vectors, tr.vectors, 8, True), neighbours(va.vectors, tr.vectors, 8, False))
+        tasks[name] = Task(tr, va, neighbours(tr.vectors, tr.vectors, 8, True),
+                           neighbours(va.vectors, tr.vectors, 8, False))
     return tasks
 
 
@@ -106,3 +108,46 @@ def test_finetune_on_a_bank_changes_the_weights(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), orig.state_dict().values()))
     with pytest.raises(FileExistsError):
         finetune(bank, out, base=base, steps=2, log=lambda m: None)
+
+
+def test_a_support_free_network_grows_an_interaction():
+    torch.manual_seed(0)
+    plain = MatchSeg(MatchSegConfig.from_dict({**TINY, "interaction": "none"})).eval()
+    grown = add_interaction(plain).eval()
+    assert grown.config.interaction == "joint_attention" and not plain.uses_supports
+    for name, tensor in plain.encoder.state_dict().items():
+        assert torch.equal(grown.encoder.state_dict()[name], tensor)
+    q, s = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 3, 64, 64)
+    m = (torch.rand(2, 3, 1, 64, 64) > 0.5).float()
+    with torch.no_grad():
+        start = grown(q, s, m)
+        # the new paths start at zero: other supports, other masks, same prediction ...
+        torch.testing.assert_close(grown(q, torch.rand_like(s), 1 - m), start)
+        # ... which follows the U-Net's (only the head's new shortcut is normalised)
+        plain_out = plain(q)
+    corr = torch.corrcoef(torch.stack([start.flatten(), plain_out.flatten()]))[0, 1]
+    assert corr > 0.8, corr
+    with pytest.raises(ValueError, match="already has"):
+        add_interaction(grown)
+
+
+@pytest.mark.slow
+def test_training_from_a_unet_checkpoint_adds_the_interaction(tiny_tasks, tmp_path):
+    torch.manual_seed(0)
+    unet = save_checkpoint(tmp_path / "unet.safetensors",
+                           MatchSeg(MatchSegConfig.from_dict({**TINY, "interaction": "none"})))
+    result = train(_cfg(tmp_path, steps=8, val_every=8, init_checkpoint=str(unet), interaction="joint_attention"),
+                   tasks=tiny_tasks, log=lambda m: None)
+    model, meta = build_matchseg(result["best_checkpoint"])
+    assert model.config.interaction == "joint_attention" and meta["init"] == str(unet)
+    q, s = torch.rand(1, 3, 64, 64), torch.rand(1, 2, 3, 64, 64)
+    m = (torch.rand(1, 2, 1, 64, 64) > 0.5).float()
+    with torch.no_grad():  # trained, the supports now change the prediction
+        assert not torch.allclose(model(q, s, m), model(q, s, 1 - m))
+    with pytest.raises(InputError, match="support-free"):
+        train(_cfg(tmp_path / "other", steps=2, init_checkpoint=result["best_checkpoint"], interaction="none"),
+              tasks=tiny_tasks, log=lambda m: None)
+    # without a checkpoint, interaction picks the new network's
+    plain = train(_cfg(tmp_path / "plain", steps=2, val_every=2, interaction="none"), tasks=tiny_tasks,
+                  log=lambda m: None)
+    assert build_matchseg(plain["best_checkpoint"])[0].config.interaction == "none"

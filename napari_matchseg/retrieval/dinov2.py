@@ -1,4 +1,6 @@
-"""DINOv2 CLS embeddings through torch.hub ``facebookresearch/dinov2`` (the retrieval-augmented SAM 2 paper's retriever).
+"""DINOv2 CLS embeddings through torch.hub ``facebookresearch/dinov2``.
+
+The retriever of the retrieval-augmented SAM 2 paper.
 
 The model *code* comes from torch.hub; the *weights* always come through :mod:`napari_matchseg.weights`
 (cache, verification, local files), loaded with ``torch.load(weights_only=True)``. Offline, the code is

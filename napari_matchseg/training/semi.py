@@ -193,7 +193,8 @@ class _Refiner:
 
 
 def pseudo_label_round(predictor: MatchSegPredictor, bank: ReferenceBank, bank_ids: list[str],
-                       items: Sequence[tuple[str, np.ndarray, str, str]], support_nn: np.ndarray, store: PseudoLabelStore,
+                       items: Sequence[tuple[str, np.ndarray, str, str]], support_nn: np.ndarray,
+                       store: PseudoLabelStore,
                        cfg: SemiConfig, refiner: _Refiner, round_: int, checkpoint: str,
                        progress: Callable[[int], None], cancel: Callable[[], bool] | None) -> None:
     """Pseudo-label the images ``store`` lacks (weak view = the image and its mirror, averaged)."""
@@ -340,7 +341,8 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
         start = cfg.warmup_steps + r * per_round
         predictor = MatchSegPredictor(previous, device=cfg.device)
         pseudo_label_round(predictor, bank, bank_ids, items, unl.support_nn, store, cfg, sam, r,
-                           previous or "default", lambda n: report(start + n, total, f"pseudo-labelling (round {r + 1})"),
+                           previous or "default",
+                           lambda n: report(start + n, total, f"pseudo-labelling (round {r + 1})"),
                            cancel)
         del predictor
         keep = select_reliable(store, unl.names, cfg.keep_fraction)

@@ -25,7 +25,7 @@ import torch
 from ..checkpoint import build_matchseg, save_checkpoint
 from ..device import resolve_device
 from ..errors import Cancelled, InputError
-from ..modeling import MatchSeg, MatchSegConfig
+from ..modeling import MatchSeg, MatchSegConfig, add_interaction
 from .augment import augment
 from .data import Split, load_split, neighbours
 from .losses import segmentation_loss
@@ -54,6 +54,9 @@ class TrainConfig:
     retriever: str = "handcrafted"
     model: dict = dataclasses.field(default_factory=lambda: MatchSegConfig().to_dict())
     init_checkpoint: str | None = None
+    # overrides model["interaction"]; with init_checkpoint, None keeps the checkpoint's, and only a support-free
+    # one ("none") can be given another (modeling.add_interaction: its U-Net weights kept, new paths at zero)
+    interaction: str | None = None
     threads: int | None = None
     device: str = "auto"  # cuda, then mps, then cpu; bf16 autocast where the GPU supports it
 
@@ -169,8 +172,17 @@ def train(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | None = 
     torch.manual_seed(cfg.seed)
     if cfg.init_checkpoint:  # a checkpoint path, or "default" for the embedded one
         model, init_meta = build_matchseg(None if cfg.init_checkpoint == "default" else cfg.init_checkpoint)
+        if cfg.interaction not in (None, model.config.interaction):
+            if model.uses_supports:
+                raise InputError(f"{cfg.init_checkpoint} was trained with interaction "
+                                 f"{model.config.interaction!r}; only a support-free checkpoint (interaction "
+                                 f"'none') can be given a different one. Leave out --interaction to keep it")
+            model = add_interaction(model, cfg.interaction)
+            log(f"{cfg.init_checkpoint}: support-free weights kept, {cfg.interaction} added (starts at zero)")
         cfg.model = model.config.to_dict()
     else:
+        if cfg.interaction:
+            cfg.model = {**cfg.model, "interaction": cfg.interaction}
         model, init_meta = MatchSeg(MatchSegConfig.from_dict(cfg.model)), {}
     size = model.config.image_size
     if cfg.k_min < 1 or cfg.k_max < cfg.k_min:

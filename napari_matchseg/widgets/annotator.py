@@ -577,7 +577,8 @@ class ReferenceAnnotator(QWidget):
         def work():
             from ..training.finetune import finetune
 
-            return finetune(ReferenceBank.open(bank.path), out, base=base, steps=200, overwrite=True, log=lambda m: None,
+            return finetune(ReferenceBank.open(bank.path), out, base=base, steps=200, overwrite=True,
+                            log=lambda m: None,
                             progress=lambda s, t, info: self._progress_cb("fine-tuning...")(s, t),
                             cancel=self._cancel.is_set)
 
@@ -623,7 +624,8 @@ class ReferenceAnnotator(QWidget):
         self._run(work, done, f"learning from {len(todo)} unlabelled slices...")
 
     def _needed_weights(self) -> list[str]:
-        names = {"clip": ["clip-vit-b-32-laion2b"], "dinov2": ["dinov2_vits14"]}.get(self.retriever_combo.currentText(), [])
+        names = {"clip": ["clip-vit-b-32-laion2b"],
+                 "dinov2": ["dinov2_vits14"]}.get(self.retriever_combo.currentText(), [])
         if self.proposer_combo.currentText() == "sam2" or self.refine_check.isChecked():
             names.append("sam2.1_hiera_tiny")
         return names
