@@ -24,13 +24,12 @@ sys.path.insert(0, str(REPO))
 from bench_foundation import machine  # noqa: E402
 
 from napari_matchseg.checkpoint import build_matchseg  # noqa: E402
+from napari_matchseg.metrics import dice  # noqa: E402
 from napari_matchseg.training.synthetic import synthetic_task  # noqa: E402
 
 
-def dice(logits: torch.Tensor, truth: torch.Tensor) -> float:
-    pred, truth = logits > 0, truth > 0.5
-    card = int(pred.sum() + truth.sum())
-    return 2 * int((pred & truth).sum()) / card if card else 1.0
+def dice_of(logits: torch.Tensor, truth: torch.Tensor) -> float:
+    return dice((logits > 0).numpy(), (truth > 0.5).numpy())
 
 
 def main() -> None:
@@ -49,8 +48,8 @@ def main() -> None:
             for _ in range(args.episodes):
                 imgs, masks = synthetic_task(rng, 1 + args.k, model.config.image_size)
                 s, m = imgs[None, 1:], masks[None, 1:]
-                true.append(dice(model(imgs[:1], s, m), masks[0]))
-                inverted.append(dice(model(imgs[:1], s, 1 - m), masks[0]))
+                true.append(dice_of(model(imgs[:1], s, m), masks[0]))
+                inverted.append(dice_of(model(imgs[:1], s, 1 - m), masks[0]))
         results[ckpt] = {"dice_true_masks": round(float(np.mean(true)), 4),
                          "dice_inverted_masks": round(float(np.mean(inverted)), 4)}
         print(f"{ckpt}: Dice {results[ckpt]['dice_true_masks']:.3f} with the true support masks, "

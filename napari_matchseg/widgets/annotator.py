@@ -397,7 +397,7 @@ class ReferenceAnnotator(QWidget):
                 "device": self.device_combo.currentText(), "sam2_image_size": self.settings.sam2_image_size,
                 "retriever": self.retriever_combo.currentText(), "k": self.k_spin.value(),
                 "refine": self.refine_check.isChecked(), "bank": self._need_bank().path,
-                "mirror_tta": self.mirror_check.isChecked() and self.proposer_combo.currentText() == "matchseg"}
+                "mirror_tta": self.mirror_check.isChecked()}
 
     def _proposer(self, c: dict):
         """A proposer for these choices, built once (in the worker: loading can take a while)."""
