@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Every number of the MatchSeg results table, in one run of the same code.
 #   bash benchmarks/issue3_results.sh [DATA] [RUNS]
-# Environment: UNIVERSAL (checkpoint of the universal row; default: the shipped one, "train" retrains it with
-# 6000 steps, about 80 min on a 2-core CPU), BUSI_MIN / OTHER_MIN (per-run compute budget in single-thread
-# CPU minutes: 20 / 8), LANES (trainings run side by side, one thread each: 2), CACHE_SEED (a folder of
-# <dataset>-<split>-128-handcrafted.pt files from an earlier run, to skip re-reading the images).
+# Environment: UNIVERSAL (checkpoint of the universal row; default: the shipped one; "train" trains the v1
+# recipe, 6000 steps, about 80 min on a 2-core CPU; scripts/train_universal.sh retrains the shipped v2),
+# BUSI_MIN / OTHER_MIN (per-run compute budget in single-thread CPU minutes: 20 / 8), LANES (trainings run
+# side by side, one thread each: 2), CACHE_SEED (a folder of <dataset>-<split>-128-handcrafted.pt files from an
+# earlier run, to skip re-reading the images).
 #
 # In-domain rows: for each dataset, three networks are trained on its train split alone for the SAME
 # compute budget (steps = minutes x single-thread steps per second measured on the development CPU:

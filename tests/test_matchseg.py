@@ -151,3 +151,22 @@ def test_metrics_edge_cases():
     a[5:10, 5:15] = True
     assert dice(a, b) == pytest.approx(2 * 25 / 75) and iou(a, b) == pytest.approx(0.5)
     assert hd95(a, b) == pytest.approx(5.0, abs=0.6)
+
+
+def test_the_shipped_checkpoint_reads_its_supports():
+    """The embedded default must follow its references, not only the image: on synthetic tasks only the supports
+    say which of two kinds of object is foreground, so inverting their masks has to cost Dice."""
+    from napari_matchseg.training.synthetic import synthetic_task
+
+    model, _ = build_matchseg(None)
+    rng = np.random.default_rng(1)
+    true, inverted = [], []
+    with torch.no_grad():
+        for _ in range(12):
+            imgs, masks = synthetic_task(rng, 9, model.config.image_size)
+            s, m = imgs[None, 1:], masks[None, 1:]
+            truth = masks[0, 0].numpy() > 0.5
+            true.append(dice(model(imgs[:1], s, m)[0, 0].numpy() > 0, truth))
+            inverted.append(dice(model(imgs[:1], s, 1 - m)[0, 0].numpy() > 0, truth))
+    assert np.mean(true) > 0.8, np.mean(true)
+    assert np.mean(true) - np.mean(inverted) > 0.2, (np.mean(true), np.mean(inverted))
