@@ -8,7 +8,7 @@
 #      on the three train splits plus 25 % synthetic tasks, which teach it to read its supports: STEPS3 steps.
 # Why U-Net first: on a CPU the support-free network does 2.6x the steps per second, and the grown network starts
 # from what it learned (docs/benchmarks.md, "BUSI: MatchSeg started from the U-Net").
-# On the 2-core development CPU: about 80 + 50 + 55 minutes. Output: RUNS/universal-v2.safetensors (fp16).
+# On the 2-core development CPU: 87 + 44 + 54 minutes (measured). Output: RUNS/universal-v2.safetensors (fp16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data}

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from ..metrics import dice
+
 
 def _blob(size: int, rng: np.random.Generator, r_range: tuple[float, float]) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -60,3 +62,21 @@ def synthetic_task(rng: np.random.Generator, n_images: int, size: int) -> tuple[
         imgs.append(np.clip(rgb, 0, 1).astype(np.float32))
         masks.append(mask[None].astype(np.float32))
     return torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(masks))
+
+
+@torch.no_grad()
+def support_use(model, rng: np.random.Generator, episodes: int = 64, k: int = 8) -> tuple[float, float]:
+    """Mean Dice of ``model`` on synthetic tasks with the true support masks, and with them inverted.
+
+    Only the supports say which kind of object is foreground, so a network that reads them scores far lower with
+    inverted masks; one that ignores them scores the same. Used by ``benchmarks/support_use.py`` and the tests."""
+    was_training = model.training
+    model.eval()
+    true, inverted = [], []
+    for _ in range(episodes):
+        imgs, masks = synthetic_task(rng, 1 + k, model.config.image_size)
+        s, m, truth = imgs[None, 1:], masks[None, 1:], masks[0, 0].numpy() > 0.5
+        true.append(dice(model(imgs[:1], s, m)[0, 0].numpy() > 0, truth))
+        inverted.append(dice(model(imgs[:1], s, 1 - m)[0, 0].numpy() > 0, truth))
+    model.train(was_training)
+    return float(np.mean(true)), float(np.mean(inverted))
