@@ -1,8 +1,8 @@
 """Learning from unlabelled images (SAM-Match issue): a few labelled images, the rest of the train split unlabelled.
 
     .venv/bin/python benchmarks/bench_semi.py --dataset busi [--labelled 30] [--rounds 2] [--steps 300] \
-        [--sam2-image-size 256] [--skip-sam2] [--rows a,b,c,b2,c2,d] [--checkpoint START] [--work /tmp/matchseg-semi] \
-        [--json results.json]
+        [--sam2-image-size 256] [--skip-sam2] [--rows a,b,c,b2,c2,c3,d] [--checkpoint START] \
+        [--work /tmp/matchseg-semi] [--json results.json]
 
 In one run, evaluated on the test split with the labelled images as the bank (k = 8):
   (a) the shipped checkpoint, or ``--checkpoint`` (e.g. one trained without this dataset: the shipped one
@@ -10,11 +10,12 @@ In one run, evaluated on the test split with the labelled images as the bank (k 
   (``finetune``, rounds x steps steps of 8 episodes);  (c) the semi-supervised loop without SAM 2 started
   straight from (a) (self-training, same number of steps, 4 labelled + 4 pseudo-labelled episodes per step);
   (b2) (b) fine-tuned as long again on the labelled images;  (c2) the loop started from (b), i.e. after a
-  labelled-only warm-up, what ``matchseg semi`` does by default (same compute as (b2));  (d) the SAM 2
-  refinement path, from (b). No SAM 2 weights can
-  be downloaded on the development machines, so (d) runs with a randomly initialised SAM 2 (tiny, at
-  ``--sam2-image-size``) unless the real checkpoint is in the weights cache: it shows the path runs, not
-  what SAM 2 is worth. ``--rows`` runs a subset (e.g. ``b,b2,c2`` for a longer schedule). Also reported:
+  labelled-only warm-up, what ``matchseg semi`` does by default (same compute as (b2));  (c3) as (c2) with a
+  mean teacher (``--teacher ema``: a moving average of the network labels every weak view as it is drawn);
+  (d) the SAM 2 refinement path, from (b). No SAM 2 weights can be downloaded on the development machines,
+  so (d) runs with a randomly initialised SAM 2 (tiny, at ``--sam2-image-size``) unless the real checkpoint
+  is in the weights cache: it shows the path runs, not what SAM 2 is worth. ``--rows`` runs a subset (e.g.
+  ``b,b2,c2`` for a longer schedule). Also reported:
   the Dice of each round's pseudo-labels against the (hidden) truth.
 """
 
@@ -49,7 +50,7 @@ from napari_matchseg.training.semi import SemiConfig, run_semi  # noqa: E402
 from napari_matchseg.training.train import GROUPS  # noqa: E402
 
 
-ROWS = ("a", "b", "c", "b2", "c2", "d")
+ROWS = ("a", "b", "c", "b2", "c2", "c3", "d")
 # how every row is scored: the labelled images as the bank, k = 8, handcrafted retrieval (paired_dice.py too)
 EVAL_OPTS = argparse.Namespace(k=8, threshold=0.5, support="retrieved", allow_self=False)
 
@@ -166,6 +167,11 @@ def main() -> None:
                        log=lambda m: print("  " + m, flush=True))
         score("(c2) semi, self-training from (b)", out, semi_seconds(out),
               {"pseudo_labels": pseudo_label_quality(work / "semi-after-ft", truth)})
+    if "c3" in rows:
+        out = run_semi(bank, unlabelled, work / "semi-ema-after-ft", base=ft,
+                       cfg=dataclasses.replace(cfg, teacher="ema"), log=lambda m: print("  " + m, flush=True))
+        score("(c3) semi, mean teacher, from (b)", out, semi_seconds(out),
+              {"pseudo_labels": pseudo_label_quality(work / "semi-ema-after-ft", truth)})
     if "d" in rows:
         from napari_matchseg.sam2_model import build_sam2_model
         from napari_matchseg.samatch import Sam2Refiner

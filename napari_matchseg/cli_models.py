@@ -266,7 +266,8 @@ def cmd_semi(args) -> int:
                      confidence=args.confidence, keep_fraction=args.keep_fraction, k=args.k, refine=args.refine,
                      refine_threshold=args.refine_threshold, refine_margin=args.refine_margin,
                      sam2_model=args.sam2_model, sam2_checkpoint=args.sam2_checkpoint,
-                     sam2_image_size=args.sam2_image_size, device=args.device, seed=args.seed)
+                     sam2_image_size=args.sam2_image_size, teacher=args.teacher, ema_decay=args.ema_decay,
+                     device=args.device, seed=args.seed)
     cfg.check()
     unlabelled = read_unlabelled_folder(args.unlabelled)
     run = Path(args.out) if args.out else default_run_dir(bank)
@@ -356,6 +357,10 @@ def register(sub) -> None:
     c.add_argument("--keep-fraction", type=float, default=0.5,
                    help="train on this fraction of the pseudo-labels, the most reliable first (default 0.5)")
     c.add_argument("-k", type=int, default=8, help="supports when pseudo-labelling")
+    c.add_argument("--teacher", default="round", choices=("round", "ema"),
+                   help="targets of the unlabelled views: the round's stored pseudo-labels (default), or a mean "
+                        "teacher's prediction at every step (not with --refine sam2)")
+    c.add_argument("--ema-decay", type=float, default=0.99, help="the mean teacher's decay per step")
     c.add_argument("--checkpoint", help="start from this MatchSeg checkpoint (default: the shipped one)")
     c.add_argument("--out", help="run folder (default: <bank>.semi beside the bank); resumes if it holds a run")
     c.add_argument("--refine-threshold", type=float, default=0.95, help="SAM 2 prompts from pixels above this")

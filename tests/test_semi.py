@@ -132,6 +132,34 @@ def test_pixels_below_the_confidence_threshold_contribute_no_loss():
     assert w1[2:].sum() > 0.5 * w1[2:].numel()  # confident pixels count (minus padding and cut-out)
 
 
+class _ConstantTeacher(torch.nn.Module):
+    """A stand-in network whose every pixel has the same logit (the FixMatch plumbing, not a model, is tested)."""
+
+    def __init__(self, logit: float):
+        super().__init__()
+        self.logit = torch.nn.Parameter(torch.tensor(logit))
+
+    def forward(self, query, supports, support_masks):
+        assert supports.shape[:2] == support_masks.shape[:2] and supports.shape[0] == query.shape[0]
+        return self.logit.expand(query.shape[0], 1, *query.shape[-2:])
+
+
+def test_a_mean_teacher_labels_the_weak_view_and_only_its_confident_pixels_count():
+    cfg = SemiConfig(labelled_batch=2, unlabelled_batch=3, synthetic_fraction=0.0, confidence=0.9)
+    tcfg = TrainConfig(data_root="x", out_dir="x", datasets=("bank",), k_min=1, k_max=3, synthetic_fraction=0.0)
+    bank, unl = _tiny_bank_task(), _tiny_unlabelled(confident=1)
+    unl.masks = unl.confident = None  # the teacher needs no stored pseudo-labels
+    batches = {logit: semi_batch(bank, unl, cfg, tcfg, np.random.default_rng(0), 64, _ConstantTeacher(logit))
+               for logit in (5.0, -5.0, 0.5)}  # p = 0.993 (foreground), 0.007 (background), 0.62 (unsure)
+    for logit, (q, qm, s, sm, w) in batches.items():
+        assert q.shape[0] == qm.shape[0] == s.shape[0] == w.shape[0] == 5 and (w[:2] == 1).all()
+    assert (batches[5.0][1][2:] == 1).all() and (batches[-5.0][1][2:] == 0).all()
+    assert batches[5.0][4][2:].sum() > 0.5 * batches[5.0][4][2:].numel()  # confident: counts (but cut-outs)
+    assert (batches[0.5][4][2:] == 0).all()  # below the threshold: no loss at all
+    with pytest.raises(InputError, match="teacher 'round'"):
+        SemiConfig(teacher="ema", refine="sam2").check()
+
+
 @pytest.fixture
 def semi_setup(tmp_path, tiny_ckpt):
     ids = real_ids("kvasir", n=10)
@@ -190,6 +218,29 @@ def test_cancelled_run_resumes_to_the_same_result(semi_setup):
     a, b = build_matchseg(straight)[0].state_dict(), build_matchseg(resumed)[0].state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_mean_teacher_run_resumes_to_the_same_result(semi_setup):
+    bank, unlabelled, base, tmp = semi_setup
+    cfg = dict(FAST, warmup_steps=0, rounds=1, steps_per_round=4, teacher="ema", ema_decay=0.5, confidence=0.5)
+    straight = run_semi(bank, unlabelled, tmp / "a", base=base, cfg=SemiConfig(**cfg), log=lambda m: None)
+    calls = {"n": 0}
+
+    def cancel():  # asked once per image to pseudo-label (5), then once per training step: stop before step 3
+        calls["n"] += 1
+        return calls["n"] == len(unlabelled) + 3
+
+    with pytest.raises(Cancelled, match="same command"):
+        run_semi(bank, unlabelled, tmp / "b", base=base, cfg=SemiConfig(**cfg), cancel=cancel, log=lambda m: None)
+    state = torch.load(tmp / "b" / "train-round-0" / "last.pt", weights_only=True)
+    assert state["step"] == 2 and state["teacher"].keys() == state["model"].keys()
+    assert any(not torch.equal(state["teacher"][k], state["model"][k]) for k in state["model"])  # it lags behind
+    resumed = run_semi(bank, unlabelled, tmp / "b", base=base, cfg=SemiConfig(**cfg), log=lambda m: None)
+    a, b = build_matchseg(straight)[0].state_dict(), build_matchseg(resumed)[0].state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    assert json.loads((tmp / "b" / "config.json").read_text())["semi"]["teacher"] == "ema"
 
 
 @pytest.mark.slow

@@ -16,7 +16,9 @@ below plain fine-tuning). Then each round (``matchseg semi``, or "Learn from unl
    only confident pixels count in the loss.
 
 The pseudo-labels are refreshed once per round rather than at every step: a CPU then pays one forward
-pass per unlabelled image and round instead of one per training step. Everything is resumable: finished
+pass per unlabelled image and round instead of one per training step. With ``teacher="ema"`` (mean teacher)
+the targets are made at every step instead, by a moving average of the network (the round's pseudo-labels
+still choose the images and are stored for review). Everything is resumable: finished
 pseudo-labels are kept, training resumes from ``last.pt``, finished rounds from ``round-<r>.safetensors``.
 The result, ``RUN/matchseg-semi.safetensors``, carries its settings and pseudo-label statistics. ``RUN``
 defaults to ``<bank>.semi`` beside the bank.
@@ -68,6 +70,10 @@ class SemiConfig:
     unlabelled_weight: float = 1.0
     synthetic_fraction: float = 0.3  # as in finetune: keeps the model using its supports
     refine: str = "none"  # or "sam2"
+    # "round": the round's stored pseudo-labels are the targets; "ema": a mean teacher (an exponential moving
+    # average of the network, updated every step) labels each weak view as it is drawn
+    teacher: str = "round"
+    ema_decay: float = 0.99
     refine_threshold: float = 0.95
     refine_margin: int = 30
     sam2_model: str = "sam2.1_hiera_tiny"
@@ -80,6 +86,14 @@ class SemiConfig:
     def check(self) -> None:
         if self.refine not in ("none", "sam2"):
             raise InputError(f"refine must be 'none' or 'sam2', not {self.refine!r}")
+        if self.teacher not in ("round", "ema"):
+            raise InputError(f"teacher must be 'round' or 'ema', not {self.teacher!r}")
+        if self.teacher == "ema" and self.refine == "sam2":
+            raise InputError("SAM 2 refines the stored pseudo-labels of a round; with teacher 'ema' the targets "
+                             "come from the moving-average network at every step instead. Use teacher 'round' "
+                             "with refine 'sam2'")
+        if not 0 < self.ema_decay < 1:
+            raise InputError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.rounds < 1 or self.steps_per_round < 1:
             raise InputError("rounds and steps_per_round must be at least 1")
         if not 0.5 <= self.confidence < 1:
@@ -150,8 +164,9 @@ def _open_run(run: Path, settings: dict, new_run_if_different: bool, log) -> Pat
 
 
 def semi_batch(bank: Task, unl: Unlabelled, cfg: SemiConfig, tcfg: TrainConfig, rng: np.random.Generator,
-               size: int):
-    """Labelled episodes (as in fine-tuning) followed by FixMatch episodes on pseudo-labelled images."""
+               size: int, teacher: torch.nn.Module | None = None):
+    """Labelled episodes (as in fine-tuning) followed by FixMatch episodes on pseudo-labelled images; with a
+    ``teacher`` the pseudo-label of each weak view is the teacher's prediction on it (confident pixels only)."""
     k = int(rng.integers(tcfg.k_min, tcfg.k_max + 1))
     q, qm, s, sm, _ = sample_batch({"bank": bank}, tcfg, rng, size, k=k, batch_size=cfg.labelled_batch)
     weights = [torch.ones_like(qm)]
@@ -160,15 +175,29 @@ def semi_batch(bank: Task, unl: Unlabelled, cfg: SemiConfig, tcfg: TrainConfig, 
         u = int(rng.integers(len(unl.names)))
         sup = torch.from_numpy(draw_supports(unl.support_nn[u], k, rng).astype(np.int64))
         image = unl.images[u:u + 1].float() / 255
-        target = torch.cat([unl.masks[u:u + 1], unl.confident[u:u + 1]], 1).float()
+        if teacher is None:
+            target = torch.cat([unl.masks[u:u + 1], unl.confident[u:u + 1]], 1).float()
+        else:
+            target = torch.zeros(1, 2, size, size)  # filled in below, from the weak view
         weak, target = augment(image, target, rng, 1.0)  # geometry shared by the view and its label
-        strong, keep = strong_photometric(weak, rng)
         b_img, b_mask = augment(bank.train.images[sup].float() / 255, bank.train.masks[sup].float(), rng, 0.5)
+        if teacher is not None:
+            target = teacher_target(teacher, weak, b_img[None], b_mask[None], cfg.confidence)
+        strong, keep = strong_photometric(weak, rng)
         uq.append(strong[0]), um.append(target[0, :1]), uw.append(target[0, 1:] * keep[0] * cfg.unlabelled_weight)
         us.append(b_img), usm.append(b_mask)
     weights.append(torch.stack(uw))
     return (torch.cat([q, torch.stack(uq)]), torch.cat([qm, torch.stack(um)]), torch.cat([s, torch.stack(us)]),
             torch.cat([sm, torch.stack(usm)]), torch.cat(weights))
+
+
+@torch.no_grad()
+def teacher_target(teacher: torch.nn.Module, weak: torch.Tensor, supports: torch.Tensor, support_masks: torch.Tensor,
+                   confidence: float) -> torch.Tensor:
+    """(1, 2, S, S): the teacher's mask of the weak view and where it is confident (``max(p, 1 - p)``)."""
+    dev = next(teacher.parameters()).device
+    p = torch.sigmoid(teacher(weak.to(dev), supports.to(dev), support_masks.to(dev)).float()).cpu()
+    return torch.cat([(p >= 0.5).float(), (torch.maximum(p, 1 - p) >= confidence).float()], 1)
 
 
 class _Refiner:
@@ -302,6 +331,8 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
     semi_settings = dataclasses.asdict(cfg)
     if not cfg.warmup_steps:
         del semi_settings["warmup_steps"]  # absent = no warm-up (what runs started before it existed did)
+    if cfg.teacher == "round":  # absent = the round's pseudo-labels (runs started before "ema" existed)
+        del semi_settings["teacher"], semi_settings["ema_decay"]
     settings = {"semi": semi_settings, "base": str(base) if base else "default",
                 "bank": str(bank.path), "references": _digest(bank_ids),
                 "unlabelled": _digest([f"{n}:{sha}" for n, _, _, sha in items])}
@@ -356,9 +387,10 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
                            k_max=max(1, min(cfg.k_max, len(bank) - 1)), lr=cfg.lr, warmup=min(20, cfg.steps_per_round),
                            synthetic_fraction=cfg.synthetic_fraction, val_every=cfg.steps_per_round,
                            seed=cfg.seed + 1000 * r, retriever=cfg.retriever,
-                           init_checkpoint=previous or "default", device=cfg.device)
-        result = train(tcfg, tasks={"bank": labelled}, log=log, cancel=cancel,
-                       sampler=lambda rng: semi_batch(labelled, chosen, cfg, tcfg, rng, size),
+                           init_checkpoint=previous or "default", device=cfg.device, ema_decay=cfg.ema_decay)
+        teacher = build_matchseg(previous)[0] if cfg.teacher == "ema" else None
+        result = train(tcfg, tasks={"bank": labelled}, log=log, cancel=cancel, teacher=teacher,
+                       sampler=lambda rng: semi_batch(labelled, chosen, cfg, tcfg, rng, size, teacher),
                        progress=lambda s, t, i: report(start + len(items) + s, total, f"fine-tuning (round {r + 1})"))
         tuned, meta = build_matchseg(result["best_checkpoint"])
         save_checkpoint(done_ckpt, tuned, dict(meta, semi_round=r, pseudo_labels=stats[-1]))

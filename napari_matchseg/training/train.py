@@ -59,6 +59,7 @@ class TrainConfig:
     interaction: str | None = None
     threads: int | None = None
     device: str = "auto"  # cuda, then mps, then cpu; bf16 autocast where the GPU supports it
+    ema_decay: float = 0.99  # of the ``teacher`` given to train(), if any (mean teacher)
 
 
 @dataclasses.dataclass
@@ -157,14 +158,26 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+@torch.no_grad()
+def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
+    """teacher <- decay * teacher + (1 - decay) * student (buffers copied)."""
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.lerp_(s.detach(), 1.0 - decay)
+    for t, s in zip(teacher.buffers(), student.buffers()):
+        t.copy_(s)
+
+
 def train(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | None = None,
           cancel: Callable[[], bool] | None = None, log: Callable[[str], None] = print,
           tasks: dict[str, Task] | None = None,
-          sampler: Callable[[np.random.Generator], tuple] | None = None) -> dict[str, Any]:
+          sampler: Callable[[np.random.Generator], tuple] | None = None,
+          teacher: torch.nn.Module | None = None) -> dict[str, Any]:
     """Train (or resume) into ``cfg.out_dir``: ``last.pt`` (resume state), ``best.safetensors``, ``log.jsonl``.
 
     ``sampler(rng)`` replaces the episode sampler (semi-supervised training brings its own); it returns
-    what :func:`sample_batch` returns."""
+    what :func:`sample_batch` returns. ``teacher``: a copy of the network that follows the trained one as an
+    exponential moving average (``cfg.ema_decay``) after every step, for a sampler that asks it for targets;
+    it is part of the resume state."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -193,6 +206,8 @@ def train(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | None = 
     amp = torch.autocast(dev.type, dtype=torch.bfloat16) if dev.type == "cuda" and torch.cuda.is_bf16_supported() \
         else contextlib.nullcontext()
     model.to(dev).train()
+    if teacher is not None:
+        teacher.to(dev).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
     state_file = out / "last.pt"
@@ -204,12 +219,17 @@ def train(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | None = 
         sched.load_state_dict(st["scheduler"])
         step, best, elapsed = int(st["step"]), float(st["best"]), float(st["elapsed"])
         best_val = json.loads(st["best_val"])
+        if teacher is not None:
+            teacher.load_state_dict(st["teacher"])
         log(f"resumed from {state_file} at step {step}")
 
     def save_state():
         tmp = state_file.with_name("last.pt.tmp")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "step": step, "best": best, "elapsed": elapsed, "best_val": json.dumps(best_val)}, tmp)
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "step": step, "best": best, "elapsed": elapsed, "best_val": json.dumps(best_val)}
+        if teacher is not None:
+            state["teacher"] = teacher.state_dict()
+        torch.save(state, tmp)
         tmp.replace(state_file)
 
     def metadata(val):
@@ -235,6 +255,8 @@ def train(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | None = 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        if teacher is not None:
+            ema_update(teacher, model, cfg.ema_decay)
         step += 1
         running.append(loss.item())
         elapsed = time.time() - t0
