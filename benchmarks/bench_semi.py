@@ -55,10 +55,10 @@ ROWS = ("a", "b", "c", "b2", "c2", "c3", "d")
 EVAL_OPTS = argparse.Namespace(k=8, threshold=0.5, support="retrieved", allow_self=False)
 
 
-def test_pairs(data: Path, name: str) -> list[tuple[Path, Path]]:
-    """(image, mask) paths of a dataset's test split."""
+def test_pairs(data: Path, name: str, split: str = "test") -> list[tuple[Path, Path]]:
+    """(image, mask) paths of a dataset's test split (or another split)."""
     return [(data / name / "images" / f"{r}.png", data / name / "masks" / f"{r}.png")
-            for r in read_manifest(data, name, "test", GROUPS.get(name))]
+            for r in read_manifest(data, name, split, GROUPS.get(name))]
 
 
 def pseudo_label_quality(run: Path, truth: dict[str, np.ndarray]) -> list[dict]:

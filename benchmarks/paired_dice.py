@@ -8,6 +8,7 @@
 Both checkpoints segment the same test images with the same bank (k = 8, handcrafted retrieval, threshold 0.5,
 as in ``bench_semi.py``); the per-image differences B - A are resampled (10,000 bootstrap draws, seed 0) for a
 95 % interval of the mean difference. Differences of 0.02-0.03 Dice are within the noise of ~130-200 test images.
+``--split val`` compares on the validation split instead: the one to choose a setting on.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ def main() -> None:
     ap.add_argument("--bank", required=True)
     ap.add_argument("--a", required=True, help="reference checkpoint (CKPT[:random][+mirror], as in eval_matchseg.py)")
     ap.add_argument("--b", required=True, help="checkpoint compared with it (same form)")
+    ap.add_argument("--split", default="test", choices=("test", "val"))
     ap.add_argument("--json")
     args = ap.parse_args()
     data, name = Path(args.data), args.dataset
-    pairs = test_pairs(data, name)
+    pairs = test_pairs(data, name, args.split)
     bank, retriever = ReferenceBank.open(args.bank), get_retriever("handcrafted")
     dice = {}
     for key in ("a", "b"):
@@ -58,7 +60,7 @@ def main() -> None:
         rows = evaluate(bank, retriever, predictor, pairs, opts)["rows"]
         dice[key] = np.array([r["dice"] for r in rows])
     mean, lo, hi = paired_interval(dice["a"], dice["b"])
-    out = {"machine": machine(), "dataset": name, "n": len(pairs), "a": args.a, "b": args.b,
+    out = {"machine": machine(), "dataset": name, "split": args.split, "n": len(pairs), "a": args.a, "b": args.b,
            "dice_a": round(float(dice["a"].mean()), 4), "dice_b": round(float(dice["b"].mean()), 4),
            "mean_difference": round(mean, 4), "ci95": [round(lo, 4), round(hi, 4)],
            "b_better": int((dice["b"] > dice["a"]).sum()), "a_better": int((dice["a"] > dice["b"]).sum())}

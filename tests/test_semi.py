@@ -241,6 +241,7 @@ def test_a_mean_teacher_run_resumes_to_the_same_result(semi_setup):
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
     assert json.loads((tmp / "b" / "config.json").read_text())["semi"]["teacher"] == "ema"
+    assert build_matchseg(tmp / "b" / "round-0.safetensors")[1]["weights"].startswith("mean teacher")  # the result
 
 
 @pytest.mark.slow

@@ -393,6 +393,8 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
                        sampler=lambda rng: semi_batch(labelled, chosen, cfg, tcfg, rng, size, teacher),
                        progress=lambda s, t, i: report(start + len(items) + s, total, f"fine-tuning (round {r + 1})"))
         tuned, meta = build_matchseg(result["best_checkpoint"])
+        if teacher is not None:  # the mean teacher is the result, as in Mean Teacher and FixMatch
+            tuned, meta = teacher, dict(meta, weights=f"mean teacher, decay {cfg.ema_decay}")
         save_checkpoint(done_ckpt, tuned, dict(meta, semi_round=r, pseudo_labels=stats[-1]))
         shutil.rmtree(tcfg.out_dir, ignore_errors=True)
         previous = str(done_ckpt)
