@@ -151,10 +151,16 @@ def main() -> None:
         score("(b) fine-tuned on labelled", ft, build_matchseg(ft)[1]["train_seconds"])
     cfg = SemiConfig(rounds=args.rounds, steps_per_round=args.steps, confidence=args.confidence, seed=args.seed,
                      keep_fraction=args.keep_fraction, warmup_steps=0)
+    def semi_row(label: str, folder: str, start, row_cfg: SemiConfig, extra: dict | None = None,
+                 refiner=None) -> None:
+        """Run (or reuse) the loop in ``work/folder`` and score it, with its pseudo-labels against the truth."""
+        out = run_semi(bank, unlabelled, work / folder, base=start, cfg=row_cfg, refiner=refiner,
+                       log=lambda m: print("  " + m, flush=True))
+        score(label, out, semi_seconds(out), {**(extra or {}),
+                                             "pseudo_labels": pseudo_label_quality(work / folder, truth)})
+
     if "c" in rows:
-        out = run_semi(bank, unlabelled, work / "semi", base=base, cfg=cfg, log=lambda m: print("  " + m, flush=True))
-        score("(c) semi, self-training", out, semi_seconds(out),
-              {"pseudo_labels": pseudo_label_quality(work / "semi", truth)})
+        semi_row("(c) semi, self-training", "semi", base, cfg)
     # The teacher first learns from the labelled images (SAM-Match's order; `SemiConfig.warmup_steps` does the same
     # inside run_semi with the same finetune call): (c2) starts from (b). (b2) is its equal-compute control.
     if "b2" in rows:
@@ -163,15 +169,9 @@ def main() -> None:
             finetune(bank, ft2, base=ft, steps=total, batch_size=8, lr=3e-4, log=lambda m: None)
         score("(b2) fine-tuned on labelled, 2x steps", ft2, build_matchseg(ft2)[1]["train_seconds"])
     if "c2" in rows:
-        out = run_semi(bank, unlabelled, work / "semi-after-ft", base=ft, cfg=cfg,
-                       log=lambda m: print("  " + m, flush=True))
-        score("(c2) semi, self-training from (b)", out, semi_seconds(out),
-              {"pseudo_labels": pseudo_label_quality(work / "semi-after-ft", truth)})
+        semi_row("(c2) semi, self-training from (b)", "semi-after-ft", ft, cfg)
     if "c3" in rows:
-        out = run_semi(bank, unlabelled, work / "semi-ema-after-ft", base=ft,
-                       cfg=dataclasses.replace(cfg, teacher="ema"), log=lambda m: print("  " + m, flush=True))
-        score("(c3) semi, mean teacher, from (b)", out, semi_seconds(out),
-              {"pseudo_labels": pseudo_label_quality(work / "semi-ema-after-ft", truth)})
+        semi_row("(c3) semi, mean teacher, from (b)", "semi-ema-after-ft", ft, dataclasses.replace(cfg, teacher="ema"))
     if "d" in rows:
         from napari_matchseg.sam2_model import build_sam2_model
         from napari_matchseg.samatch import Sam2Refiner
@@ -180,12 +180,10 @@ def main() -> None:
         size = 1024 if real else args.sam2_image_size
         model = build_sam2_model("sam2.1_hiera_tiny", image_size=size, random_init=not real)
         refiner = Sam2Refiner(image_size=size, _model=model)
-        cfg_d = dataclasses.replace(cfg, refine="sam2", sam2_image_size=size)
-        out = run_semi(bank, unlabelled, work / ("semi-sam2" if real else "semi-sam2-random"), cfg=cfg_d,
-                       base=ft, refiner=refiner, log=lambda m: print("  " + m, flush=True))
-        label = "(d) semi, SAM 2 refined" + ("" if real else " (RANDOM SAM 2)")
-        score(label, out, semi_seconds(out), {"sam2_weights": "official" if real else f"random init, {size} px",
-                                            "pseudo_labels": pseudo_label_quality(work / out.parent.name, truth)})
+        semi_row("(d) semi, SAM 2 refined" + ("" if real else " (RANDOM SAM 2)"),
+                 "semi-sam2" if real else "semi-sam2-random", ft,
+                 dataclasses.replace(cfg, refine="sam2", sam2_image_size=size),
+                 {"sam2_weights": "official" if real else f"random init, {size} px"}, refiner)
     print(f"\nmachine: {machine()}")
     print(f"{name}: {len(lab_ids)} labelled (bank), {len(unl_ids)} unlabelled, {len(pairs)} test images; "
           f"{args.rounds} rounds x {args.steps} steps; confidence {args.confidence}; keep {args.keep_fraction}\n")

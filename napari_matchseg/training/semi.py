@@ -169,32 +169,28 @@ def semi_batch(bank: Task, unl: Unlabelled, cfg: SemiConfig, tcfg: TrainConfig, 
     ``teacher`` the pseudo-label of each weak view is the teacher's prediction on it (confident pixels only)."""
     k = int(rng.integers(tcfg.k_min, tcfg.k_max + 1))
     q, qm, s, sm, _ = sample_batch({"bank": bank}, tcfg, rng, size, k=k, batch_size=cfg.labelled_batch)
-    weights = [torch.ones_like(qm)]
-    uq, um, uw, us, usm = [], [], [], [], []
+    uq, weak_views, targets, keeps, us, usm = [], [], [], [], [], []
     for _ in range(cfg.unlabelled_batch):
         u = int(rng.integers(len(unl.names)))
         sup = torch.from_numpy(draw_supports(unl.support_nn[u], k, rng).astype(np.int64))
         image = unl.images[u:u + 1].float() / 255
-        if teacher is None:
-            target = torch.cat([unl.masks[u:u + 1], unl.confident[u:u + 1]], 1).float()
-        else:
-            target = torch.zeros(1, 2, size, size)  # filled in below, from the weak view
-        weak, target = augment(image, target, rng, 1.0)  # geometry shared by the view and its label
+        stored = torch.zeros(1, 2, size, size) if teacher is not None else \
+            torch.cat([unl.masks[u:u + 1], unl.confident[u:u + 1]], 1).float()
+        weak, target = augment(image, stored, rng, 1.0)  # geometry shared by the view and its label
         b_img, b_mask = augment(bank.train.images[sup].float() / 255, bank.train.masks[sup].float(), rng, 0.5)
-        if teacher is not None:
-            target = teacher_target(teacher, weak, b_img[None], b_mask[None], cfg.confidence)
         strong, keep = strong_photometric(weak, rng)
-        uq.append(strong[0]), um.append(target[0, :1]), uw.append(target[0, 1:] * keep[0] * cfg.unlabelled_weight)
-        us.append(b_img), usm.append(b_mask)
-    weights.append(torch.stack(uw))
-    return (torch.cat([q, torch.stack(uq)]), torch.cat([qm, torch.stack(um)]), torch.cat([s, torch.stack(us)]),
-            torch.cat([sm, torch.stack(usm)]), torch.cat(weights))
+        weak_views.append(weak[0]), targets.append(target[0]), keeps.append(keep[0] * cfg.unlabelled_weight)
+        uq.append(strong[0]), us.append(b_img), usm.append(b_mask)
+    target = torch.stack(targets) if teacher is None else \
+        teacher_target(teacher, torch.stack(weak_views), torch.stack(us), torch.stack(usm), cfg.confidence)
+    return (torch.cat([q, torch.stack(uq)]), torch.cat([qm, target[:, :1]]), torch.cat([s, torch.stack(us)]),
+            torch.cat([sm, torch.stack(usm)]), torch.cat([torch.ones_like(qm), target[:, 1:] * torch.stack(keeps)]))
 
 
 @torch.no_grad()
 def teacher_target(teacher: torch.nn.Module, weak: torch.Tensor, supports: torch.Tensor, support_masks: torch.Tensor,
                    confidence: float) -> torch.Tensor:
-    """(1, 2, S, S): the teacher's mask of the weak view and where it is confident (``max(p, 1 - p)``)."""
+    """(B, 2, S, S): the teacher's masks of the weak views and where it is confident (``max(p, 1 - p)``)."""
     dev = next(teacher.parameters()).device
     p = torch.sigmoid(teacher(weak.to(dev), supports.to(dev), support_masks.to(dev)).float()).cpu()
     return torch.cat([(p >= 0.5).float(), (torch.maximum(p, 1 - p) >= confidence).float()], 1)
@@ -379,7 +375,8 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
         keep = select_reliable(store, unl.names, cfg.keep_fraction)
         atomic_write_json(store.folder / "selected.json", [unl.names[i] for i in keep])
         chosen = unl.subset(keep)
-        chosen.masks, chosen.confident = _load_pseudo(store, chosen.names, size)
+        if cfg.teacher == "round":  # a mean teacher makes its own targets
+            chosen.masks, chosen.confident = _load_pseudo(store, chosen.names, size)
         stats.append(_round_stats(store))
         log(f"round {r + 1}: pseudo-labels {json.dumps(stats[-1])}")
         tcfg = TrainConfig(data_root=str(bank.path), out_dir=str(run / f"train-round-{r}"), datasets=("bank",),
