@@ -1,7 +1,7 @@
 """Learning from unlabelled images (SAM-Match issue): a few labelled images, the rest of the train split unlabelled.
 
     .venv/bin/python benchmarks/bench_semi.py --dataset busi [--labelled 30] [--rounds 2] [--steps 300] \
-        [--sam2-image-size 256] [--skip-sam2] [--rows a,b,c,b2,c2,c3,d] [--checkpoint START] \
+        [--sam2-image-size 256] [--skip-sam2] [--rows a,b,c,b2,c2,c3,c4,c5,d] [--checkpoint START] \
         [--work /tmp/matchseg-semi] [--json results.json]
 
 In one run, evaluated on the test split with the labelled images as the bank (k = 8):
@@ -12,6 +12,7 @@ In one run, evaluated on the test split with the labelled images as the bank (k 
   (b2) (b) fine-tuned as long again on the labelled images;  (c2) the loop started from (b), i.e. after a
   labelled-only warm-up, what ``matchseg semi`` does by default (same compute as (b2));  (c3) as (c2) with a
   mean teacher (``--teacher ema``: a moving average of the network labels every weak view as it is drawn);
+  (c4), (c5) as (c2), (c3) with CutMix between the strong views (``--cutmix``, probability ``--cutmix-p``);
   (d) the SAM 2 refinement path, from (b). No SAM 2 weights can be downloaded on the development machines,
   so (d) runs with a randomly initialised SAM 2 (tiny, at ``--sam2-image-size``) unless the real checkpoint
   is in the weights cache: it shows the path runs, not what SAM 2 is worth. ``--rows`` runs a subset (e.g.
@@ -50,7 +51,7 @@ from napari_matchseg.training.semi import SemiConfig, run_semi  # noqa: E402
 from napari_matchseg.training.train import GROUPS  # noqa: E402
 
 
-ROWS = ("a", "b", "c", "b2", "c2", "c3", "d")
+ROWS = ("a", "b", "c", "b2", "c2", "c3", "c4", "c5", "d")
 # how every row is scored: the labelled images as the bank, k = 8, handcrafted retrieval (paired_dice.py too)
 EVAL_OPTS = argparse.Namespace(k=8, threshold=0.5, support="retrieved", allow_self=False)
 
@@ -94,6 +95,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="training steps per round")
     ap.add_argument("--confidence", type=float, default=0.9)
     ap.add_argument("--keep-fraction", type=float, default=0.5)
+    ap.add_argument("--cutmix-p", type=float, default=0.5, help="CutMix probability of rows (c4) and (c5)")
     ap.add_argument("--sam2-image-size", type=int, default=256)
     ap.add_argument("--skip-sam2", action="store_true", help="leave out row (d)")
     ap.add_argument("--rows", default=",".join(ROWS), help="which rows to run, comma-separated")
@@ -172,6 +174,12 @@ def main() -> None:
         semi_row("(c2) semi, self-training from (b)", "semi-after-ft", ft, cfg)
     if "c3" in rows:
         semi_row("(c3) semi, mean teacher, from (b)", "semi-ema-after-ft", ft, dataclasses.replace(cfg, teacher="ema"))
+    if "c4" in rows:
+        semi_row("(c4) semi, self-training + CutMix", "semi-cutmix-after-ft", ft,
+                 dataclasses.replace(cfg, cutmix=args.cutmix_p))
+    if "c5" in rows:
+        semi_row("(c5) semi, mean teacher + CutMix", "semi-ema-cutmix-after-ft", ft,
+                 dataclasses.replace(cfg, teacher="ema", cutmix=args.cutmix_p))
     if "d" in rows:
         from napari_matchseg.sam2_model import build_sam2_model
         from napari_matchseg.samatch import Sam2Refiner

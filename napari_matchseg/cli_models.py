@@ -267,7 +267,7 @@ def cmd_semi(args) -> int:
                      refine_threshold=args.refine_threshold, refine_margin=args.refine_margin,
                      sam2_model=args.sam2_model, sam2_checkpoint=args.sam2_checkpoint,
                      sam2_image_size=args.sam2_image_size, teacher=args.teacher, ema_decay=args.ema_decay,
-                     device=args.device, seed=args.seed)
+                     cutmix=args.cutmix, device=args.device, seed=args.seed)
     cfg.check()
     unlabelled = read_unlabelled_folder(args.unlabelled)
     run = Path(args.out) if args.out else default_run_dir(bank)
@@ -361,6 +361,9 @@ def register(sub) -> None:
                    help="targets of the unlabelled views: the round's stored pseudo-labels (default), or a mean "
                         "teacher's prediction at every step (not with --refine sam2)")
     c.add_argument("--ema-decay", type=float, default=0.99, help="the mean teacher's decay per step")
+    c.add_argument("--cutmix", type=float, default=0.0,
+                   help="probability that a strongly augmented unlabelled view gets a box of another one pasted "
+                        "in, with its pseudo-label (CutMix; default 0: off)")
     c.add_argument("--checkpoint", help="start from this MatchSeg checkpoint (default: the shipped one)")
     c.add_argument("--out", help="run folder (default: <bank>.semi beside the bank); resumes if it holds a run")
     c.add_argument("--refine-threshold", type=float, default=0.95, help="SAM 2 prompts from pixels above this")

@@ -1,5 +1,6 @@
 """Learning from unlabelled images: pseudo-labels, confident-pixel masking, the loop, resume, `matchseg semi`."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from napari_matchseg.errors import Cancelled, InputError
 from napari_matchseg.metrics import dice
 from napari_matchseg.pseudo_labels import PseudoLabelStore, confident_pseudo_label, refined_pseudo_label
 from napari_matchseg.samatch import Refinement, extract_prompts
+from napari_matchseg.training.augment import cutmix
 from napari_matchseg.training.losses import segmentation_loss
 from napari_matchseg.training.semi import FINAL_NAME, SemiConfig, Unlabelled, run_semi, semi_batch
 from napari_matchseg.training.data import Split
@@ -158,6 +160,32 @@ def test_a_mean_teacher_labels_the_weak_view_and_only_its_confident_pixels_count
     assert (batches[0.5][4][2:] == 0).all()  # below the threshold: no loss at all
     with pytest.raises(InputError, match="teacher 'round'"):
         SemiConfig(teacher="ema", refine="sam2").check()
+
+
+def test_cutmix_pastes_a_box_of_another_view_with_its_label():
+    n, size = 5, 32
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, size, size).clone()
+    labels = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 2, size, size).clone()
+    rng = np.random.default_rng(0)
+    mixed, mixed_labels = cutmix(images, labels, rng, p=1.0, area=(0.1, 0.4))
+    for i in range(n):
+        pasted = mixed[i, 0] != i
+        assert 0.05 < pasted.float().mean() < 0.5  # one box of about the drawn area, from one other image
+        assert len(torch.unique(mixed[i, 0][pasted])) == 1
+        assert torch.equal(mixed_labels[i, 0], mixed[i, 0]) and torch.equal(mixed_labels[i, 1], mixed[i, 0])
+    assert torch.equal(images[:, 0, 0, 0], torch.arange(n, dtype=torch.float32))  # the inputs are untouched
+    state = rng.bit_generator.state
+    same, same_labels = cutmix(images, labels, rng, p=0.0)
+    assert same is images and same_labels is labels and rng.bit_generator.state == state  # off: no draws
+    cfg = SemiConfig(labelled_batch=2, unlabelled_batch=3, synthetic_fraction=0.0)
+    tcfg = TrainConfig(data_root="x", out_dir="x", datasets=("bank",), k_min=1, k_max=3, synthetic_fraction=0.0)
+    bank, unl = _tiny_bank_task(), _tiny_unlabelled()
+    plain = semi_batch(bank, unl, cfg, tcfg, np.random.default_rng(1), 64)
+    mixed = semi_batch(bank, unl, dataclasses.replace(cfg, cutmix=1.0), tcfg, np.random.default_rng(1), 64)
+    assert torch.equal(plain[0][:2], mixed[0][:2]) and torch.equal(plain[2], mixed[2])  # labelled part, supports
+    assert not torch.equal(plain[0][2:], mixed[0][2:])  # the strong views are mixed
+    with pytest.raises(InputError, match="cutmix"):
+        SemiConfig(cutmix=1.5).check()
 
 
 @pytest.fixture

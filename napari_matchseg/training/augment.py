@@ -60,3 +60,26 @@ def strong_photometric(images: torch.Tensor, rng: np.random.Generator, cutout: f
             out[i, :, y:y + ch, x:x + cw] = out[i].mean()
             keep[i, :, y:y + ch, x:x + cw] = 0
     return out, keep
+
+
+def cutmix(images: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator, p: float = 0.5,
+           area: tuple[float, float] = (0.1, 0.4)) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix across a batch (French et al. 2020, "Semi-supervised semantic segmentation needs strong, varied
+    perturbations"): with probability ``p`` each image gets one box, of ``area`` of the image, pasted from
+    another image of the batch, and its label maps (N, C, S, S: the mask, where it counts...) get the same box
+    from that image's labels, so every pixel keeps the label of the image it shows. No draws when ``p`` is 0."""
+    n, _, h, w = images.shape
+    if p <= 0 or n < 2:
+        return images, labels
+    mixed_images, mixed_labels = images.clone(), labels.clone()
+    for i in range(n):
+        if rng.random() >= p:
+            continue
+        j = (i + 1 + int(rng.integers(n - 1))) % n  # any other image of the batch
+        a, aspect = rng.uniform(*area), np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
+        ch = min(h, max(1, int(round(h * np.sqrt(a * aspect)))))
+        cw = min(w, max(1, int(round(w * np.sqrt(a / aspect)))))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        mixed_images[i, :, y:y + ch, x:x + cw] = images[j, :, y:y + ch, x:x + cw]
+        mixed_labels[i, :, y:y + ch, x:x + cw] = labels[j, :, y:y + ch, x:x + cw]
+    return mixed_images, mixed_labels

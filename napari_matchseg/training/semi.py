@@ -12,8 +12,9 @@ below plain fine-tuning). Then each round (``matchseg semi``, or "Learn from unl
    ``RUN/pseudo/round-<r>/`` (:class:`~napari_matchseg.pseudo_labels.PseudoLabelStore`), never to the bank.
 2. **Fine-tune** on batches of labelled episodes (query and supports from the bank, as ``finetune`` does)
    plus unlabelled episodes in FixMatch style: the pseudo-label from the weak view supervises a strongly
-   augmented view (same geometry for image and label, strong intensity changes, blur/noise, cut-out), and
-   only confident pixels count in the loss.
+   augmented view (same geometry for image and label, strong intensity changes, blur/noise, cut-out, and
+   with ``cutmix`` a box of another unlabelled view pasted in with its label), and only confident pixels count
+   in the loss.
 
 The pseudo-labels are refreshed once per round rather than at every step: a CPU then pays one forward
 pass per unlabelled image and round instead of one per training step. With ``teacher="ema"`` (mean teacher)
@@ -45,7 +46,7 @@ from ..image_io import check_image, content_hash, list_images, read_image
 from ..predictor import MatchSegPredictor
 from ..pseudo_labels import PseudoLabelStore, confident_pseudo_label, refined_pseudo_label
 from ..retrieval import get_retriever
-from .augment import augment, strong_photometric
+from .augment import augment, cutmix, strong_photometric
 from .data import mask_to_working, neighbours, to_working
 from .finetune import bank_task, finetune
 from .train import Task, TrainConfig, draw_supports, sample_batch, train
@@ -74,6 +75,7 @@ class SemiConfig:
     # average of the network, updated every step) labels each weak view as it is drawn
     teacher: str = "round"
     ema_decay: float = 0.99
+    cutmix: float = 0.0  # probability that a strong view gets a box of another unlabelled view and its label
     refine_threshold: float = 0.95
     refine_margin: int = 30
     sam2_model: str = "sam2.1_hiera_tiny"
@@ -92,6 +94,8 @@ class SemiConfig:
             raise InputError("SAM 2 refines the stored pseudo-labels of a round; with teacher 'ema' the targets "
                              "come from the moving-average network at every step instead. Use teacher 'round' "
                              "with refine 'sam2'")
+        if not 0 <= self.cutmix <= 1:
+            raise InputError(f"cutmix must be a probability in [0, 1], got {self.cutmix}")
         if not 0 < self.ema_decay < 1:
             raise InputError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.rounds < 1 or self.steps_per_round < 1:
@@ -183,8 +187,10 @@ def semi_batch(bank: Task, unl: Unlabelled, cfg: SemiConfig, tcfg: TrainConfig, 
         uq.append(strong[0]), us.append(b_img), usm.append(b_mask)
     target = torch.stack(targets) if teacher is None else \
         teacher_target(teacher, torch.stack(weak_views), torch.stack(us), torch.stack(usm), cfg.confidence)
-    return (torch.cat([q, torch.stack(uq)]), torch.cat([qm, target[:, :1]]), torch.cat([s, torch.stack(us)]),
-            torch.cat([sm, torch.stack(usm)]), torch.cat([torch.ones_like(qm), target[:, 1:] * torch.stack(keeps)]))
+    labels = torch.cat([target[:, :1], target[:, 1:] * torch.stack(keeps)], 1)  # the mask, and where it counts
+    strong, labels = cutmix(torch.stack(uq), labels, rng, cfg.cutmix)  # (the mixed-in pixels keep their labels)
+    return (torch.cat([q, strong]), torch.cat([qm, labels[:, :1]]), torch.cat([s, torch.stack(us)]),
+            torch.cat([sm, torch.stack(usm)]), torch.cat([torch.ones_like(qm), labels[:, 1:]]))
 
 
 @torch.no_grad()
@@ -329,6 +335,8 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
         del semi_settings["warmup_steps"]  # absent = no warm-up (what runs started before it existed did)
     if cfg.teacher == "round":  # absent = the round's pseudo-labels (runs started before "ema" existed)
         del semi_settings["teacher"], semi_settings["ema_decay"]
+    if not cfg.cutmix:  # absent = no CutMix (runs started before it existed)
+        del semi_settings["cutmix"]
     settings = {"semi": semi_settings, "base": str(base) if base else "default",
                 "bank": str(bank.path), "references": _digest(bank_ids),
                 "unlabelled": _digest([f"{n}:{sha}" for n, _, _, sha in items])}
