@@ -10,8 +10,9 @@ In one run, evaluated on the test split with the labelled images as the bank (k 
   (``finetune``, rounds x steps steps of 8 episodes);  (c) the semi-supervised loop without SAM 2 started
   straight from (a) (self-training, same number of steps, 4 labelled + 4 pseudo-labelled episodes per step);
   (b2) (b) fine-tuned as long again on the labelled images;  (c2) the loop started from (b), i.e. after a
-  labelled-only warm-up, what ``matchseg semi`` does by default (same compute as (b2));  (c3) as (c2) with a
-  mean teacher (``--teacher ema``: a moving average of the network labels every weak view as it is drawn);
+  labelled-only warm-up, with the round teacher (``--teacher round``: each round's stored pseudo-labels are
+  the targets; same compute as (b2));  (c3) as (c2) with a mean teacher (a moving average of the network
+  labels every weak view as it is drawn), what ``matchseg semi`` does by default;
   (c4), (c5) as (c2), (c3) with CutMix between the strong views (``--cutmix``, probability ``--cutmix-p``);
   (d) the SAM 2 refinement path, from (b). No SAM 2 weights can be downloaded on the development machines,
   so (d) runs with a randomly initialised SAM 2 (tiny, at ``--sam2-image-size``) unless the real checkpoint
@@ -152,7 +153,7 @@ def main() -> None:
     if "b" in rows:
         score("(b) fine-tuned on labelled", ft, build_matchseg(ft)[1]["train_seconds"])
     cfg = SemiConfig(rounds=args.rounds, steps_per_round=args.steps, confidence=args.confidence, seed=args.seed,
-                     keep_fraction=args.keep_fraction, warmup_steps=0)
+                     keep_fraction=args.keep_fraction, warmup_steps=0, teacher="round")
     def semi_row(label: str, folder: str, start, row_cfg: SemiConfig, extra: dict | None = None,
                  refiner=None) -> None:
         """Run (or reuse) the loop in ``work/folder`` and score it, with its pseudo-labels against the truth."""

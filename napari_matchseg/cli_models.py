@@ -357,9 +357,9 @@ def register(sub) -> None:
     c.add_argument("--keep-fraction", type=float, default=0.5,
                    help="train on this fraction of the pseudo-labels, the most reliable first (default 0.5)")
     c.add_argument("-k", type=int, default=8, help="supports when pseudo-labelling")
-    c.add_argument("--teacher", default="round", choices=("round", "ema"),
-                   help="targets of the unlabelled views: the round's stored pseudo-labels (default), or a mean "
-                        "teacher's prediction at every step (not with --refine sam2)")
+    c.add_argument("--teacher", default="auto", choices=("auto", "round", "ema"),
+                   help="targets of the unlabelled views: a mean teacher's prediction at every step (ema), or the "
+                        "round's stored pseudo-labels (round); auto (default) = ema, or round with --refine sam2")
     c.add_argument("--ema-decay", type=float, default=0.99, help="the mean teacher's decay per step")
     c.add_argument("--cutmix", type=float, default=0.0,
                    help="probability that a strongly augmented unlabelled view gets a box of another one pasted "

@@ -23,7 +23,9 @@ from napari_matchseg.training.data import Split
 from napari_matchseg.training.finetune import finetune
 from napari_matchseg.training.train import Task, TrainConfig
 
-FAST = dict(warmup_steps=2, rounds=2, steps_per_round=3, labelled_batch=2, unlabelled_batch=2, k=3, k_max=3)
+# the round teacher: these tests follow the stored pseudo-labels; the mean teacher has tests of its own
+FAST = dict(warmup_steps=2, rounds=2, steps_per_round=3, labelled_batch=2, unlabelled_batch=2, k=3, k_max=3,
+            teacher="round")
 
 
 def soft(mask: np.ndarray, sigma: float = 3.0) -> np.ndarray:
@@ -160,6 +162,11 @@ def test_a_mean_teacher_labels_the_weak_view_and_only_its_confident_pixels_count
     assert (batches[0.5][4][2:] == 0).all()  # below the threshold: no loss at all
     with pytest.raises(InputError, match="teacher 'round'"):
         SemiConfig(teacher="ema", refine="sam2").check()
+    # the default: the mean teacher, or the round teacher when SAM 2 refines the round's pseudo-labels
+    assert SemiConfig().resolved().teacher == "ema" and SemiConfig(refine="sam2").resolved().teacher == "round"
+    assert SemiConfig(teacher="round").resolved().teacher == "round"
+    with pytest.raises(InputError, match="teacher must be"):
+        SemiConfig(teacher="mean").check()
 
 
 def test_cutmix_pastes_a_box_of_another_view_with_its_label():

@@ -1,5 +1,6 @@
 """The "Segment by reference" widget driven in a real napari viewer (xvfb-run)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -271,6 +272,7 @@ def test_learn_from_unlabelled_slices_in_the_background(annotator, qtbot, tmp_pa
     assert w.settings.checkpoint == str(run / "matchseg-semi.safetensors"), w.status.text()
     store = PseudoLabelStore(run / "pseudo" / "round-0")
     assert len(store) == n_slices - 3 and len(w.bank) == 3  # pseudo-labels stay out of the bank
+    assert json.loads((run / "config.json").read_text())["semi"]["teacher"] == "ema"  # the default: mean teacher
     viewer.dims.set_current_step(0, 3)
     w.add_current_as_reference()  # the bank changed: a second run goes to a new folder, the first is kept
     w.learn_from_unlabelled()
