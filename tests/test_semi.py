@@ -226,8 +226,10 @@ def test_loop_runs_changes_the_weights_and_leaves_the_bank_alone(semi_setup):
     assert (bank.path / "bank.json").read_bytes() == bank_json and len(ReferenceBank.open(bank.path)) == 5
     assert run_semi(bank, unlabelled, tmp / "run", base=base, cfg=SemiConfig(**FAST, refine="sam2"),
                     log=logs.append) == out and "already complete" in logs[-1]
-    with pytest.raises(InputError, match="other settings"):
+    with pytest.raises(InputError, match=r"other settings \(semi.refine, semi.rounds differ\)"):
         run_semi(bank, unlabelled, tmp / "run", base=base, cfg=SemiConfig(**dict(FAST, rounds=3)))
+    with pytest.raises(InputError, match=r"semi.ema_decay, semi.refine, semi.teacher differ"):  # the default now
+        run_semi(bank, unlabelled, tmp / "run", base=base, cfg=SemiConfig(**dict(FAST, teacher="auto")))
 
 
 @pytest.mark.slow

@@ -157,6 +157,18 @@ def _digest(items: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
 
 
+def _changed(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Names of the settings that differ, nested ones as ``semi.teacher`` (so the message says which)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix + key)
+    return out
+
+
 def _open_run(run: Path, settings: dict, new_run_if_different: bool, log) -> Path:
     """The run folder to use: a new one, or one started with exactly these settings (resumed or complete)."""
     if new_run_if_different:
@@ -170,8 +182,8 @@ def _open_run(run: Path, settings: dict, new_run_if_different: bool, log) -> Pat
         return run
     started = json.loads(config_file.read_text())
     if started != settings:
-        changed = sorted(k for k in settings if started.get(k) != settings[k])
-        raise InputError(f"{run} holds a run started with other settings ({', '.join(changed)} differ); "
+        raise InputError(f"{run} holds a run started with other settings ({', '.join(_changed(started, settings))} "
+                         "differ); "
                          "choose another run folder, or delete this one to start over")
     log(f"{run / FINAL_NAME} is already complete" if (run / FINAL_NAME).exists() else f"resuming the run in {run}")
     return run
