@@ -53,6 +53,10 @@ from napari_matchseg.training.train import GROUPS  # noqa: E402
 
 
 ROWS = ("a", "b", "c", "b2", "c2", "c3", "c4", "c5", "d")
+# where each row's checkpoint is kept under --work/DATASET (reused when run again; semi_subsets.py reads them)
+FINETUNED = {"b": "finetuned.safetensors", "b2": "finetuned-2x.safetensors"}
+LOOP_FOLDERS = {"c": "semi", "c2": "semi-after-ft", "c3": "semi-ema-after-ft", "c4": "semi-cutmix-after-ft",
+                "c5": "semi-ema-cutmix-after-ft"}  # each holds a run_semi run folder
 # how every row is scored: the labelled images as the bank, k = 8, handcrafted retrieval (paired_dice.py too)
 EVAL_OPTS = argparse.Namespace(k=8, threshold=0.5, support="retrieved", allow_self=False)
 
@@ -147,7 +151,7 @@ def main() -> None:
     base = args.checkpoint
     if "a" in rows:
         score("(a) shipped" if base is None else "(a) start checkpoint", base, 0)
-    ft = work / "finetuned.safetensors"
+    ft = work / FINETUNED["b"]
     if not ft.exists():  # (reused when the benchmark is run again)
         finetune(bank, ft, base=base, steps=total, batch_size=8, lr=3e-4, log=lambda m: None)
     if "b" in rows:
@@ -163,23 +167,24 @@ def main() -> None:
                                              "pseudo_labels": pseudo_label_quality(work / folder, truth)})
 
     if "c" in rows:
-        semi_row("(c) semi, self-training", "semi", base, cfg)
+        semi_row("(c) semi, self-training", LOOP_FOLDERS["c"], base, cfg)
     # The teacher first learns from the labelled images (SAM-Match's order; `SemiConfig.warmup_steps` does the same
     # inside run_semi with the same finetune call): (c2) starts from (b). (b2) is its equal-compute control.
     if "b2" in rows:
-        ft2 = work / "finetuned-2x.safetensors"
+        ft2 = work / FINETUNED["b2"]
         if not ft2.exists():
             finetune(bank, ft2, base=ft, steps=total, batch_size=8, lr=3e-4, log=lambda m: None)
         score("(b2) fine-tuned on labelled, 2x steps", ft2, build_matchseg(ft2)[1]["train_seconds"])
     if "c2" in rows:
-        semi_row("(c2) semi, self-training from (b)", "semi-after-ft", ft, cfg)
+        semi_row("(c2) semi, self-training from (b)", LOOP_FOLDERS["c2"], ft, cfg)
     if "c3" in rows:
-        semi_row("(c3) semi, mean teacher, from (b)", "semi-ema-after-ft", ft, dataclasses.replace(cfg, teacher="ema"))
+        semi_row("(c3) semi, mean teacher, from (b)", LOOP_FOLDERS["c3"], ft,
+                 dataclasses.replace(cfg, teacher="ema"))
     if "c4" in rows:
-        semi_row("(c4) semi, self-training + CutMix", "semi-cutmix-after-ft", ft,
+        semi_row("(c4) semi, self-training + CutMix", LOOP_FOLDERS["c4"], ft,
                  dataclasses.replace(cfg, cutmix=args.cutmix_p))
     if "c5" in rows:
-        semi_row("(c5) semi, mean teacher + CutMix", "semi-ema-cutmix-after-ft", ft,
+        semi_row("(c5) semi, mean teacher + CutMix", LOOP_FOLDERS["c5"], ft,
                  dataclasses.replace(cfg, teacher="ema", cutmix=args.cutmix_p))
     if "d" in rows:
         from napari_matchseg.sam2_model import build_sam2_model

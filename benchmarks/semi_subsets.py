@@ -25,16 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_foundation import machine  # noqa: E402
-from bench_semi import EVAL_OPTS, test_pairs  # noqa: E402
+from bench_semi import EVAL_OPTS, FINETUNED, LOOP_FOLDERS, test_pairs  # noqa: E402
 from paired_dice import paired_interval  # noqa: E402
 
 from napari_matchseg.bank import ReferenceBank  # noqa: E402
 from napari_matchseg.cli_models import evaluate  # noqa: E402
 from napari_matchseg.predictor import MatchSegPredictor  # noqa: E402
 from napari_matchseg.retrieval import get_retriever  # noqa: E402
+from napari_matchseg.training.semi import FINAL_NAME  # noqa: E402
 
-CHECKPOINTS = {"b": "finetuned.safetensors", "b2": "finetuned-2x.safetensors",
-               "c2": "semi-after-ft/matchseg-semi.safetensors", "c3": "semi-ema-after-ft/matchseg-semi.safetensors"}
+CHECKPOINTS = {**FINETUNED, "c2": f"{LOOP_FOLDERS['c2']}/{FINAL_NAME}", "c3": f"{LOOP_FOLDERS['c3']}/{FINAL_NAME}"}
 COMPARISONS = (("b", "c2"), ("b", "c3"), ("b2", "c2"), ("b2", "c3"), ("c2", "c3"), ("b", "b2"))
 
 

@@ -182,8 +182,8 @@ def _open_run(run: Path, settings: dict, new_run_if_different: bool, log) -> Pat
         return run
     started = json.loads(config_file.read_text())
     if started != settings:
-        raise InputError(f"{run} holds a run started with other settings ({', '.join(_changed(started, settings))} "
-                         "differ); "
+        changed = ", ".join(_changed(started, settings))
+        raise InputError(f"{run} holds a run started with other settings ({changed} differ); "
                          "choose another run folder, or delete this one to start over")
     log(f"{run / FINAL_NAME} is already complete" if (run / FINAL_NAME).exists() else f"resuming the run in {run}")
     return run
