@@ -1,7 +1,7 @@
 """Does the semi-supervised loop beat labelled-only fine-tuning over several draws of the labelled images?
 
     .venv/bin/python benchmarks/semi_subsets.py --dataset busi \
-        --runs runs/semi-long runs/semi-seed1 runs/semi-seed2 [--split test val] [--json out.json]
+        --runs runs/semi-long runs/semi-seed1 runs/semi-seed2 [--split test val] [--threads N] [--json out.json]
 
 Each ``--runs`` folder is the ``--work`` of one ``bench_semi.py`` run (one ``--seed``: one draw of the labelled
 images). Its checkpoints (b) ``finetuned``, (b2) ``finetuned-2x``, (c2) ``semi-after-ft`` (round teacher) and
@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -53,8 +54,11 @@ def main() -> None:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--runs", nargs="+", required=True, help="bench_semi.py --work folders, one per --seed")
     ap.add_argument("--split", nargs="+", default=["test", "val"], choices=("test", "val"))
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 when two runs share two cores)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data, name, retriever = Path(args.data), args.dataset, get_retriever("handcrafted")
     folders = [Path(r) / name for r in args.runs]
     for f in folders:

@@ -74,9 +74,9 @@ class SemiConfig:
     refine: str = "none"  # or "sam2"
     # "round": the round's stored pseudo-labels are the targets; "ema": a mean teacher (an exponential moving
     # average of the network, updated every step) labels each weak view as it is drawn; "auto": "ema", or
-    # "round" with refine="sam2" (SAM 2 refines a round's stored pseudo-labels). Measured over three draws of
-    # 30 labelled images (docs/benchmarks.md): "ema" was ahead of labelled-only fine-tuning in all 12
-    # dataset/draw/split cells, "round" fell behind it by up to 0.048 Dice on BUSI in two draws of three.
+    # "round" with refine="sam2" (SAM 2 refines a round's stored pseudo-labels). Measured on draws of 30
+    # labelled images (docs/benchmarks.md): "ema" was ahead of labelled-only fine-tuning in all 20
+    # dataset/draw/split cells of five draws, "round" fell behind it by up to 0.048 Dice on BUSI in two of three.
     teacher: str = "auto"
     ema_decay: float = 0.99
     cutmix: float = 0.0  # probability that a strong view gets a box of another unlabelled view and its label
