@@ -14,6 +14,23 @@ from . import __version__
 from .errors import MatchsegError
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless there is none to say (no value, or a flag)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The parser of ``matchseg`` and of each of its commands (sub-parsers are made of the same class)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _progress(desc: str):
     """A (done, total) callback drawing a tqdm bar on stderr; returns (callback, close)."""
     from tqdm import tqdm
@@ -33,16 +50,18 @@ def _add_retriever_args(p: argparse.ArgumentParser) -> None:
     from .retrieval import DEFAULT_RETRIEVER, RETRIEVER_NAMES
 
     p.add_argument("--retriever", default=DEFAULT_RETRIEVER, choices=RETRIEVER_NAMES,
-                   help=f"similarity model (default {DEFAULT_RETRIEVER}: needs no download)")
+                   help="similarity model (handcrafted needs no download)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     g = p.add_argument_group("CLIP options")
-    g.add_argument("--clip-model", default="ViT-B-32")
-    g.add_argument("--clip-pretrained", default="laion2b_s34b_b79k")
+    g.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture")
+    g.add_argument("--clip-pretrained", default="laion2b_s34b_b79k",
+                   help="open_clip pretrained tag (downloaded on first use unless --clip-checkpoint)")
     g.add_argument("--clip-checkpoint", help="local open_clip weights file (nothing is downloaded)")
     g.add_argument("--clip-config", help="JSON model config for a custom open_clip architecture")
     g = p.add_argument_group("DINOv2 options")
     g.add_argument("--dinov2-arch", default="dinov2_vits14",
-                   choices=("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14"))
+                   choices=("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14"),
+                   help="DINOv2 backbone from torch.hub")
     g.add_argument("--dinov2-hub-dir", help="local copy of github.com/facebookresearch/dinov2")
     g.add_argument("--dinov2-checkpoint", help="local DINOv2 weights file (nothing is downloaded)")
 
@@ -255,47 +274,48 @@ def cmd_sample(args) -> int:
 
 # ------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="matchseg", description="Segment medical images by reference.")
+    p = _Parser(prog="matchseg", description="Segment medical images by reference.")
     p.add_argument("--version", action="version", version=f"napari-matchseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     bank = sub.add_parser("bank", help="create, fill and inspect reference banks").add_subparsers(
         dest="bank_command", required=True)
     c = bank.add_parser("create", help="create an empty bank folder")
-    c.add_argument("bank")
+    c.add_argument("bank", help="the folder to create")
     c.set_defaults(func=cmd_bank_create)
     c = bank.add_parser("add", help="add image/mask pairs matched by file stem (creates the bank if needed)")
-    c.add_argument("bank")
+    c.add_argument("bank", help="bank folder")
     c.add_argument("--images", required=True, help="folder of images")
     c.add_argument("--masks", required=True, help="folder of masks with the same file stems")
     c.add_argument("--allow-empty", action="store_true", help="accept masks with no foreground")
-    c.add_argument("--source", default="manual", choices=("manual", "accepted_proposal"))
+    c.add_argument("--source", default="manual", choices=("manual", "accepted_proposal"),
+                   help="who made the masks, recorded with each reference")
     c.set_defaults(func=cmd_bank_add)
     c = bank.add_parser("info", help="summary of a bank")
-    c.add_argument("bank")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("bank", help="bank folder")
+    c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.set_defaults(func=cmd_bank_info)
     c = bank.add_parser("list", help="one line per reference")
-    c.add_argument("bank")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("bank", help="bank folder")
+    c.add_argument("--json", action="store_true", help="print the references as JSON")
     c.set_defaults(func=cmd_bank_list)
     c = bank.add_parser("remove", help="remove references by id")
-    c.add_argument("bank")
-    c.add_argument("ids", nargs="+")
+    c.add_argument("bank", help="bank folder")
+    c.add_argument("ids", nargs="+", help="reference ids (see `matchseg bank list`)")
     c.set_defaults(func=cmd_bank_remove)
     c = bank.add_parser("check", help="verify files and hashes; --fix removes orphan files")
-    c.add_argument("bank")
-    c.add_argument("--fix", action="store_true")
+    c.add_argument("bank", help="bank folder")
+    c.add_argument("--fix", action="store_true", help="delete files that no reference owns")
     c.set_defaults(func=cmd_bank_check)
     c = bank.add_parser("embed", help="compute and cache retrieval vectors for every reference")
-    c.add_argument("bank")
+    c.add_argument("bank", help="bank folder")
     _add_retriever_args(c)
     c.set_defaults(func=cmd_bank_embed)
 
     c = sub.add_parser("retrieve", help="the k references most similar to an image")
-    c.add_argument("bank")
-    c.add_argument("image")
-    c.add_argument("-k", type=int, default=8)
+    c.add_argument("bank", help="bank folder")
+    c.add_argument("image", help="the query image")
+    c.add_argument("-k", type=int, default=8, help="how many references")
     c.add_argument("--exclude", nargs="*", help="reference ids never to return")
     c.add_argument("--json", action="store_true", help='print [{"id", "score"}, ...], best first')
     _add_retriever_args(c)
@@ -304,13 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("weights", help="model checkpoints: list, download, where").add_subparsers(
         dest="weights_command", required=True)
     c = w.add_parser("list", help="known checkpoints and whether they are on this machine")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print the list as JSON")
     c.set_defaults(func=cmd_weights_list)
     c = w.add_parser("download", help="download (or resume) a checkpoint into the cache")
-    c.add_argument("name")
+    c.add_argument("name", help="a name from `matchseg weights list`")
     c.set_defaults(func=cmd_weights_download)
     c = w.add_parser("where", help="the exact path where a checkpoint is or must be put")
-    c.add_argument("name")
+    c.add_argument("name", help="a name from `matchseg weights list`")
     c.set_defaults(func=cmd_weights_where)
 
     from .cli_models import register
@@ -318,9 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     register(sub)
 
     c = sub.add_parser("sample", help="write the built-in (generated) sample images and masks")
-    c.add_argument("folder")
+    c.add_argument("folder", help="where images/ and masks/ are written")
     c.add_argument("-n", type=int, default=8, help="images per kind")
-    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--overwrite", action="store_true", help="replace sample files already there")
     c.set_defaults(func=cmd_sample)
     return p
 

@@ -11,24 +11,30 @@ import numpy as np
 
 from .errors import InputError, MatchsegError
 
+# sam2_model.SAM2_CONFIGS' names, spelled out so that ``--help`` does not import torch (a test keeps them equal)
+SAM2_MODELS = ("sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large")
+
 
 def add_proposal_args(p) -> None:
     from .cli import _add_retriever_args
 
     p.add_argument("--bank", required=True, help="reference bank folder")
-    p.add_argument("-k", type=int, default=8, help="number of supports (1-32, default 8)")
-    p.add_argument("--proposer", default="matchseg", choices=("matchseg", "sam2"))
+    p.add_argument("-k", type=int, default=8, help="number of supports (1-32)")
+    p.add_argument("--proposer", default="matchseg", choices=("matchseg", "sam2"),
+                   help="MatchSeg network, or SAM 2 memory attention (retrieved pairs become memories)")
     p.add_argument("--checkpoint", help="the proposer's checkpoint (default: MatchSeg's shipped one; for sam2 the "
                                         "weights cache, see `matchseg weights where`)")
     p.add_argument("--sam2-model", default="sam2.1_hiera_tiny",
-                   choices=("sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large"))
-    p.add_argument("--sam2-image-size", type=int, default=1024, help="SAM 2 input size (official: 1024)")
+                   choices=SAM2_MODELS,
+                   help="SAM 2 size, for --proposer sam2 and --refine sam2")
+    p.add_argument("--sam2-image-size", type=int, default=1024, help="SAM 2 input size; the official checkpoints are trained at 1024")
     p.add_argument("--refine", default="none", choices=("none", "sam2"),
                    help="refine each proposal with SAM 2 prompts from its confident pixels (SAM-Match)")
-    p.add_argument("--refine-threshold", type=float, default=0.95)
+    p.add_argument("--refine-threshold", type=float, default=0.95,
+                   help="SAM 2 prompts come from pixels whose probability reaches this")
     p.add_argument("--refine-margin", type=int, default=30, help="box margin in pixels")
     p.add_argument("--sam2-checkpoint", help="SAM 2 checkpoint for --refine (default: the weights cache)")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=0.5, help="probability above which a pixel is foreground")
     p.add_argument("--mirror-tta", action="store_true",
                    help="matchseg: average each image's probabilities with its mirror image's "
                         "(62 -> 96 ms per proposal on a 2-core CPU)")
@@ -245,11 +251,15 @@ def cmd_finetune(args) -> int:
     from .training.finetune import finetune
 
     bank = ReferenceBank.open(args.bank)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     update, close = _progress("fine-tuning")
     try:
         out = finetune(bank, args.out, base=args.checkpoint, steps=args.steps, lr=args.lr, k_max=args.k_max,
-                       retriever=args.retriever, overwrite=args.overwrite, progress=lambda s, t, i: update(s, t),
-                       log=lambda msg: print(msg, file=sys.stderr))
+                       retriever=args.retriever, seed=args.seed, overwrite=args.overwrite, device=args.device,
+                       progress=lambda s, t, i: update(s, t), log=lambda msg: print(msg, file=sys.stderr))
     finally:
         close()
     print(f"fine-tuned checkpoint: {out} (use it with --checkpoint {out})")
@@ -284,59 +294,65 @@ def cmd_semi(args) -> int:
 
 def register(sub) -> None:
     c = sub.add_parser("segment", help="propose a mask for every image of a folder")
-    c.add_argument("--images", required=True)
-    c.add_argument("--out", required=True)
-    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--images", required=True, help="folder of images to segment")
+    c.add_argument("--out", required=True, help="folder for the masks (0/255 PNG, one per image, same file stem)")
+    c.add_argument("--overwrite", action="store_true", help="replace masks already in --out")
     add_proposal_args(c)
     c.set_defaults(func=cmd_segment)
 
     c = sub.add_parser("eval", help="Dice, IoU and HD95 of the proposals against reference masks")
-    c.add_argument("--images", required=True)
-    c.add_argument("--masks", required=True)
+    c.add_argument("--images", required=True, help="folder of images to segment")
+    c.add_argument("--masks", required=True, help="folder of their true masks (same file stems)")
     c.add_argument("--json", help="write the summary and per-image rows to this JSON file")
     c.add_argument("--csv", help="per-image CSV (default: beside --json)")
     add_proposal_args(c)
     c.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("demo", help="offline demo on generated sample data with the shipped checkpoint")
-    c.add_argument("--out", default="matchseg-demo")
+    c.add_argument("--out", default="matchseg-demo", help="folder for the bank, the masks and the overlay")
     c.add_argument("-n", type=int, default=9, help="references per sample kind")
-    c.add_argument("--checkpoint")
-    c.add_argument("--device", default="auto")
+    c.add_argument("--checkpoint", help="MatchSeg checkpoint (default: the shipped one)")
+    c.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     c.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("train", help="episodic training of MatchSeg on datasets in the shared layout")
     c.add_argument("--data", required=True, help="folder with <dataset>/images, masks, manifest.csv")
     c.add_argument("--out", required=True, help="run folder (resumes if it holds last.pt)")
-    c.add_argument("--datasets", nargs="+", default=["busi", "kvasir", "wbc"])
-    c.add_argument("--steps", type=int, default=6000)
-    c.add_argument("--batch-size", type=int, default=8)
-    c.add_argument("--k-min", type=int, default=1)
-    c.add_argument("--k-max", type=int, default=8)
-    c.add_argument("--lr", type=float, default=2e-3)
-    c.add_argument("--synthetic-fraction", type=float, default=0.15)
-    c.add_argument("--val-every", type=int, default=500)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--datasets", nargs="+", default=["busi", "kvasir", "wbc"], help="datasets under --data")
+    c.add_argument("--steps", type=int, default=6000, help="training steps")
+    c.add_argument("--batch-size", type=int, default=8, help="episodes per step")
+    c.add_argument("--k-min", type=int, default=1, help="fewest supports per episode")
+    c.add_argument("--k-max", type=int, default=8, help="most supports per episode")
+    c.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (warm-up, then cosine decay)")
+    c.add_argument("--synthetic-fraction", type=float, default=0.15,
+                   help="share of episodes that are generated tasks (keeps the model using its supports)")
+    c.add_argument("--val-every", type=int, default=500, help="steps between validations (best.safetensors)")
+    c.add_argument("--seed", type=int, default=0, help="random seed")
     c.add_argument("--interaction", choices=("joint_attention", "crossconv", "none"),
                    help="default joint_attention; with --init, the checkpoint's (a support-free one can be "
                         "given an interaction: its U-Net weights are kept)")
-    c.add_argument("--image-size", type=int, default=128)
-    c.add_argument("--retriever", default="handcrafted", choices=("handcrafted",))
+    c.add_argument("--image-size", type=int, default=128, help="working size the images are resized to")
+    c.add_argument("--retriever", default="handcrafted", choices=("handcrafted",),
+                   help="how episodes' supports are retrieved")
     c.add_argument("--init", help="start from this checkpoint ('default' = the shipped one)")
-    c.add_argument("--threads", type=int)
+    c.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     c.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     c.add_argument("--export", help="also write the best checkpoint in fp16 here")
     c.set_defaults(func=cmd_train)
 
     c = sub.add_parser("finetune", help="adapt a checkpoint to a bank (minutes on a CPU)")
-    c.add_argument("bank")
+    c.add_argument("bank", help="bank folder (its references are the training data)")
     c.add_argument("--out", required=True, help="the fine-tuned checkpoint file to write")
     c.add_argument("--checkpoint", help="start from this checkpoint (default: the shipped one)")
-    c.add_argument("--steps", type=int, default=300)
-    c.add_argument("--lr", type=float, default=3e-4)
-    c.add_argument("--k-max", type=int, default=8)
-    c.add_argument("--retriever", default="handcrafted", choices=("handcrafted",))
-    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--steps", type=int, default=300, help="training steps")
+    c.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    c.add_argument("--k-max", type=int, default=8, help="most supports per episode")
+    c.add_argument("--retriever", default="handcrafted", choices=("handcrafted",),
+                   help="how episodes' supports are retrieved")
+    c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    c.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    c.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    c.add_argument("--seed", type=int, default=0, help="random seed")
     c.set_defaults(func=cmd_finetune)
 
     c = sub.add_parser("semi", help="learn from unlabelled images: pseudo-labels (optionally SAM 2 refined) "
@@ -348,30 +364,32 @@ def register(sub) -> None:
                         "confident prediction itself is used")
     c.add_argument("--warmup-steps", type=int, default=600,
                    help="fine-tune on the labelled bank alone first, so the first pseudo-labels come from a model "
-                        "that knows the bank's domain (default 600; 0 = start pseudo-labelling at once)")
+                        "that knows the bank's domain; 0 = start pseudo-labelling at once")
     c.add_argument("--rounds", type=int, default=2, help="pseudo-label / fine-tune rounds")
     c.add_argument("--steps", type=int, default=300, help="training steps per round")
-    c.add_argument("--lr", type=float, default=3e-4)
+    c.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
     c.add_argument("--confidence", type=float, default=0.9,
-                   help="a pixel counts when max(p, 1 - p) reaches this (default 0.9)")
+                   help="a pixel counts when max(p, 1 - p) reaches this")
     c.add_argument("--keep-fraction", type=float, default=0.5,
-                   help="train on this fraction of the pseudo-labels, the most reliable first (default 0.5)")
+                   help="train on this fraction of the pseudo-labels, the most reliable first")
     c.add_argument("-k", type=int, default=8, help="supports when pseudo-labelling")
     c.add_argument("--teacher", default="auto", choices=("auto", "round", "ema"),
                    help="targets of the unlabelled views: a mean teacher's prediction at every step (ema), or the "
-                        "round's stored pseudo-labels (round); auto (default) = ema, or round with --refine sam2")
+                        "round's stored pseudo-labels (round); auto = ema, or round with --refine sam2")
     c.add_argument("--ema-decay", type=float, default=0.99, help="the mean teacher's decay per step")
     c.add_argument("--cutmix", type=float, default=0.0,
                    help="probability that a strongly augmented unlabelled view gets a box of another one pasted "
-                        "in, with its pseudo-label (CutMix; default 0: off)")
+                        "in, with its pseudo-label (CutMix); 0 = off")
     c.add_argument("--checkpoint", help="start from this MatchSeg checkpoint (default: the shipped one)")
     c.add_argument("--out", help="run folder (default: <bank>.semi beside the bank); resumes if it holds a run")
     c.add_argument("--refine-threshold", type=float, default=0.95, help="SAM 2 prompts from pixels above this")
-    c.add_argument("--refine-margin", type=int, default=30)
-    c.add_argument("--sam2-model", default="sam2.1_hiera_tiny")
-    c.add_argument("--sam2-checkpoint")
-    c.add_argument("--sam2-image-size", type=int, default=1024)
-    c.add_argument("--device", default="auto")
-    c.add_argument("--threads", type=int)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--refine-margin", type=int, default=30, help="SAM 2 box prompt margin in pixels")
+    c.add_argument("--sam2-model", default="sam2.1_hiera_tiny",
+                   choices=SAM2_MODELS,
+                   help="SAM 2 size for --refine sam2")
+    c.add_argument("--sam2-checkpoint", help="SAM 2 checkpoint (default: the weights cache)")
+    c.add_argument("--sam2-image-size", type=int, default=1024, help="SAM 2 input size; the official checkpoints are trained at 1024")
+    c.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    c.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    c.add_argument("--seed", type=int, default=0, help="random seed (augmentation, episode order)")
     c.set_defaults(func=cmd_semi)

@@ -1,3 +1,4 @@
+import argparse
 import json
 
 import numpy as np
@@ -87,3 +88,33 @@ def test_bank_add_and_retrieve_on_real_images(tmp_path, capsys):
     code, out, _ = run(capsys, "retrieve", tmp_path / "b", d / "images" / f"{query}.png", "-k", "5", "--json")
     res = json.loads(out)
     assert res[0]["id"] == query and res[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def _commands(parser, path=()):
+    """(command path, parser) for every leaf command of the ``matchseg`` parser."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _commands(child, path + (name,))
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    from napari_matchseg.cli import build_parser
+    from napari_matchseg.cli_models import SAM2_MODELS
+    from napari_matchseg.sam2_model import SAM2_CONFIGS
+
+    assert SAM2_MODELS == tuple(SAM2_CONFIGS)
+    commands = list(_commands(build_parser()))
+    assert len(commands) >= 18
+    for path, parser in commands:
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            assert action.help, f"matchseg {' '.join(path)}: {action.dest} has no help text"
+        shown = " ".join(parser.format_help().split())  # argparse wraps long lines
+        for action in parser._actions:
+            if action.option_strings and action.default is not None and not isinstance(action.default, bool) \
+                    and action.default is not argparse.SUPPRESS:
+                assert f"(default: {action.default})" in shown, f"matchseg {' '.join(path)}: {action.dest}"
