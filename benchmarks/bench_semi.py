@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(DEFAULT_ROWS),
                     help=f"which rows to run, comma-separated, of {','.join(ROWS)}")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", help="start (a)-(d) from this MatchSeg checkpoint instead of the shipped one, "
                     "e.g. one trained without --dataset (the shipped one has seen every train label)")
@@ -142,9 +143,24 @@ def main() -> None:
     total = args.rounds * args.steps
     results: dict[str, dict] = {}
 
+    def labelled_only(out: Path, start, steps: int, device: str) -> None:
+        """Fine-tune ``start`` on the labelled images into ``out``, or reuse ``out`` if a run made it the same way
+        (a reused checkpoint with other steps or another start would silently change the row)."""
+        if out.exists():
+            made = build_matchseg(out)[1].get("train_config", {})
+            init = made.get("init_checkpoint")
+            same_start = init == "default" if start is None else init not in (None, "default") and \
+                Path(init).resolve() == Path(start).resolve()
+            if made.get("steps") != steps or not same_start:
+                raise SystemExit(f"{out} was fine-tuned for {made.get('steps')} steps from "
+                                 f"{made.get('init_checkpoint')}, not {steps} from {start or 'default'}: "
+                                 "use another --work folder")
+            return
+        finetune(bank, out, base=start, steps=steps, batch_size=8, lr=3e-4, device=device, log=lambda m: None)
+
     def score(label: str, ckpt, seconds: float, extra: dict | None = None) -> None:
         t = time.time()
-        r = evaluate(bank, retriever, MatchSegPredictor(ckpt, device="auto"), pairs, EVAL_OPTS)
+        r = evaluate(bank, retriever, MatchSegPredictor(ckpt, device=args.device), pairs, EVAL_OPTS)
         results[label] = {k: v for k, v in r.items() if k != "rows"} | {"train_seconds": round(seconds),
                                                                         "eval_seconds": round(time.time() - t)}
         results[label].update(extra or {})
@@ -155,12 +171,11 @@ def main() -> None:
     if "a" in rows:
         score("(a) shipped" if base is None else "(a) start checkpoint", base, 0)
     ft = work / FINETUNED["b"]
-    if not ft.exists():  # (reused when the benchmark is run again)
-        finetune(bank, ft, base=base, steps=total, batch_size=8, lr=3e-4, log=lambda m: None)
+    labelled_only(ft, base, total, args.device)
     if "b" in rows:
         score("(b) fine-tuned on labelled", ft, build_matchseg(ft)[1]["train_seconds"])
     cfg = SemiConfig(rounds=args.rounds, steps_per_round=args.steps, confidence=args.confidence, seed=args.seed,
-                     keep_fraction=args.keep_fraction, warmup_steps=0, teacher="round")
+                     keep_fraction=args.keep_fraction, warmup_steps=0, teacher="round", device=args.device)
     def semi_row(label: str, folder: str, start, row_cfg: SemiConfig, extra: dict | None = None,
                  refiner=None) -> None:
         """Run (or reuse) the loop in ``work/folder`` and score it, with its pseudo-labels against the truth."""
@@ -175,8 +190,7 @@ def main() -> None:
     # inside run_semi with the same finetune call): (c2) starts from (b). (b2) is its equal-compute control.
     if "b2" in rows:
         ft2 = work / FINETUNED["b2"]
-        if not ft2.exists():
-            finetune(bank, ft2, base=ft, steps=total, batch_size=8, lr=3e-4, log=lambda m: None)
+        labelled_only(ft2, ft, total, args.device)
         score("(b2) fine-tuned on labelled, 2x steps", ft2, build_matchseg(ft2)[1]["train_seconds"])
     if "c2" in rows:
         semi_row("(c2) semi, self-training from (b)", LOOP_FOLDERS["c2"], ft, cfg)

@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", required=True, help="bench_semi.py --work folders, one per --seed")
     ap.add_argument("--split", nargs="+", default=["test", "val"], choices=("test", "val"))
     ap.add_argument("--threads", type=int, help="torch CPU threads (1 when two runs share two cores)")
+    ap.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.threads:
@@ -72,7 +73,7 @@ def main() -> None:
             bank, scores = ReferenceBank.open(f / "bank"), {}
             for row, rel in CHECKPOINTS.items():
                 if (f / rel).is_file():
-                    rows = evaluate(bank, retriever, MatchSegPredictor(f / rel, device="auto"), pairs, EVAL_OPTS)
+                    rows = evaluate(bank, retriever, MatchSegPredictor(f / rel, device=args.device), pairs, EVAL_OPTS)
                     scores[row] = np.array([r["dice"] for r in rows["rows"]])
             dice.append(scores)
         result = {"n": len(pairs), "dice": {run: {k: round(float(v.mean()), 4) for k, v in s.items()}
