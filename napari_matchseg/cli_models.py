@@ -24,10 +24,10 @@ def add_proposal_args(p) -> None:
                    help="MatchSeg network, or SAM 2 memory attention (retrieved pairs become memories)")
     p.add_argument("--checkpoint", help="the proposer's checkpoint (default: MatchSeg's shipped one; for sam2 the "
                                         "weights cache, see `matchseg weights where`)")
-    p.add_argument("--sam2-model", default="sam2.1_hiera_tiny",
-                   choices=SAM2_MODELS,
+    p.add_argument("--sam2-model", default="sam2.1_hiera_tiny", choices=SAM2_MODELS,
                    help="SAM 2 size, for --proposer sam2 and --refine sam2")
-    p.add_argument("--sam2-image-size", type=int, default=1024, help="SAM 2 input size; the official checkpoints are trained at 1024")
+    p.add_argument("--sam2-image-size", type=int, default=1024,
+                   help="SAM 2 input size; the official checkpoints are trained at 1024")
     p.add_argument("--refine", default="none", choices=("none", "sam2"),
                    help="refine each proposal with SAM 2 prompts from its confident pixels (SAM-Match)")
     p.add_argument("--refine-threshold", type=float, default=0.95,
@@ -384,11 +384,11 @@ def register(sub) -> None:
     c.add_argument("--out", help="run folder (default: <bank>.semi beside the bank); resumes if it holds a run")
     c.add_argument("--refine-threshold", type=float, default=0.95, help="SAM 2 prompts from pixels above this")
     c.add_argument("--refine-margin", type=int, default=30, help="SAM 2 box prompt margin in pixels")
-    c.add_argument("--sam2-model", default="sam2.1_hiera_tiny",
-                   choices=SAM2_MODELS,
+    c.add_argument("--sam2-model", default="sam2.1_hiera_tiny", choices=SAM2_MODELS,
                    help="SAM 2 size for --refine sam2")
     c.add_argument("--sam2-checkpoint", help="SAM 2 checkpoint (default: the weights cache)")
-    c.add_argument("--sam2-image-size", type=int, default=1024, help="SAM 2 input size; the official checkpoints are trained at 1024")
+    c.add_argument("--sam2-image-size", type=int, default=1024,
+                   help="SAM 2 input size; the official checkpoints are trained at 1024")
     c.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     c.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     c.add_argument("--seed", type=int, default=0, help="random seed (augmentation, episode order)")
