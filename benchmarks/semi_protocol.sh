@@ -11,7 +11,7 @@
 # Environment: SEEDS (draws: "0 1 2 3 4"), ROWS (a,b,b2,c3), ROUNDS (3), STEPS (400 per round; (b) gets
 # ROUNDS x STEPS, as do (b2) and (c3) on top of it), LOO_STEPS (2400), DEVICE (auto: cuda, then mps, then cpu),
 # THREADS (1: the two datasets run side by side, one CPU thread each).
-# Time on the 2-core development CPU at the defaults: 44 min for the two start checkpoints, then about 60 min
+# Time on the 2-core development CPU at the defaults: 44-55 min for the two start checkpoints, then 60-90 min
 # per draw; on a GPU, raise STEPS and LOO_STEPS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
