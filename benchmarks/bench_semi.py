@@ -143,7 +143,7 @@ def main() -> None:
     total = args.rounds * args.steps
     results: dict[str, dict] = {}
 
-    def labelled_only(out: Path, start, steps: int, device: str) -> None:
+    def labelled_only(out: Path, start, steps: int) -> None:
         """Fine-tune ``start`` on the labelled images into ``out``, or reuse ``out`` if a run made it the same way
         (a reused checkpoint with other steps or another start would silently change the row)."""
         if out.exists():
@@ -156,7 +156,7 @@ def main() -> None:
                                  f"{made.get('init_checkpoint')}, not {steps} from {start or 'default'}: "
                                  "use another --work folder")
             return
-        finetune(bank, out, base=start, steps=steps, batch_size=8, lr=3e-4, device=device, log=lambda m: None)
+        finetune(bank, out, base=start, steps=steps, batch_size=8, lr=3e-4, device=args.device, log=lambda m: None)
 
     def score(label: str, ckpt, seconds: float, extra: dict | None = None) -> None:
         t = time.time()
@@ -171,7 +171,7 @@ def main() -> None:
     if "a" in rows:
         score("(a) shipped" if base is None else "(a) start checkpoint", base, 0)
     ft = work / FINETUNED["b"]
-    labelled_only(ft, base, total, args.device)
+    labelled_only(ft, base, total)
     if "b" in rows:
         score("(b) fine-tuned on labelled", ft, build_matchseg(ft)[1]["train_seconds"])
     cfg = SemiConfig(rounds=args.rounds, steps_per_round=args.steps, confidence=args.confidence, seed=args.seed,
@@ -190,7 +190,7 @@ def main() -> None:
     # inside run_semi with the same finetune call): (c2) starts from (b). (b2) is its equal-compute control.
     if "b2" in rows:
         ft2 = work / FINETUNED["b2"]
-        labelled_only(ft2, ft, total, args.device)
+        labelled_only(ft2, ft, total)
         score("(b2) fine-tuned on labelled, 2x steps", ft2, build_matchseg(ft2)[1]["train_seconds"])
     if "c2" in rows:
         semi_row("(c2) semi, self-training from (b)", LOOP_FOLDERS["c2"], ft, cfg)

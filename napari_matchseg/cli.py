@@ -46,12 +46,19 @@ def _progress(desc: str):
     return update, bar.close
 
 
+def add_device_args(p: argparse.ArgumentParser, threads: bool = False) -> None:
+    """``--device`` (and ``--threads`` for commands that train), worded the same for every command."""
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    if threads:
+        p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
 def _add_retriever_args(p: argparse.ArgumentParser) -> None:
     from .retrieval import DEFAULT_RETRIEVER, RETRIEVER_NAMES
 
     p.add_argument("--retriever", default=DEFAULT_RETRIEVER, choices=RETRIEVER_NAMES,
                    help="similarity model (handcrafted needs no download)")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    add_device_args(p)
     g = p.add_argument_group("CLIP options")
     g.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture")
     g.add_argument("--clip-pretrained", default="laion2b_s34b_b79k",

@@ -251,14 +251,11 @@ def cmd_finetune(args) -> int:
     from .training.finetune import finetune
 
     bank = ReferenceBank.open(args.bank)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     update, close = _progress("fine-tuning")
     try:
         out = finetune(bank, args.out, base=args.checkpoint, steps=args.steps, lr=args.lr, k_max=args.k_max,
                        retriever=args.retriever, seed=args.seed, overwrite=args.overwrite, device=args.device,
+                       threads=args.threads,
                        progress=lambda s, t, i: update(s, t), log=lambda msg: print(msg, file=sys.stderr))
     finally:
         close()
@@ -293,6 +290,8 @@ def cmd_semi(args) -> int:
 
 
 def register(sub) -> None:
+    from .cli import add_device_args
+
     c = sub.add_parser("segment", help="propose a mask for every image of a folder")
     c.add_argument("--images", required=True, help="folder of images to segment")
     c.add_argument("--out", required=True, help="folder for the masks (0/255 PNG, one per image, same file stem)")
@@ -312,7 +311,7 @@ def register(sub) -> None:
     c.add_argument("--out", default="matchseg-demo", help="folder for the bank, the masks and the overlay")
     c.add_argument("-n", type=int, default=9, help="references per sample kind")
     c.add_argument("--checkpoint", help="MatchSeg checkpoint (default: the shipped one)")
-    c.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    add_device_args(c)
     c.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("train", help="episodic training of MatchSeg on datasets in the shared layout")
@@ -335,8 +334,7 @@ def register(sub) -> None:
     c.add_argument("--retriever", default="handcrafted", choices=("handcrafted",),
                    help="how episodes' supports are retrieved")
     c.add_argument("--init", help="start from this checkpoint ('default' = the shipped one)")
-    c.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    c.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    add_device_args(c, threads=True)
     c.add_argument("--export", help="also write the best checkpoint in fp16 here")
     c.set_defaults(func=cmd_train)
 
@@ -350,8 +348,7 @@ def register(sub) -> None:
     c.add_argument("--retriever", default="handcrafted", choices=("handcrafted",),
                    help="how episodes' supports are retrieved")
     c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    c.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
-    c.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_device_args(c, threads=True)
     c.add_argument("--seed", type=int, default=0, help="random seed")
     c.set_defaults(func=cmd_finetune)
 
@@ -389,7 +386,6 @@ def register(sub) -> None:
     c.add_argument("--sam2-checkpoint", help="SAM 2 checkpoint (default: the weights cache)")
     c.add_argument("--sam2-image-size", type=int, default=1024,
                    help="SAM 2 input size; the official checkpoints are trained at 1024")
-    c.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
-    c.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_device_args(c, threads=True)
     c.add_argument("--seed", type=int, default=0, help="random seed (augmentation, episode order)")
     c.set_defaults(func=cmd_semi)

@@ -36,8 +36,8 @@ def bank_task(bank: ReferenceBank, size: int, retriever: str = "handcrafted", n_
 def finetune(bank: ReferenceBank, out: str | Path, base: str | Path | None = None, steps: int = 300,
              lr: float = 3e-4, k_max: int = 8, synthetic_fraction: float = 0.3, batch_size: int = 4,
              retriever: str = "handcrafted", seed: int = 0, overwrite: bool = False, device: str = "auto",
-             progress: Callable[[int, int, dict], None] | None = None, cancel: Callable[[], bool] | None = None,
-             log: Callable[[str], None] = print) -> Path:
+             threads: int | None = None, progress: Callable[[int, int, dict], None] | None = None,
+             cancel: Callable[[], bool] | None = None, log: Callable[[str], None] = print) -> Path:
     """Fine-tune ``base`` (default: the embedded checkpoint) on ``bank``; writes the result to ``out``."""
     out = Path(out)
     if out.exists() and not overwrite:
@@ -48,7 +48,8 @@ def finetune(bank: ReferenceBank, out: str | Path, base: str | Path | None = Non
     cfg = TrainConfig(data_root=str(bank.path), out_dir=str(run_dir), datasets=("bank",), steps=steps,
                       batch_size=batch_size, k_min=1, k_max=min(k_max, len(bank) - 1), lr=lr, warmup=min(20, steps),
                       synthetic_fraction=synthetic_fraction, val_every=max(1, steps // 5), seed=seed,
-                      retriever=retriever, init_checkpoint=str(base) if base else "default", device=device)
+                      retriever=retriever, init_checkpoint=str(base) if base else "default", device=device,
+                      threads=threads)
     result = train(cfg, progress=progress, cancel=cancel, log=log, tasks={"bank": task})
     tuned, tuned_meta = build_matchseg(result["best_checkpoint"])
     save_checkpoint(out, tuned, dict(tuned_meta, finetuned_on=str(bank.path), references=len(bank),
