@@ -40,6 +40,38 @@ def paired_interval(a: np.ndarray, b: np.ndarray, draws: int = 10_000, seed: int
     return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def scoring_parser(**kwargs) -> argparse.ArgumentParser:
+    """Options shared by the scripts that re-score checkpoints on a split: data, dataset, splits, threads,
+    device, JSON output (``parse_scoring_args`` applies ``--threads``)."""
+    ap = argparse.ArgumentParser(**kwargs)
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--split", nargs="+", default=["test", "val"], choices=("test", "val"))
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 when two runs share two cores)")
+    ap.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    ap.add_argument("--json")
+    return ap
+
+
+def parse_scoring_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def image_dice(bank: ReferenceBank, checkpoint, pairs, device: str = "auto") -> np.ndarray:
+    """Per-image Dice of a MatchSeg ``checkpoint`` on ``pairs`` with ``bank``'s references as supports, scored
+    as in ``bench_semi.py`` (handcrafted retrieval, k = 8, threshold 0.5)."""
+    from napari_matchseg.predictor import MatchSegPredictor
+
+    rows = evaluate(bank, get_retriever("handcrafted"), MatchSegPredictor(checkpoint, device=device), pairs,
+                    EVAL_OPTS)["rows"]
+    return np.array([r["dice"] for r in rows])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))

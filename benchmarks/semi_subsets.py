@@ -14,25 +14,20 @@ draws; how far the draws spread (min, max) is the other half of the uncertainty,
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_foundation import machine  # noqa: E402
-from bench_semi import EVAL_OPTS, FINETUNED, LOOP_FOLDERS, test_pairs  # noqa: E402
-from paired_dice import paired_interval  # noqa: E402
+from bench_semi import FINETUNED, LOOP_FOLDERS, test_pairs  # noqa: E402
+from paired_dice import image_dice, paired_interval, parse_scoring_args, scoring_parser  # noqa: E402
 
 from napari_matchseg.bank import ReferenceBank  # noqa: E402
-from napari_matchseg.cli_models import evaluate  # noqa: E402
-from napari_matchseg.predictor import MatchSegPredictor  # noqa: E402
-from napari_matchseg.retrieval import get_retriever  # noqa: E402
 from napari_matchseg.training.semi import FINAL_NAME  # noqa: E402
 
 CHECKPOINTS = {**FINETUNED, "c2": f"{LOOP_FOLDERS['c2']}/{FINAL_NAME}", "c3": f"{LOOP_FOLDERS['c3']}/{FINAL_NAME}"}
@@ -49,18 +44,10 @@ def subset_means(diffs: list[np.ndarray], draws: int = 10_000, seed: int = 0) ->
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    ap.add_argument("--dataset", required=True)
+    ap = scoring_parser()
     ap.add_argument("--runs", nargs="+", required=True, help="bench_semi.py --work folders, one per --seed")
-    ap.add_argument("--split", nargs="+", default=["test", "val"], choices=("test", "val"))
-    ap.add_argument("--threads", type=int, help="torch CPU threads (1 when two runs share two cores)")
-    ap.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
-    ap.add_argument("--json")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data, name, retriever = Path(args.data), args.dataset, get_retriever("handcrafted")
+    args = parse_scoring_args(ap)
+    data, name = Path(args.data), args.dataset
     folders = [Path(r) / name for r in args.runs]
     for f in folders:
         if not (f / "bank").is_dir():
@@ -73,8 +60,7 @@ def main() -> None:
             bank, scores = ReferenceBank.open(f / "bank"), {}
             for row, rel in CHECKPOINTS.items():
                 if (f / rel).is_file():
-                    rows = evaluate(bank, retriever, MatchSegPredictor(f / rel, device=args.device), pairs, EVAL_OPTS)
-                    scores[row] = np.array([r["dice"] for r in rows["rows"]])
+                    scores[row] = image_dice(bank, f / rel, pairs, args.device)
             dice.append(scores)
         result = {"n": len(pairs), "dice": {run: {k: round(float(v.mean()), 4) for k, v in s.items()}
                                             for run, s in zip(args.runs, dice)},

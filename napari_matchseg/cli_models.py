@@ -362,7 +362,8 @@ def register(sub) -> None:
     c.add_argument("--warmup-steps", type=int, default=600,
                    help="fine-tune on the labelled bank alone first, so the first pseudo-labels come from a model "
                         "that knows the bank's domain; 0 = start pseudo-labelling at once")
-    c.add_argument("--rounds", type=int, default=2, help="pseudo-label / fine-tune rounds")
+    c.add_argument("--rounds", type=int, default=2,
+                   help="pseudo-label / fine-tune rounds; more than a finished run in --out had adds rounds to it")
     c.add_argument("--steps", type=int, default=300, help="training steps per round")
     c.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
     c.add_argument("--confidence", type=float, default=0.9,

@@ -59,7 +59,8 @@ def main() -> None:
     viewer.screenshot(str(OUT / "3-accepted-suggest-next.png"), canvas_only=False)
     from napari_matchseg.training.semi import SemiConfig
 
-    w.semi_config = SemiConfig(warmup_steps=60, rounds=1, steps_per_round=60)
+    w.semi_config = SemiConfig(warmup_steps=60, steps_per_round=60)
+    w.rounds_spin.setValue(1)
     w.learn_from_unlabelled()
     while w.busy and not (w.status.text().startswith("fine-tuning") and w.progress.value() > 20):
         QApplication.processEvents()

@@ -18,7 +18,8 @@ from napari_matchseg.pseudo_labels import PseudoLabelStore, confident_pseudo_lab
 from napari_matchseg.samatch import Refinement, extract_prompts
 from napari_matchseg.training.augment import cutmix
 from napari_matchseg.training.losses import segmentation_loss
-from napari_matchseg.training.semi import FINAL_NAME, SemiConfig, Unlabelled, run_semi, semi_batch
+from napari_matchseg.training.semi import (FINAL_NAME, SemiConfig, Unlabelled, kept_result_name, run_semi,
+                                          run_start, semi_batch)
 from napari_matchseg.training.data import Split
 from napari_matchseg.training.finetune import finetune
 from napari_matchseg.training.train import Task, TrainConfig
@@ -279,6 +280,28 @@ def test_a_mean_teacher_run_resumes_to_the_same_result(semi_setup):
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
     assert json.loads((tmp / "b" / "config.json").read_text())["semi"]["teacher"] == "ema"
     assert build_matchseg(tmp / "b" / "round-0.safetensors")[1]["weights"].startswith("mean teacher")  # the result
+
+
+@pytest.mark.slow
+def test_more_rounds_continue_a_finished_run_and_keep_its_result(semi_setup):
+    bank, unlabelled, base, tmp = semi_setup
+    one, two = SemiConfig(**dict(FAST, rounds=1)), SemiConfig(**FAST)
+    straight = run_semi(bank, unlabelled, tmp / "a", base=base, cfg=two, log=lambda m: None)
+    first = run_semi(bank, unlabelled, tmp / "b", base=base, cfg=one, log=lambda m: None)
+    first_bytes = first.read_bytes()
+    logs = []
+    more = run_semi(bank, unlabelled, tmp / "b", base=base, cfg=two, log=logs.append, new_run_if_different=True)
+    assert more == tmp / "b" / FINAL_NAME and not (tmp / "b-2").exists()  # the plugin's path: continued, not anew
+    assert any("adding rounds 2-2" in m for m in logs)
+    assert (tmp / "b" / kept_result_name(1)).read_bytes() == first_bytes  # the 1-round result is kept
+    assert json.loads((tmp / "b" / "config.json").read_text())["semi"]["rounds"] == 2
+    assert len(build_matchseg(more)[1]["rounds"]) == 2
+    a, b = build_matchseg(straight)[0].state_dict(), build_matchseg(more)[0].state_dict()
+    for key in a:  # as if it had been started with two rounds
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    with pytest.raises(InputError, match=r"semi.rounds differ; its result after 1 rounds is round-0.safetensors"):
+        run_semi(bank, unlabelled, tmp / "b", base=base, cfg=one)
+    assert run_start(more) == str(base) and run_start(base) == base and run_start(None) is None  # what it began from
 
 
 @pytest.mark.slow

@@ -264,7 +264,8 @@ def test_learn_from_unlabelled_slices_in_the_background(annotator, qtbot, tmp_pa
         viewer.dims.set_current_step(0, i)
         w.add_current_as_reference()
     n_slices = viewer.layers["sample ultrasound"].data.shape[0]
-    w.semi_config = SemiConfig(warmup_steps=1, rounds=1, steps_per_round=2, labelled_batch=2, unlabelled_batch=2)
+    w.semi_config = SemiConfig(warmup_steps=1, steps_per_round=2, labelled_batch=2, unlabelled_batch=2)
+    w.rounds_spin.setValue(1)
     w.learn_from_unlabelled()
     assert w.busy and w.cancel_btn.isEnabled()
     qtbot.waitUntil(lambda: not w.busy, timeout=180_000)
@@ -273,6 +274,13 @@ def test_learn_from_unlabelled_slices_in_the_background(annotator, qtbot, tmp_pa
     store = PseudoLabelStore(run / "pseudo" / "round-0")
     assert len(store) == n_slices - 3 and len(w.bank) == 3  # pseudo-labels stay out of the bank
     assert json.loads((run / "config.json").read_text())["semi"]["teacher"] == "ema"  # the default: mean teacher
+    first = (run / "matchseg-semi.safetensors").read_bytes()
+    w.rounds_spin.setValue(2)  # one more round: the same run goes on, its 1-round result is kept
+    w.learn_from_unlabelled()
+    qtbot.waitUntil(lambda: not w.busy, timeout=180_000)
+    assert w.settings.checkpoint == str(run / "matchseg-semi.safetensors"), w.status.text()
+    assert (run / "matchseg-semi.1-rounds.safetensors").read_bytes() == first
+    assert len(PseudoLabelStore(run / "pseudo" / "round-1")) == n_slices - 3 and w.settings.semi_rounds == 2
     viewer.dims.set_current_step(0, 3)
     w.add_current_as_reference()  # the bank changed: a second run goes to a new folder, the first is kept
     w.learn_from_unlabelled()

@@ -21,9 +21,10 @@ the network; the round's pseudo-labels choose the images and are stored for revi
 (and always with SAM 2 refinement) the round's stored pseudo-labels are the targets, refreshed once per
 round: one forward pass per unlabelled image and round instead of one per step, but on BUSI the rounds'
 mistakes then compound in two draws of the labelled images out of three. Everything is resumable: finished
-pseudo-labels are kept, training resumes from ``last.pt``, finished rounds from ``round-<r>.safetensors``.
-The result, ``RUN/matchseg-semi.safetensors``, carries its settings and pseudo-label statistics. ``RUN``
-defaults to ``<bank>.semi`` beside the bank.
+pseudo-labels are kept, training resumes from ``last.pt``, finished rounds from ``round-<r>.safetensors``;
+asked for more rounds, a run goes on from its last one (its earlier result is kept beside it). The result,
+``RUN/matchseg-semi.safetensors``, carries its settings and pseudo-label statistics. ``RUN`` defaults to
+``<bank>.semi`` beside the bank.
 """
 
 from __future__ import annotations
@@ -153,6 +154,19 @@ def default_run_dir(bank: ReferenceBank) -> Path:
     return bank.path.with_name(bank.path.name + ".semi")
 
 
+def run_start(checkpoint: str | Path | None) -> str | None:
+    """The checkpoint a run started from when ``checkpoint`` is that run's result, else ``checkpoint``: learning
+    again from a run's result (the plugin's checkpoint in use) continues that run instead of stacking a new one."""
+    if checkpoint is None or Path(checkpoint).name != FINAL_NAME:
+        return checkpoint
+    config = Path(checkpoint).parent / "config.json"
+    try:
+        base = json.loads(config.read_text())["base"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return checkpoint
+    return None if base == "default" else base
+
+
 def _digest(items: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
 
@@ -169,21 +183,51 @@ def _changed(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _more_rounds(started: dict, settings: dict) -> bool:
+    """Whether ``settings`` only asks for more rounds than the run in a folder was started with: rounds are
+    seeded and scheduled by their index alone, so such a run goes on from its last round (as if started so)."""
+    return _changed(started, settings) == ["semi.rounds"] and settings["semi"]["rounds"] > started["semi"]["rounds"]
+
+
+def kept_result_name(rounds: int) -> str:
+    """Where a finished run's result goes when more rounds are added to it (nothing finished is overwritten)."""
+    return FINAL_NAME.replace(".safetensors", f".{rounds}-rounds.safetensors")
+
+
 def _open_run(run: Path, settings: dict, new_run_if_different: bool, log) -> Path:
-    """The run folder to use: a new one, or one started with exactly these settings (resumed or complete)."""
+    """The run folder to use: a new one, or one started with these settings (resumed or complete), or with
+    fewer rounds (continued)."""
+    def started_in(folder: Path) -> dict | None:
+        file = folder / "config.json"
+        return json.loads(file.read_text()) if file.exists() else None
+
     if new_run_if_different:
         n, first = 1, run
-        while (run / "config.json").exists() and json.loads((run / "config.json").read_text()) != settings:
+        while (old := started_in(run)) is not None and old != settings and not _more_rounds(old, settings):
             n += 1
             run = first.with_name(f"{first.name}-{n}")
-    config_file = run / "config.json"
-    if not config_file.exists():
-        atomic_write_json(config_file, settings, overwrite=False)
+    started = started_in(run)
+    if started is None:
+        atomic_write_json(run / "config.json", settings, overwrite=False)
         return run
-    started = json.loads(config_file.read_text())
+    if _more_rounds(started, settings):
+        before, after = started["semi"]["rounds"], settings["semi"]["rounds"]
+        if (run / FINAL_NAME).exists():
+            kept = run / kept_result_name(before)
+            if kept.exists():
+                raise InputError(f"{kept} is in the way of keeping this run's {before}-round result; move it away")
+            (run / FINAL_NAME).rename(kept)
+            log(f"the {before}-round result is kept as {kept}")
+        atomic_write_json(run / "config.json", settings)
+        log(f"adding rounds {before + 1}-{after} to the run in {run}")
+        return run
     if started != settings:
-        changed = ", ".join(_changed(started, settings))
-        raise InputError(f"{run} holds a run started with other settings ({changed} differ); "
+        changed = _changed(started, settings)
+        hint = ""
+        fewer = settings["semi"]["rounds"]
+        if changed == ["semi.rounds"] and (run / f"round-{fewer - 1}.safetensors").exists():
+            hint = f"; its result after {fewer} rounds is round-{fewer - 1}.safetensors there"
+        raise InputError(f"{run} holds a run started with other settings ({', '.join(changed)} differ{hint}); "
                          "choose another run folder, or delete this one to start over")
     log(f"{run / FINAL_NAME} is already complete" if (run / FINAL_NAME).exists() else f"resuming the run in {run}")
     return run
@@ -434,4 +478,5 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
     return final
 
 
-__all__ = ["SemiConfig", "run_semi", "read_unlabelled_folder", "default_run_dir", "semi_batch", "FINAL_NAME"]
+__all__ = ["SemiConfig", "run_semi", "read_unlabelled_folder", "default_run_dir", "semi_batch", "FINAL_NAME",
+           "kept_result_name", "run_start"]

@@ -170,7 +170,13 @@ class ReferenceAnnotator(QWidget):
                                 "pseudo-label this layer's unlabelled slices (SAM 2 refined when chosen above) "
                                 "and fine-tune MatchSeg on them with the bank, in the background")
         root.addLayout(_row(self.export_btn, self.download_btn))
-        root.addLayout(_row(self.finetune_btn, self.semi_btn))
+        self.rounds_spin = QSpinBox()
+        self.rounds_spin.setRange(1, 20)
+        self.rounds_spin.setValue(s.semi_rounds)
+        self.rounds_spin.setPrefix("rounds ")
+        self.rounds_spin.setToolTip("pseudo-label / fine-tune rounds of Learn from unlabelled; more than a finished "
+                                    "run had goes on from it (its earlier result is kept)")
+        root.addLayout(_row(self.finetune_btn, self.semi_btn, self.rounds_spin))
         self.progress = QProgressBar()
         self.progress.setVisible(False)
         self.cancel_btn = _button("Cancel", self.cancel)
@@ -202,7 +208,7 @@ class ReferenceAnnotator(QWidget):
         s.retriever, s.k = self.retriever_combo.currentText(), self.k_spin.value()
         s.proposer, s.device = self.proposer_combo.currentText(), self.device_combo.currentText()
         s.refine, s.threshold = self.refine_check.isChecked(), self.threshold.value() / 100
-        s.mirror_tta = self.mirror_check.isChecked()
+        s.mirror_tta, s.semi_rounds = self.mirror_check.isChecked(), self.rounds_spin.value()
         s.export_format = self.export_format.currentText()
         s.bank = str(self.bank.path) if self.bank else s.bank
         s.save()
@@ -599,16 +605,17 @@ class ReferenceAnnotator(QWidget):
         except MatchsegError as exc:
             _notify_error(str(exc))
             return
-        from ..training.semi import SemiConfig, default_run_dir, run_semi
+        from ..training.semi import SemiConfig, default_run_dir, run_semi, run_start
 
         c = self._choices()
         cfg = dataclasses.replace(self.semi_config or SemiConfig(), refine="sam2" if c["refine"] else "none",
-                                  device=c["device"], k=c["k"], sam2_image_size=c["sam2_image_size"])
+                                  device=c["device"], k=c["k"], sam2_image_size=c["sam2_image_size"],
+                                  rounds=self.rounds_spin.value())
         stack = len(images) > 1
         unlabelled = [(f"{layer.name}-{i}" if stack else layer.name, images[i], f"layer {layer.name}, slice {i}")
                       for i in todo]
         run = default_run_dir(bank) / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in layer.name)
-        base = self.settings.checkpoint or None
+        base = run_start(self.settings.checkpoint or None)  # again from a run's result: that run goes on
 
         def work():
             return run_semi(ReferenceBank.open(bank.path), unlabelled, run, base=base, cfg=cfg, log=lambda m: None,
