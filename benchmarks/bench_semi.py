@@ -18,7 +18,8 @@ In one run, evaluated on the test split with the labelled images as the bank (k 
   so (d) runs with a randomly initialised SAM 2 (tiny, at ``--sam2-image-size``) unless the real checkpoint
   is in the weights cache: it shows the path runs, not what SAM 2 is worth. ``--rows`` picks the rows (default
   a,b,b2,c3,d: the issue's four with the default loop as (c), and the equal-compute control; any of
-  a,b,c,b2,c2,c3,c4,c5,d). Also reported:
+  a,b,c,b2,c2,c3,c4,c5,d). ``--b-steps`` sets (b)'s steps apart from the loop's; run again with more
+  ``--rounds`` (and ``--b-steps`` at (b)'s steps) the loop rows go on from their last round. Also reported:
   the Dice of each round's pseudo-labels against the (hidden) truth.
 """
 
@@ -100,6 +101,8 @@ def main() -> None:
     ap.add_argument("--labelled", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=300, help="training steps per round")
+    ap.add_argument("--b-steps", type=int, help="labelled-only steps of (b) (default: rounds x steps); a run "
+                    "taken on to more rounds keeps the (b) it started from, e.g. --rounds 6 --b-steps 1200")
     ap.add_argument("--confidence", type=float, default=0.9)
     ap.add_argument("--keep-fraction", type=float, default=0.5)
     ap.add_argument("--cutmix-p", type=float, default=0.5, help="CutMix probability of rows (c4) and (c5)")
@@ -171,7 +174,7 @@ def main() -> None:
     if "a" in rows:
         score("(a) shipped" if base is None else "(a) start checkpoint", base, 0)
     ft = work / FINETUNED["b"]
-    labelled_only(ft, base, total)
+    labelled_only(ft, base, args.b_steps or total)
     if "b" in rows:
         score("(b) fine-tuned on labelled", ft, build_matchseg(ft)[1]["train_seconds"])
     cfg = SemiConfig(rounds=args.rounds, steps_per_round=args.steps, confidence=args.confidence, seed=args.seed,
@@ -191,7 +194,8 @@ def main() -> None:
     if "b2" in rows:
         ft2 = work / FINETUNED["b2"]
         labelled_only(ft2, ft, total)
-        score("(b2) fine-tuned on labelled, 2x steps", ft2, build_matchseg(ft2)[1]["train_seconds"])
+        label = "2x steps" if not args.b_steps or args.b_steps == total else f"(b) + {total} steps"
+        score(f"(b2) fine-tuned on labelled, {label}", ft2, build_matchseg(ft2)[1]["train_seconds"])
     if "c2" in rows:
         semi_row("(c2) semi, self-training from (b)", LOOP_FOLDERS["c2"], ft, cfg)
     if "c3" in rows:

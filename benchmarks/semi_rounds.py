@@ -23,10 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_foundation import machine  # noqa: E402
-from bench_semi import test_pairs  # noqa: E402
+from bench_semi import pseudo_label_quality, test_pairs  # noqa: E402
 from paired_dice import image_dice, paired_interval, parse_scoring_args, scoring_parser  # noqa: E402
 
 from napari_matchseg.bank import ReferenceBank  # noqa: E402
+from napari_matchseg.image_io import read_image, read_mask  # noqa: E402
+from napari_matchseg.pseudo_labels import PseudoLabelStore  # noqa: E402
 
 
 def round_checkpoints(run: Path) -> dict[str, Path]:
@@ -34,6 +36,13 @@ def round_checkpoints(run: Path) -> dict[str, Path]:
     found = {int(m.group(1)): p for p in run.glob("round-*.safetensors")
              if (m := re.fullmatch(r"round-(\d+)\.safetensors", p.name))}
     return {f"{r + 1} rounds": found[r] for r in sorted(found)}
+
+
+def run_truth(data: Path, dataset: str, run: Path) -> dict:
+    """The dataset's masks of the images a run pseudo-labelled (they are named by their dataset ids)."""
+    names = [r["name"] for r in PseudoLabelStore(run / "pseudo" / "round-0").records()]
+    images = data / dataset / "images"
+    return {n: read_mask(data / dataset / "masks" / f"{n}.png", read_image(images / f"{n}.png").shape) for n in names}
 
 
 def compare_rounds(bank: ReferenceBank, pairs, checkpoints: dict[str, Path], rounds: list[str], references: list[str],
@@ -55,6 +64,9 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="run_semi folder holding round-<r>.safetensors")
     ap.add_argument("--control", action="append", default=[], metavar="NAME=CKPT",
                     help="another checkpoint every round is compared with (repeatable)")
+    ap.add_argument("--truth", action="store_true",
+                    help="also score each round's pseudo-labels against the dataset's masks (a benchmark run on "
+                         "dataset images, which keep their ids as names)")
     args = parse_scoring_args(ap)
     controls = dict(c.split("=", 1) for c in args.control)
     rounds = round_checkpoints(Path(args.run))
@@ -76,6 +88,12 @@ def main() -> None:
         for ref, cells in result["vs"].items():
             for label, c in cells.items():
                 print(f"  {label} - {ref}: {c['mean']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]", flush=True)
+    if args.truth:
+        report["pseudo_labels"] = pseudo_label_quality(Path(args.run), run_truth(Path(args.data), args.dataset,
+                                                                                  Path(args.run)))
+        for q in report["pseudo_labels"]:
+            print(f"  pseudo-labels {q['round']}: Dice vs truth {q['dice_vs_truth']:.3f}, selected "
+                  f"{q['selected_dice_vs_truth']:.3f}, confident pixels right {q['confident_pixel_accuracy']:.3f}")
     print(f"machine: {report['machine']}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

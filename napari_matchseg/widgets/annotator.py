@@ -173,10 +173,10 @@ class ReferenceAnnotator(QWidget):
         self.rounds_spin = QSpinBox()
         self.rounds_spin.setRange(1, 20)
         self.rounds_spin.setValue(s.semi_rounds)
-        self.rounds_spin.setPrefix("rounds ")
         self.rounds_spin.setToolTip("pseudo-label / fine-tune rounds of Learn from unlabelled; more than a finished "
                                     "run had goes on from it (its earlier result is kept)")
-        root.addLayout(_row(self.finetune_btn, self.semi_btn, self.rounds_spin))
+        root.addLayout(_row(self.finetune_btn, self.semi_btn))
+        root.addLayout(_row(QLabel("learning rounds"), self.rounds_spin))
         self.progress = QProgressBar()
         self.progress.setVisible(False)
         self.cancel_btn = _button("Cancel", self.cancel)
