@@ -301,7 +301,9 @@ def test_more_rounds_continue_a_finished_run_and_keep_its_result(semi_setup):
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
     with pytest.raises(InputError, match=r"semi.rounds differ; its result after 1 rounds is round-0.safetensors"):
         run_semi(bank, unlabelled, tmp / "b", base=base, cfg=one)
-    assert run_start(more) == str(base) and run_start(base) == base and run_start(None) is None  # what it began from
+    assert run_start(more, bank) == str(base) and run_start(base, bank) == base and run_start(None, bank) is None
+    other = ReferenceBank.create(tmp / "other-bank")
+    assert run_start(more, other) == more  # a result learnt on another bank is where a run there starts
 
 
 @pytest.mark.slow

@@ -154,15 +154,18 @@ def default_run_dir(bank: ReferenceBank) -> Path:
     return bank.path.with_name(bank.path.name + ".semi")
 
 
-def run_start(checkpoint: str | Path | None) -> str | None:
-    """The checkpoint a run started from when ``checkpoint`` is that run's result, else ``checkpoint``: learning
-    again from a run's result (the plugin's checkpoint in use) continues that run instead of stacking a new one."""
+def run_start(checkpoint: str | Path | None, bank: ReferenceBank) -> str | Path | None:
+    """The checkpoint a run on ``bank`` started from when ``checkpoint`` is that run's result, else
+    ``checkpoint``: learning again from such a result (the plugin's checkpoint in use) continues that run
+    instead of stacking a new one on it. A result learnt on another bank stays the start."""
     if checkpoint is None or Path(checkpoint).name != FINAL_NAME:
         return checkpoint
-    config = Path(checkpoint).parent / "config.json"
     try:
-        base = json.loads(config.read_text())["base"]
+        config = json.loads((Path(checkpoint).parent / "config.json").read_text())
+        base, run_bank = config["base"], config["bank"]
     except (OSError, ValueError, KeyError, TypeError):
+        return checkpoint
+    if run_bank != str(bank.path):
         return checkpoint
     return None if base == "default" else base
 

@@ -615,7 +615,7 @@ class ReferenceAnnotator(QWidget):
         unlabelled = [(f"{layer.name}-{i}" if stack else layer.name, images[i], f"layer {layer.name}, slice {i}")
                       for i in todo]
         run = default_run_dir(bank) / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in layer.name)
-        base = run_start(self.settings.checkpoint or None)  # again from a run's result: that run goes on
+        base = run_start(self.settings.checkpoint or None, bank)  # again from a run's result: that run goes on
 
         def work():
             return run_semi(ReferenceBank.open(bank.path), unlabelled, run, base=base, cfg=cfg, log=lambda m: None,
