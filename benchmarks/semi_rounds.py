@@ -1,8 +1,9 @@
 """Does the semi-supervised loop's gain grow with its rounds, and faster than labelled-only steps do?
 
     .venv/bin/python benchmarks/semi_rounds.py --dataset kvasir --bank runs/semi-seed3/kvasir/bank \
-        --baseline runs/semi-seed3/kvasir/finetuned.safetensors --run runs/rounds6/kvasir-c6 \
-        [--control b6=runs/rounds6/kvasir-b6.safetensors] [--split test val] [--threads N] [--json out.json]
+        --baseline runs/semi-seed3/kvasir/finetuned.safetensors --run runs/semi-seed3/kvasir/semi-ema-after-ft \
+        [--control b6=runs/semi-seed3/kvasir/finetuned-2x.safetensors] [--truth] [--split test val] [--threads N] \
+        [--json out.json]
 
 ``--run`` is a ``run_semi`` folder (``matchseg semi --out``, or a ``bench_semi.py`` loop folder); each of its
 ``round-<r>.safetensors`` (the model after r + 1 rounds) segments the split with ``--bank`` as supports, scored as
