@@ -105,6 +105,8 @@ def main() -> None:
                     "taken on to more rounds keeps the (b) it started from, e.g. --rounds 6 --b-steps 1200")
     ap.add_argument("--confidence", type=float, default=0.9)
     ap.add_argument("--keep-fraction", type=float, default=0.5)
+    ap.add_argument("--select", default="agreement", choices=("agreement", "confidence"),
+                    help="how the loop scores pseudo-label reliability (SemiConfig.select)")
     ap.add_argument("--cutmix-p", type=float, default=0.5, help="CutMix probability of rows (c4) and (c5)")
     ap.add_argument("--sam2-image-size", type=int, default=256)
     ap.add_argument("--skip-sam2", action="store_true", help="leave out row (d)")
@@ -178,7 +180,8 @@ def main() -> None:
     if "b" in rows:
         score("(b) fine-tuned on labelled", ft, build_matchseg(ft)[1]["train_seconds"])
     cfg = SemiConfig(rounds=args.rounds, steps_per_round=args.steps, confidence=args.confidence, seed=args.seed,
-                     keep_fraction=args.keep_fraction, warmup_steps=0, teacher="round", device=args.device)
+                     keep_fraction=args.keep_fraction, select=args.select, warmup_steps=0, teacher="round",
+                     device=args.device)
     def semi_row(label: str, folder: str, start, row_cfg: SemiConfig, extra: dict | None = None,
                  refiner=None) -> None:
         """Run (or reuse) the loop in ``work/folder`` and score it, with its pseudo-labels against the truth."""
@@ -221,7 +224,8 @@ def main() -> None:
                  {"sam2_weights": "official" if real else f"random init, {size} px"}, refiner)
     print(f"\nmachine: {machine()}")
     print(f"{name}: {len(lab_ids)} labelled (bank), {len(unl_ids)} unlabelled, {len(pairs)} test images; "
-          f"{args.rounds} rounds x {args.steps} steps; confidence {args.confidence}; keep {args.keep_fraction}\n")
+          f"{args.rounds} rounds x {args.steps} steps; confidence {args.confidence}; "
+          f"keep {args.keep_fraction} by {args.select}\n")
     print("| method | Dice | IoU | training (s) |\n|---|---:|---:|---:|")
     for label, r in results.items():
         print(f"| {label} | {r['dice_mean']:.3f} +- {r['dice_std']:.3f} | {r['iou_mean']:.3f} | {r['train_seconds']} |")

@@ -270,8 +270,8 @@ def cmd_semi(args) -> int:
 
     bank = ReferenceBank.open(args.bank)
     cfg = SemiConfig(warmup_steps=args.warmup_steps, rounds=args.rounds, steps_per_round=args.steps, lr=args.lr,
-                     confidence=args.confidence, keep_fraction=args.keep_fraction, k=args.k, refine=args.refine,
-                     refine_threshold=args.refine_threshold, refine_margin=args.refine_margin,
+                     confidence=args.confidence, keep_fraction=args.keep_fraction, select=args.select, k=args.k,
+                     refine=args.refine, refine_threshold=args.refine_threshold, refine_margin=args.refine_margin,
                      sam2_model=args.sam2_model, sam2_checkpoint=args.sam2_checkpoint,
                      sam2_image_size=args.sam2_image_size, teacher=args.teacher, ema_decay=args.ema_decay,
                      cutmix=args.cutmix, device=args.device, seed=args.seed)
@@ -370,6 +370,9 @@ def register(sub) -> None:
                    help="a pixel counts when max(p, 1 - p) reaches this")
     c.add_argument("--keep-fraction", type=float, default=0.5,
                    help="train on this fraction of the pseudo-labels, the most reliable first")
+    c.add_argument("--select", default="agreement", choices=("agreement", "confidence"),
+                   help="how reliability is scored: agreement between the image's and its mirror image's masks, or "
+                        "the mean confidence over the pixels predicted foreground")
     c.add_argument("-k", type=int, default=8, help="supports when pseudo-labelling")
     c.add_argument("--teacher", default="auto", choices=("auto", "round", "ema"),
                    help="targets of the unlabelled views: a mean teacher's prediction at every step (ema), or the "

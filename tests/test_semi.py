@@ -104,6 +104,27 @@ def test_only_the_most_reliable_pseudo_labels_are_selected(tmp_path):
     assert select_reliable(store, ["a", "b", "c", "d"], 0.5) == [1, 3]
     assert select_reliable(store, ["a", "b", "c", "d"], 1.0) == [0, 1, 2, 3]
     assert select_reliable(store, ["a"], 0.1) == [0]
+    with pytest.raises(InputError, match="foreground_confidence"):  # made before the score existed
+        select_reliable(store, ["a", "b"], 0.5, by="confidence")
+
+
+def test_foreground_confidence_scores_the_object_not_the_background(tmp_path):
+    from napari_matchseg.training.semi import foreground_confidence, select_reliable
+
+    sure, unsure = np.full((20, 20), 0.01, np.float32), np.full((20, 20), 0.01, np.float32)
+    sure[5:10, 5:10], unsure[5:10, 5:10] = 0.99, 0.6
+    assert foreground_confidence(sure) == pytest.approx(0.99)
+    assert foreground_confidence(unsure) == pytest.approx(0.6)  # the background's 0.99 does not hide it
+    assert foreground_confidence(np.full((4, 4), 0.2, np.float32)) == pytest.approx(0.8)  # nothing found
+    store = PseudoLabelStore(tmp_path / "p")
+    m = sure >= 0.5
+    for name, rel, fg in (("a", 0.9, 0.6), ("b", 0.5, 0.99), ("c", 0.8, 0.7)):
+        store.add(name, m, m, reliability=rel, foreground_confidence=fg)
+    assert select_reliable(store, ["a", "b", "c"], 0.34, by="agreement") == [0]
+    assert select_reliable(store, ["a", "b", "c"], 0.34, by="confidence") == [1]
+    assert select_reliable(store, ["a", "b", "c"], 0.67, by="confidence") == [1, 2]
+    with pytest.raises(InputError, match="select"):
+        SemiConfig(select="entropy").check()
 
 
 def _tiny_unlabelled(size=64, n=3, confident=1):
@@ -223,6 +244,7 @@ def test_loop_runs_changes_the_weights_and_leaves_the_bank_alone(semi_setup):
         store = PseudoLabelStore(tmp / "run" / "pseudo" / f"round-{r}")
         assert sorted(x["name"] for x in store.records()) == sorted(n for n, _, _ in unlabelled)
         assert all(x["method"] == "confident" and x["kind"] == "pseudo_label" for x in store.records())
+        assert all(0.5 <= x["foreground_confidence"] <= 1 for x in store.records())
         assert len(json.loads((store.folder / "selected.json").read_text())) == meta["rounds"][r]["selected"] == 2
     assert (bank.path / "bank.json").read_bytes() == bank_json and len(ReferenceBank.open(bank.path)) == 5
     assert run_semi(bank, unlabelled, tmp / "run", base=base, cfg=SemiConfig(**FAST, refine="sam2"),
@@ -314,11 +336,16 @@ def test_semi_command_end_to_end(semi_setup, capsys):
     for name, _, _ in unlabelled:
         (folder / f"{name}.png").symlink_to(dataset_dir("kvasir") / "images" / f"{name}.png")
     code = main(["semi", "--bank", str(bank.path), "--unlabelled", str(folder), "--checkpoint", str(base),
-                 "--rounds", "1", "--steps", "2", "-k", "3"])
+                 "--rounds", "1", "--steps", "2", "-k", "3", "--select", "confidence"])
     out = capsys.readouterr().out
     assert code == 0 and "fine-tuned checkpoint" in out
     assert (tmp / "bank.semi" / FINAL_NAME).exists()
-    assert len(PseudoLabelStore(tmp / "bank.semi" / "pseudo" / "round-0")) == len(unlabelled)
+    store = PseudoLabelStore(tmp / "bank.semi" / "pseudo" / "round-0")
+    assert len(store) == len(unlabelled)
+    assert json.loads((tmp / "bank.semi" / "config.json").read_text())["semi"]["select"] == "confidence"
+    by_confidence = sorted(store.records(), key=lambda r: -r["foreground_confidence"])
+    chosen = json.loads((store.folder / "selected.json").read_text())
+    assert set(chosen) == {r["name"] for r in by_confidence[:len(chosen)]}
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     code = main(["semi", "--bank", str(bank.path), "--unlabelled", str(folder), "--checkpoint", str(base),
                  "--out", str(tmp / "other")])

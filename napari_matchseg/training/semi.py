@@ -54,6 +54,7 @@ from .finetune import bank_task, finetune
 from .train import Task, TrainConfig, draw_supports, sample_batch, train
 
 FINAL_NAME = "matchseg-semi.safetensors"
+SELECT_SCORES = {"agreement": "reliability", "confidence": "foreground_confidence"}  # score -> record field
 WARMUP_NAME = "warmup.safetensors"  # the labelled-only teacher, before round 1
 Progress = Callable[[int, int, str], None]
 
@@ -69,7 +70,10 @@ class SemiConfig:
     k_max: int = 8  # supports drawn in 1..k_max while training
     lr: float = 3e-4
     confidence: float = 0.9
-    keep_fraction: float = 0.5  # train on the most reliable pseudo-labels only (weak views agree best)
+    keep_fraction: float = 0.5  # train on the most reliable pseudo-labels only
+    # how reliability is scored: "agreement" (Dice between the two weak views' masks) or "confidence" (the mean
+    # confidence over the pixels predicted foreground); see select_reliable
+    select: str = "agreement"
     unlabelled_weight: float = 1.0
     synthetic_fraction: float = 0.3  # as in finetune: keeps the model using its supports
     refine: str = "none"  # or "sam2"
@@ -115,6 +119,8 @@ class SemiConfig:
             raise InputError(f"confidence must be in [0.5, 1), got {self.confidence}")
         if self.warmup_steps < 0:
             raise InputError(f"warmup_steps must be 0 or more, got {self.warmup_steps}")
+        if self.select not in SELECT_SCORES:
+            raise InputError(f"select must be one of {', '.join(SELECT_SCORES)}, not {self.select!r}")
         if not 0 < self.keep_fraction <= 1:
             raise InputError(f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
         if not 1 <= self.k <= 32:
@@ -322,6 +328,7 @@ def pseudo_label_round(predictor: MatchSegPredictor, bank: ReferenceBank, bank_i
             else:
                 (mask, conf), method, note = confident_pseudo_label(prob, cfg.confidence), "confident", ""
             store.add(name, mask, conf, reliability=round(_agreement(p >= 0.5, p_m >= 0.5), 5),
+                      foreground_confidence=round(foreground_confidence(prob), 5),
                       source=source, image_sha256=sha, round=round_,
                       method=method, note=note, checkpoint=checkpoint, supports=sup_ids)
         progress(n + 1)
@@ -334,10 +341,25 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
 
 
-def select_reliable(store: PseudoLabelStore, names: list[str], keep_fraction: float) -> list[int]:
-    """Rows of ``names`` whose pseudo-labels are the most reliable ``keep_fraction`` (ST++-style selection)."""
+def foreground_confidence(prob: np.ndarray) -> float:
+    """Mean ``max(p, 1 - p)`` over the pixels predicted foreground (over all pixels when there are none): how
+    sure the model is of the object it found, which the background's many easy pixels would otherwise hide."""
+    prob = np.asarray(prob, np.float32)
+    fg = prob >= 0.5
+    return float(np.maximum(prob, 1 - prob)[fg if fg.any() else slice(None)].mean())
+
+
+def select_reliable(store: PseudoLabelStore, names: list[str], keep_fraction: float,
+                    by: str = "agreement") -> list[int]:
+    """Rows of ``names`` whose pseudo-labels are the most reliable ``keep_fraction`` (ST++-style selection), by
+    ``by``: "agreement" (:func:`_agreement`) or "confidence" (:func:`foreground_confidence`)."""
     recs = {r["name"]: r for r in store.records()}
-    score = np.array([recs[n]["reliability"] for n in names])
+    field = SELECT_SCORES[by]
+    missing = [n for n in names if field not in recs[n]]
+    if missing:
+        raise InputError(f"pseudo-labels in {store.folder} have no {field!r} score ({missing[0]} and "
+                         f"{len(missing) - 1} more); they were made before it existed: use select 'agreement'")
+    score = np.array([recs[n][field] for n in names])
     n_keep = max(1, int(round(keep_fraction * len(names))))
     return sorted(np.argsort(-score, kind="stable")[:n_keep].tolist())
 
@@ -406,6 +428,8 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
         del semi_settings["teacher"], semi_settings["ema_decay"]
     if not cfg.cutmix:  # absent = no CutMix (runs started before it existed)
         del semi_settings["cutmix"]
+    if cfg.select == "agreement":  # absent = agreement (likewise)
+        del semi_settings["select"]
     settings = {"semi": semi_settings, "base": str(base) if base else "default",
                 "bank": str(bank.path), "references": _digest(bank_ids),
                 "unlabelled": _digest([f"{n}:{sha}" for n, _, _, sha in items])}
@@ -449,7 +473,7 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
                            lambda n: report(start + n, total, f"pseudo-labelling (round {r + 1})"),
                            cancel)
         del predictor
-        keep = select_reliable(store, unl.names, cfg.keep_fraction)
+        keep = select_reliable(store, unl.names, cfg.keep_fraction, cfg.select)
         atomic_write_json(store.folder / "selected.json", [unl.names[i] for i in keep])
         chosen = unl.subset(keep)
         if cfg.teacher == "round":  # a mean teacher makes its own targets
@@ -481,5 +505,5 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
     return final
 
 
-__all__ = ["SemiConfig", "run_semi", "read_unlabelled_folder", "default_run_dir", "semi_batch", "FINAL_NAME",
-           "kept_result_name", "run_start"]
+__all__ = ["SemiConfig", "run_semi", "foreground_confidence", "select_reliable", "read_unlabelled_folder",
+           "default_run_dir", "semi_batch", "FINAL_NAME", "kept_result_name", "run_start"]
