@@ -40,13 +40,14 @@ def paired_interval(a: np.ndarray, b: np.ndarray, draws: int = 10_000, seed: int
     return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def scoring_parser() -> argparse.ArgumentParser:
-    """Options shared by the scripts that re-score checkpoints on a split: data, dataset, splits, threads,
-    device, JSON output (``parse_scoring_args`` applies ``--threads``)."""
+def scoring_parser(splits: bool = True) -> argparse.ArgumentParser:
+    """Options shared by the scripts that re-score checkpoints on a dataset: data, dataset, splits (unless
+    ``splits`` is False), threads, device, JSON output (``parse_scoring_args`` applies ``--threads``)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--dataset", required=True)
-    ap.add_argument("--split", nargs="+", default=["test", "val"], choices=("test", "val"))
+    if splits:
+        ap.add_argument("--split", nargs="+", default=["test", "val"], choices=("test", "val"))
     ap.add_argument("--threads", type=int, help="torch CPU threads (1 when two runs share two cores)")
     ap.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     ap.add_argument("--json")

@@ -14,7 +14,6 @@ background apart.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_foundation import machine  # noqa: E402
+from paired_dice import parse_scoring_args, scoring_parser  # noqa: E402
 
 from napari_matchseg.bank import ReferenceBank  # noqa: E402
 from napari_matchseg.image_io import read_image, read_mask  # noqa: E402
@@ -45,34 +45,29 @@ def predict_again(run: Path, round_: int, data: Path, dataset: str, device: str)
         raise SystemExit(f"{store.folder} holds no pseudo-labels")
     bank = ReferenceBank.open(json.loads((run / "config.json").read_text())["bank"])
     predictors: dict[str, MatchSegPredictor] = {}
+    references: dict[str, tuple] = {}  # each support read once, not once per image it supports
     for rec in store.records():
         ckpt = rec["checkpoint"]
         if ckpt not in predictors:
             predictors[ckpt] = MatchSegPredictor(None if ckpt == "default" else ckpt, device=device)
         image = read_image(data / dataset / "images" / f"{rec['name']}.png")
         truth = read_mask(data / dataset / "masks" / f"{rec['name']}.png", image.shape)
-        supports = [(bank.load_image(i), bank.load_mask(i)) for i in rec["supports"]]
+        for i in rec["supports"]:
+            if i not in references:
+                references[i] = (bank.load_image(i), bank.load_mask(i))
+        supports = [references[i] for i in rec["supports"]]
         [(p, p_m)] = predictors[ckpt].predict_with_mirror([image], [([s[0] for s in supports],
                                                                      [s[1] for s in supports])])
         yield rec["name"], p, p_m, truth
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    ap.add_argument("--dataset", required=True)
+    ap = scoring_parser(splits=False)
     ap.add_argument("--run", required=True, help="run_semi folder (on dataset images)")
     ap.add_argument("--round", type=int, default=0, help="whose pseudo-labels (0 = the first round's)")
     ap.add_argument("--keep", type=float, nargs="+", default=[0.5, 0.3], help="fractions kept, best first")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.95, 0.98])
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
-    ap.add_argument("--json")
-    args = ap.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    args = parse_scoring_args(ap)
     true_dice, scores, probs, truths = [], {s: [] for s in SCORES}, [], []
     for _, p, p_m, truth in predict_again(Path(args.run), args.round, Path(args.data), args.dataset, args.device):
         prob = 0.5 * (p + p_m)
