@@ -28,6 +28,7 @@ from bench_foundation import machine  # noqa: E402
 from paired_dice import parse_scoring_args, scoring_parser  # noqa: E402
 
 from napari_matchseg.bank import ReferenceBank  # noqa: E402
+from napari_matchseg.errors import name_list  # noqa: E402
 from napari_matchseg.image_io import read_image, read_mask  # noqa: E402
 from napari_matchseg.metrics import dice  # noqa: E402
 from napari_matchseg.predictor import MatchSegPredictor  # noqa: E402
@@ -43,15 +44,22 @@ def predict_again(run: Path, round_: int, data: Path, dataset: str, device: str)
     store = PseudoLabelStore(run / "pseudo" / f"round-{round_}")
     if not len(store):
         raise SystemExit(f"{store.folder} holds no pseudo-labels")
+    records = store.records()
+    masks = data / dataset / "masks"
+    absent = [r["name"] for r in records if not (masks / f"{r['name']}.png").is_file()]
+    if absent:  # a run on the user's own images, or on another dataset's: there is no truth to score against
+        raise SystemExit(f"{run} was not made on {dataset} images: {len(absent)} of its {len(records)} pseudo-labels "
+                         f"have no mask in {masks} ({name_list(absent)}); --run takes a bench_semi.py run folder "
+                         "of the same --dataset")
     bank = ReferenceBank.open(json.loads((run / "config.json").read_text())["bank"])
     predictors: dict[str, MatchSegPredictor] = {}
     references: dict[str, tuple] = {}  # each support read once, not once per image it supports
-    for rec in store.records():
+    for rec in records:
         ckpt = rec["checkpoint"]
         if ckpt not in predictors:
             predictors[ckpt] = MatchSegPredictor(None if ckpt == "default" else ckpt, device=device)
         image = read_image(data / dataset / "images" / f"{rec['name']}.png")
-        truth = read_mask(data / dataset / "masks" / f"{rec['name']}.png", image.shape)
+        truth = read_mask(masks / f"{rec['name']}.png", image.shape)
         for i in rec["supports"]:
             if i not in references:
                 references[i] = (bank.load_image(i), bank.load_mask(i))

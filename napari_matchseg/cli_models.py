@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, MatchsegError
+from .errors import InputError, MatchsegError, name_list
 
 # sam2_model.SAM2_CONFIGS' names, spelled out so that ``--help`` does not import torch (a test keeps them equal)
 SAM2_MODELS = ("sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large")
@@ -88,8 +88,8 @@ def cmd_segment(args) -> int:
     targets = [out / f"{p.stem}.png" for p in images]
     existing = [t.name for t in targets if t.exists()]
     if existing and not args.overwrite:
-        raise MatchsegError(f"{len(existing)} masks already exist in {out} ({', '.join(existing[:5])}"
-                            f"{' ...' if len(existing) > 5 else ''}); nothing was written. Use --overwrite or "
+        raise MatchsegError(f"{len(existing)} masks already exist in {out} ({name_list(existing)}); nothing was "
+                            "written. Use --overwrite or "
                             "another --out folder")
     bank, retriever, predictor = _pipeline(args)
     rng = np.random.default_rng(0)

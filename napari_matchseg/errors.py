@@ -38,3 +38,10 @@ class WeightsError(MatchsegError):
 
 class Cancelled(MatchsegError):
     """A long operation was cancelled by the user; nothing half-done was kept."""
+
+
+def name_list(names, limit: int = 5) -> str:
+    """``a, b, c and 4 more``: the first few of a list of names for a message that must stay one line."""
+    names = [str(n) for n in names]
+    shown = ", ".join(names[:limit])
+    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown

@@ -62,6 +62,15 @@ def test_cli_errors_are_one_actionable_line(tmp_path, capsys):
     assert code == 2 and "-k" in err
 
 
+def test_messages_name_the_first_few_of_a_list():
+    from napari_matchseg.errors import name_list
+
+    assert name_list(["a.png"]) == "a.png"  # not "a.png and 0 more"
+    assert name_list(list("abcde")) == "a, b, c, d, e"
+    assert name_list(list("abcdefg")) == "a, b, c, d, e and 2 more"
+    assert name_list(list("abc"), limit=1) == "a and 2 more"
+
+
 def test_weights_commands(capsys):
     code, out, _ = run(capsys, "weights", "where", "sam2.1_hiera_tiny")
     assert code == 0 and out.strip().endswith("sam2.1_hiera_tiny.pt")

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def test_only_the_most_reliable_pseudo_labels_are_selected(tmp_path):
     assert select_reliable(store, ["a", "b", "c", "d"], 0.5) == [1, 3]
     assert select_reliable(store, ["a", "b", "c", "d"], 1.0) == [0, 1, 2, 3]
     assert select_reliable(store, ["a"], 0.1) == [0]
-    with pytest.raises(InputError, match="foreground_confidence"):  # made before the score existed
+    with pytest.raises(InputError, match=r"'foreground_confidence' score \(a, b\);"):  # made before it existed
         select_reliable(store, ["a", "b"], 0.5, by="confidence")
 
 
@@ -329,6 +330,30 @@ def test_more_rounds_continue_a_finished_run_and_keep_its_result(semi_setup):
 
 
 @pytest.mark.slow
+def test_a_run_is_the_same_run_however_its_bank_is_spelt(semi_setup, monkeypatch):
+    bank, unlabelled, base, tmp = semi_setup
+    cfg = SemiConfig(**dict(FAST, warmup_steps=0, rounds=1, steps_per_round=1))
+    monkeypatch.chdir(tmp)  # started from the folder that holds the bank, with relative paths
+    run_semi(ReferenceBank.open("bank"), unlabelled, "run", base=os.path.relpath(base), cfg=cfg, log=lambda m: None)
+    out = tmp / "run" / FINAL_NAME
+    config = json.loads((tmp / "run" / "config.json").read_text())
+    assert config["bank"] == str(tmp / "bank") and config["base"] == str(base)  # recorded absolute
+    monkeypatch.chdir(tmp / "run")  # the same run, asked for from another working folder
+    logs = []
+    assert run_semi(ReferenceBank.open("../bank"), unlabelled, tmp / "run", base=base, cfg=cfg,
+                    log=logs.append) == out and "already complete" in logs[-1]
+    assert run_start(tmp / "run" / FINAL_NAME, ReferenceBank.open("../bank")) == str(base)
+    # a run folder written before paths were recorded absolute holds them as they were typed
+    old = dict(config, bank="bank", base=os.path.relpath(base, tmp))
+    (tmp / "run" / "config.json").write_text(json.dumps(old))
+    monkeypatch.chdir(tmp)
+    logs = []
+    assert run_semi(bank, unlabelled, tmp / "run", base=base, cfg=cfg, log=logs.append) == out
+    assert "already complete" in logs[-1]
+    assert run_start(tmp / "run" / FINAL_NAME, bank) == os.path.relpath(base, tmp)
+
+
+@pytest.mark.slow
 def test_semi_command_end_to_end(semi_setup, capsys):
     bank, unlabelled, base, tmp = semi_setup
     folder = tmp / "unlabelled"
@@ -353,11 +378,13 @@ def test_semi_command_end_to_end(semi_setup, capsys):
 
 
 @pytest.mark.slow
-def test_warm_up_is_skipped_for_a_checkpoint_already_tuned_on_the_bank(semi_setup):
+def test_warm_up_is_skipped_for_a_checkpoint_already_tuned_on_the_bank(semi_setup, monkeypatch):
     bank, unlabelled, base, tmp = semi_setup
     tuned = finetune(bank, tmp / "tuned.safetensors", base=base, steps=2, batch_size=2, k_max=3, log=lambda m: None)
     logs = []
-    run_semi(bank, unlabelled, tmp / "run", base=tuned, cfg=SemiConfig(**dict(FAST, rounds=1)), log=logs.append)
+    monkeypatch.chdir(tmp)  # the same bank, spelt relative this time
+    run_semi(ReferenceBank.open("bank"), unlabelled, tmp / "run", base=tuned, cfg=SemiConfig(**dict(FAST, rounds=1)),
+             log=logs.append)
     assert any("already fine-tuned on this bank" in m for m in logs)
     assert not (tmp / "run" / "warmup.safetensors").exists()
     run_semi(bank, unlabelled, tmp / "run2", base=base, cfg=SemiConfig(**dict(FAST, rounds=1)), log=logs.append)

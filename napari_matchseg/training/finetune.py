@@ -7,6 +7,7 @@ its supports instead of memorising the bank.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +53,7 @@ def finetune(bank: ReferenceBank, out: str | Path, base: str | Path | None = Non
                       threads=threads)
     result = train(cfg, progress=progress, cancel=cancel, log=log, tasks={"bank": task})
     tuned, tuned_meta = build_matchseg(result["best_checkpoint"])
-    save_checkpoint(out, tuned, dict(tuned_meta, finetuned_on=str(bank.path), references=len(bank),
+    save_checkpoint(out, tuned, dict(tuned_meta, finetuned_on=os.path.abspath(bank.path), references=len(bank),
                                      base=meta.get("checkpoint")), overwrite=True)
     shutil.rmtree(run_dir, ignore_errors=True)
     return out

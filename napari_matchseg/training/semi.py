@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +43,7 @@ import torch
 
 from ..bank import ReferenceBank
 from ..checkpoint import build_matchseg, save_checkpoint
-from ..errors import Cancelled, InputError, WeightsError
+from ..errors import Cancelled, InputError, WeightsError, name_list
 from ..fsutil import atomic_write_json
 from ..image_io import check_image, content_hash, list_images, read_image
 from ..predictor import MatchSegPredictor
@@ -152,7 +153,7 @@ def read_unlabelled_folder(folder: str | Path) -> list[tuple[str, np.ndarray, st
     names = [p.stem for p in files]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
-        raise InputError(f"{folder} holds several images named {dup[:5]} with different suffixes; rename them")
+        raise InputError(f"{folder} holds several images named {name_list(dup)} with different suffixes; rename them")
     return [(p.stem, read_image(p), str(p)) for p in files]
 
 
@@ -171,9 +172,25 @@ def run_start(checkpoint: str | Path | None, bank: ReferenceBank) -> str | Path 
         base, run_bank = config["base"], config["bank"]
     except (OSError, ValueError, KeyError, TypeError):
         return checkpoint
-    if run_bank != str(bank.path):
+    if not _same_folder(run_bank, bank.path):
         return checkpoint
     return None if base == "default" else base
+
+
+def _same_folder(recorded: str | Path, path: str | Path) -> bool:
+    """Whether a folder recorded in a run or a checkpoint is ``path``, however either was spelt (``bank``,
+    ``./bank``, ``/data/bank``): runs and checkpoints made before paths were recorded absolute hold them as typed."""
+    if not recorded:
+        return False
+    try:
+        return Path(recorded).resolve() == Path(path).resolve()
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def _absolute(path: str | Path) -> str:
+    """How a run records a file or folder: absolute, so that it means the same from any working folder."""
+    return os.path.abspath(path)
 
 
 def _digest(items: Sequence[str]) -> str:
@@ -208,7 +225,13 @@ def _open_run(run: Path, settings: dict, new_run_if_different: bool, log) -> Pat
     fewer rounds (continued)."""
     def started_in(folder: Path) -> dict | None:
         file = folder / "config.json"
-        return json.loads(file.read_text()) if file.exists() else None
+        if not file.exists():
+            return None
+        started = json.loads(file.read_text())
+        for key in ("bank", "base"):  # a run started before paths were recorded absolute holds them as typed
+            if started.get(key) not in (None, "default"):
+                started[key] = _absolute(started[key])
+        return started
 
     if new_run_if_different:
         n, first = 1, run
@@ -357,8 +380,8 @@ def select_reliable(store: PseudoLabelStore, names: list[str], keep_fraction: fl
     field = SELECT_SCORES[by]
     missing = [n for n in names if field not in recs[n]]
     if missing:
-        raise InputError(f"pseudo-labels in {store.folder} have no {field!r} score ({missing[0]} and "
-                         f"{len(missing) - 1} more); they were made before it existed: use select 'agreement'")
+        raise InputError(f"pseudo-labels in {store.folder} have no {field!r} score ({name_list(missing)}); they "
+                         "were made before it existed: use select 'agreement'")
     score = np.array([recs[n][field] for n in names])
     n_keep = max(1, int(round(keep_fraction * len(names))))
     return sorted(np.argsort(-score, kind="stable")[:n_keep].tolist())
@@ -384,7 +407,7 @@ def _round_stats(store: PseudoLabelStore) -> dict:
 def _tuned_on(meta: dict, bank: ReferenceBank) -> bool:
     """Whether a checkpoint (its metadata) came out of ``finetune`` on this bank (same folder, same number of
     references): then it already is what the warm-up would make."""
-    return meta.get("finetuned_on") == str(bank.path) and meta.get("references") == len(bank)
+    return _same_folder(meta.get("finetuned_on", ""), bank.path) and meta.get("references") == len(bank)
 
 
 def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, str]], run_dir: str | Path | None = None,
@@ -430,8 +453,8 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
         del semi_settings["cutmix"]
     if cfg.select == "agreement":  # absent = agreement (likewise)
         del semi_settings["select"]
-    settings = {"semi": semi_settings, "base": str(base) if base else "default",
-                "bank": str(bank.path), "references": _digest(bank_ids),
+    settings = {"semi": semi_settings, "base": _absolute(base) if base else "default",
+                "bank": _absolute(bank.path), "references": _digest(bank_ids),
                 "unlabelled": _digest([f"{n}:{sha}" for n, _, _, sha in items])}
     run = _open_run(run, settings, new_run_if_different, log)
     final = run / FINAL_NAME

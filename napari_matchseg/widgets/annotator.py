@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGro
                             QWidget)
 
 from ..bank import ReferenceBank
-from ..errors import Cancelled, DuplicateReference, InputError, MatchsegError
+from ..errors import Cancelled, DuplicateReference, InputError, MatchsegError, name_list
 from ..image_io import check_image, check_mask, write_mask, write_mask_tiff
 from ..retrieval import RETRIEVER_NAMES
 from ..settings import Settings
@@ -706,7 +706,7 @@ class ReferenceAnnotator(QWidget):
                        for i in indices]
             existing = [str(t.name) for t, _ in targets if t.exists()]
             if existing:
-                raise InputError(f"{len(existing)} files already exist in {folder} ({', '.join(existing[:5])}); "
+                raise InputError(f"{len(existing)} files already exist in {folder} ({name_list(existing)}); "
                                  "nothing was written. Choose an empty folder")
             written = [(write_mask if suffix == ".png" else write_mask_tiff)(t, m != 0, overwrite=False, value=value)
                        for t, m in targets]
