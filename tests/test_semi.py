@@ -338,6 +338,7 @@ def test_a_run_is_the_same_run_however_its_bank_is_spelt(semi_setup, monkeypatch
     out = tmp / "run" / FINAL_NAME
     config = json.loads((tmp / "run" / "config.json").read_text())
     assert config["bank"] == str(tmp / "bank") and config["base"] == str(base)  # recorded absolute
+    assert {r["checkpoint"] for r in PseudoLabelStore(tmp / "run" / "pseudo" / "round-0").records()} == {str(base)}
     monkeypatch.chdir(tmp / "run")  # the same run, asked for from another working folder
     logs = []
     assert run_semi(ReferenceBank.open("../bank"), unlabelled, tmp / "run", base=base, cfg=cfg,

@@ -442,7 +442,7 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
         raise InputError("no unlabelled images left to learn from (all of them are already in the bank)")
     if len({item[0] for item in items}) != len(items):
         raise InputError("unlabelled images need unique names")
-    run = Path(run_dir) if run_dir is not None else default_run_dir(bank)
+    run = Path(_absolute(run_dir if run_dir is not None else default_run_dir(bank)))
     bank_ids = bank.ids()
     semi_settings = dataclasses.asdict(cfg)
     if not cfg.warmup_steps:
@@ -473,7 +473,7 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
     total = cfg.warmup_steps + cfg.rounds * per_round
     report = progress or (lambda d, t, s: None)
     t0, stats = time.time(), []
-    previous = str(base) if base else None
+    previous = _absolute(base) if base else None  # recorded with each pseudo-label
     if cfg.warmup_steps:  # the teacher: its pseudo-labels are only as good as what it learnt from the bank
         warm = run / WARMUP_NAME
         if not warm.exists():
