@@ -242,6 +242,20 @@ def test_whole_loop_on_real_images_with_the_shipped_checkpoint(make_napari_viewe
     np.testing.assert_array_equal(np.array(Image.open(out)) > 0, proposal > 0)
 
 
+def test_a_bank_typed_relative_or_with_a_tilde_is_kept_absolute(annotator, tmp_path, monkeypatch):
+    _, w = annotator
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    w.open_bank("  ~/banks/mine \n")  # pasted with spaces around it
+    assert w.bank.path == tmp_path / "home" / "banks" / "mine" and (w.bank.path / "bank.json").is_file()
+    assert not (Path.cwd() / "~").exists()
+    monkeypatch.chdir(tmp_path)
+    w.open_bank("relative-bank")
+    assert w.bank.path == tmp_path / "relative-bank" and w.bank_path.text() == str(tmp_path / "relative-bank")
+    from napari_matchseg.settings import Settings
+
+    assert Settings.load().bank == str(tmp_path / "relative-bank")  # reopened from anywhere next time, even empty
+
+
 @pytest.mark.slow
 def test_finetune_in_the_background_switches_checkpoint(annotator, qtbot, tmp_path):
     viewer, w = annotator

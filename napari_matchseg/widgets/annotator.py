@@ -8,6 +8,7 @@ no state that matters beyond the bank on disk, which is written as you go.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from pathlib import Path
 
@@ -210,7 +211,7 @@ class ReferenceAnnotator(QWidget):
         s.refine, s.threshold = self.refine_check.isChecked(), self.threshold.value() / 100
         s.mirror_tta, s.semi_rounds = self.mirror_check.isChecked(), self.rounds_spin.value()
         s.export_format = self.export_format.currentText()
-        s.bank = str(self.bank.path) if self.bank else s.bank
+        s.bank = str(self.bank.path) if self.bank is not None else s.bank  # an empty bank is falsy
         s.save()
 
     # ------------------------------------------------------------------ bank
@@ -221,11 +222,14 @@ class ReferenceAnnotator(QWidget):
             self.open_bank(folder)
 
     def open_bank(self, path: str) -> None:
+        """Open (or create) the bank at ``path`` as typed: ``~`` is the home folder and a relative path is taken
+        from where napari was started, then kept absolute (settings and checkpoints must mean the same next time)."""
+        path = path.strip()
         if not path:
             _notify_error("choose a folder for the reference bank first")
             return
         try:
-            self.bank = ReferenceBank.open(path, create=True)
+            self.bank = ReferenceBank.open(os.path.abspath(os.path.expanduser(path)), create=True)
         except MatchsegError as exc:
             _notify_error(str(exc))
             return
