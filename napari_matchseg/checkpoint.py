@@ -34,31 +34,59 @@ def save_checkpoint(path: str | Path, model: MatchSeg, metadata: dict[str, Any] 
     return atomic_write_bytes(path, save(tensors, metadata=meta), overwrite=overwrite)
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], MatchSegConfig, dict[str, Any]]:
-    path = Path(path)
+def _unreadable(path: Path, exc: Exception) -> WeightsError:
+    return WeightsError(f"{path} is not a readable safetensors checkpoint ({exc}); it may be incomplete "
+                        "or corrupt. Re-export or re-download it")
+
+
+def _header(path: Path) -> dict[str, str]:
+    """The safetensors header's metadata of a MatchSeg checkpoint, without reading its weights."""
     if not path.is_file():
         raise WeightsError(f"MatchSeg checkpoint {path} does not exist")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _unreadable(path, exc) from exc
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise WeightsError(f"{path} is a safetensors file but not a napari-matchseg checkpoint "
+                           "(no MatchSeg config in its metadata)")
+    return meta
+
+
+def _training_metadata(path: Path, meta: dict[str, str]) -> dict[str, Any]:
+    try:
+        return json.loads(meta.get("metadata", "{}"))
+    except ValueError as exc:
+        raise WeightsError(f"{path} has unreadable metadata: {exc}") from exc
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], MatchSegConfig, dict[str, Any]]:
+    path = Path(path)
+    meta = _header(path)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsError(f"{path} is not a readable safetensors checkpoint ({exc}); it may be incomplete "
-                           "or corrupt. Re-export or re-download it") from exc
-    if meta.get("format") != FORMAT or "config" not in meta:
-        raise WeightsError(f"{path} is a safetensors file but not a napari-matchseg checkpoint "
-                           "(no MatchSeg config in its metadata)")
+        raise _unreadable(path, exc) from exc
     try:
         config = MatchSegConfig.from_dict(json.loads(meta["config"]))
-        metadata = json.loads(meta.get("metadata", "{}"))
     except (ValueError, TypeError) as exc:
         raise WeightsError(f"{path} has an unreadable MatchSeg config: {exc}") from exc
-    return state, config, metadata
+    return state, config, _training_metadata(path, meta)
+
+
+def checkpoint_bank(path: str | Path) -> str | None:
+    """The bank folder a checkpoint was fine-tuned on (``finetune`` or ``semi``), as recorded; None for one
+    trained on datasets. Reads only the file's header."""
+    path = Path(path)
+    metadata = _training_metadata(path, _header(path))
+    semi = metadata.get("semi_supervised")
+    return metadata.get("finetuned_on") or (semi.get("bank") if isinstance(semi, dict) else None)
 
 
 def build_matchseg(checkpoint: str | Path | None = None) -> tuple[MatchSeg, dict[str, Any]]:

@@ -265,8 +265,34 @@ def test_finetune_in_the_background_switches_checkpoint(annotator, qtbot, tmp_pa
     w.finetune()
     assert w.busy and w.cancel_btn.isEnabled()
     qtbot.waitUntil(lambda: not w.busy, timeout=180_000)
-    assert w.settings.checkpoint.endswith("matchseg_finetuned.safetensors"), w.status.text()
-    assert (tmp_path / "bank" / "finetuned" / "matchseg_finetuned.safetensors").is_file()
+    tuned = tmp_path / "bank" / "finetuned" / "matchseg_finetuned.safetensors"
+    assert w.settings.checkpoint == str(tuned) and tuned.is_file(), w.status.text()
+    assert w.checkpoint_label.text() == "matchseg_finetuned.safetensors"  # which MatchSeg proposes is shown
+
+
+def test_the_checkpoint_in_use_is_shown_chosen_and_reset(annotator, tmp_path, tiny_ckpt, monkeypatch):
+    from napari_matchseg.checkpoint import build_matchseg, save_checkpoint
+    from napari_matchseg.settings import Settings
+
+    _, w = annotator
+    errors = []
+    monkeypatch.setattr("napari_matchseg.widgets.annotator._notify_error", errors.append)
+    assert w.checkpoint_label.text() == "tiny.safetensors" and w.checkpoint_label.toolTip() == str(tiny_ckpt)
+    tuned = save_checkpoint(tmp_path / "tuned.safetensors", build_matchseg(tiny_ckpt)[0],
+                            {"finetuned_on": str(tmp_path / "bank")})
+    w.use_checkpoint(str(tuned))
+    assert w.checkpoint_label.text() == "tuned.safetensors" and Settings.load().checkpoint == str(tuned)
+    w.open_bank(str(tmp_path / "other-bank"))  # the checkpoint stays in use, and says it was tuned elsewhere
+    assert w.checkpoint_label.text() == "tuned.safetensors (tuned on another bank)"
+    w.use_checkpoint("")  # "Use shipped"
+    assert w.settings.checkpoint == "" and w.checkpoint_label.text() == "shipped checkpoint"
+    (tmp_path / "half.safetensors").write_bytes(tuned.read_bytes()[:200])  # a half-written file
+    w.use_checkpoint(str(tmp_path / "half.safetensors"))
+    assert "not a readable safetensors checkpoint" in errors[-1] and w.settings.checkpoint == ""  # refused
+    w.use_checkpoint(str(tuned))
+    tuned.unlink()  # gone since: said so, with the way out
+    w.open_bank(str(tmp_path / "bank"))
+    assert w.checkpoint_label.text() == "tuned.safetensors (missing: use the shipped one or choose another)"
 
 
 def test_learn_from_unlabelled_slices_in_the_background(annotator, qtbot, tmp_path):

@@ -44,7 +44,7 @@ import torch
 from ..bank import ReferenceBank
 from ..checkpoint import build_matchseg, save_checkpoint
 from ..errors import Cancelled, InputError, WeightsError, name_list
-from ..fsutil import atomic_write_json
+from ..fsutil import atomic_write_json, same_folder
 from ..image_io import check_image, content_hash, list_images, read_image
 from ..predictor import MatchSegPredictor
 from ..pseudo_labels import PseudoLabelStore, confident_pseudo_label, refined_pseudo_label
@@ -172,20 +172,9 @@ def run_start(checkpoint: str | Path | None, bank: ReferenceBank) -> str | Path 
         base, run_bank = config["base"], config["bank"]
     except (OSError, ValueError, KeyError, TypeError):
         return checkpoint
-    if not _same_folder(run_bank, bank.path):
+    if not same_folder(run_bank, bank.path):
         return checkpoint
     return None if base == "default" else base
-
-
-def _same_folder(recorded: str | Path, path: str | Path) -> bool:
-    """Whether a folder recorded in a run or a checkpoint is ``path``, however either was spelt (``bank``,
-    ``./bank``, ``/data/bank``): runs and checkpoints made before paths were recorded absolute hold them as typed."""
-    if not recorded:
-        return False
-    try:
-        return Path(recorded).resolve() == Path(path).resolve()
-    except (OSError, TypeError, ValueError):
-        return False
 
 
 def _absolute(path: str | Path) -> str:
@@ -407,7 +396,7 @@ def _round_stats(store: PseudoLabelStore) -> dict:
 def _tuned_on(meta: dict, bank: ReferenceBank) -> bool:
     """Whether a checkpoint (its metadata) came out of ``finetune`` on this bank (same folder, same number of
     references): then it already is what the warm-up would make."""
-    return _same_folder(meta.get("finetuned_on", ""), bank.path) and meta.get("references") == len(bank)
+    return same_folder(meta.get("finetuned_on", ""), bank.path) and meta.get("references") == len(bank)
 
 
 def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, str]], run_dir: str | Path | None = None,

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGro
 
 from ..bank import ReferenceBank
 from ..errors import Cancelled, DuplicateReference, InputError, MatchsegError, name_list
+from ..fsutil import same_folder
 from ..image_io import check_image, check_mask, write_mask, write_mask_tiff
 from ..retrieval import RETRIEVER_NAMES
 from ..settings import Settings
@@ -144,6 +145,13 @@ class ReferenceAnnotator(QWidget):
         form.addRow("", self.refine_check)
         form.addRow("", self.mirror_check)
         form.addRow("device", self.device_combo)
+        form.addRow("MatchSeg", _row(
+            _button("Choose...", self._browse_checkpoint, "propose with another MatchSeg checkpoint (.safetensors)"),
+            _button("Use shipped", lambda: self.use_checkpoint(""), "go back to the checkpoint shipped with the plugin")))
+        self.checkpoint_label = QLabel()  # the one in use, on a line of its own: file names are long
+        self.checkpoint_label.setWordWrap(True)
+        form.addRow("", self.checkpoint_label)
+        self._show_checkpoint()
         form.addRow("threshold", self.threshold)
         self.propose_btn = _button("Propose", self.propose_current, "propose a mask for the current image/slice (P)")
         self.accept_btn = _button("Accept", self.accept_current, "add the (edited) proposal to the bank (A)")
@@ -214,6 +222,51 @@ class ReferenceAnnotator(QWidget):
         s.bank = str(self.bank.path) if self.bank is not None else s.bank  # an empty bank is falsy
         s.save()
 
+    # ------------------------------------------------------------------ checkpoint
+    def _browse_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "MatchSeg checkpoint", "", "safetensors (*.safetensors)")
+        if path:
+            self.use_checkpoint(path)
+
+    def use_checkpoint(self, path: str) -> None:
+        """Propose and learn with the MatchSeg checkpoint ``path`` from now on ("" = the shipped one). A file that
+        is not a usable checkpoint is refused with the reason, and the one in use stays."""
+        if path:
+            from ..checkpoint import build_matchseg  # torch: not at import (napari starts faster without it)
+
+            path = os.path.abspath(os.path.expanduser(path.strip()))
+            try:
+                build_matchseg(path)
+            except MatchsegError as exc:
+                _notify_error(str(exc))
+                return
+        self.settings.checkpoint = path
+        self._save_settings()
+        self._show_checkpoint()
+
+    def _show_checkpoint(self) -> None:
+        """Which MatchSeg proposes, and whether it was tuned on another bank than the open one (a checkpoint in
+        use stays in use when another bank is opened)."""
+        path = self.settings.checkpoint
+        if not path:
+            self.checkpoint_label.setText("shipped checkpoint")
+            self.checkpoint_label.setToolTip("the universal checkpoint shipped with the plugin")
+            return
+        note = ""
+        if not Path(path).is_file():
+            note = " (missing: use the shipped one or choose another)"
+        elif self.bank is not None:
+            from ..checkpoint import checkpoint_bank
+
+            try:
+                tuned_on = checkpoint_bank(path)
+            except MatchsegError as exc:
+                tuned_on, note = None, f" (unreadable: {exc})"
+            if tuned_on is not None and not same_folder(tuned_on, self.bank.path):
+                note = " (tuned on another bank)"
+        self.checkpoint_label.setText(Path(path).name + note)
+        self.checkpoint_label.setToolTip(path)
+
     # ------------------------------------------------------------------ bank
     def _browse_bank(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Bank folder")
@@ -236,6 +289,7 @@ class ReferenceAnnotator(QWidget):
         self.bank_path.setText(str(self.bank.path))
         self._save_settings()
         self._refresh_references()
+        self._show_checkpoint()
 
     def _refresh_references(self) -> None:
         self.references.clear()
@@ -593,8 +647,7 @@ class ReferenceAnnotator(QWidget):
                             cancel=self._cancel.is_set)
 
         def done(path):
-            self.settings.checkpoint = str(path)
-            self._save_settings()
+            self.use_checkpoint(str(path))
             self.status.setText(f"fine-tuned checkpoint in use: {path}")
 
         self._run(work, done, "fine-tuning MatchSeg on the bank...")
@@ -627,8 +680,7 @@ class ReferenceAnnotator(QWidget):
                             new_run_if_different=True)
 
         def done(path):
-            self.settings.checkpoint = str(path)
-            self._save_settings()
+            self.use_checkpoint(str(path))
             self.status.setText(f"learned from {len(todo)} unlabelled slices; checkpoint in use: {path}. "
                                 f"Pseudo-labels (not references): {path.parent / 'pseudo'}")
 
