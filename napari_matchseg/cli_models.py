@@ -89,8 +89,7 @@ def cmd_segment(args) -> int:
     existing = [t.name for t in targets if t.exists()]
     if existing and not args.overwrite:
         raise MatchsegError(f"{len(existing)} masks already exist in {out} ({name_list(existing)}); nothing was "
-                            "written. Use --overwrite or "
-                            "another --out folder")
+                            "written. Use --overwrite or another --out folder")
     bank, retriever, predictor = _pipeline(args)
     rng = np.random.default_rng(0)
     update, close = _progress("segmenting")

@@ -30,6 +30,11 @@ class _Signals(QObject):
     progress = Signal(int, int, str)
 
 
+def _typed_path(text: str) -> str:
+    """A path as a person types or pastes it: spaces around it dropped, ``~`` the home folder, made absolute (a
+    relative one is taken from where napari was started) so that it means the same in the settings next time."""
+    return os.path.abspath(os.path.expanduser(text.strip()))
+
 def _button(text: str, slot, tip: str = "") -> QPushButton:
     b = QPushButton(text)
     b.clicked.connect(slot)
@@ -147,7 +152,7 @@ class ReferenceAnnotator(QWidget):
         form.addRow("device", self.device_combo)
         form.addRow("MatchSeg", _row(
             _button("Choose...", self._browse_checkpoint, "propose with another MatchSeg checkpoint (.safetensors)"),
-            _button("Use shipped", lambda: self.use_checkpoint(""), "go back to the checkpoint shipped with the plugin")))
+            _button("Use shipped", lambda: self.use_checkpoint(""), "go back to the checkpoint the plugin ships")))
         self.checkpoint_label = QLabel()  # the one in use, on a line of its own: file names are long
         self.checkpoint_label.setWordWrap(True)
         form.addRow("", self.checkpoint_label)
@@ -234,7 +239,7 @@ class ReferenceAnnotator(QWidget):
         if path:
             from ..checkpoint import build_matchseg  # torch: not at import (napari starts faster without it)
 
-            path = os.path.abspath(os.path.expanduser(path.strip()))
+            path = _typed_path(path)
             try:
                 build_matchseg(path)
             except MatchsegError as exc:
@@ -277,12 +282,11 @@ class ReferenceAnnotator(QWidget):
     def open_bank(self, path: str) -> None:
         """Open (or create) the bank at ``path`` as typed: ``~`` is the home folder and a relative path is taken
         from where napari was started, then kept absolute (settings and checkpoints must mean the same next time)."""
-        path = path.strip()
-        if not path:
+        if not path.strip():
             _notify_error("choose a folder for the reference bank first")
             return
         try:
-            self.bank = ReferenceBank.open(os.path.abspath(os.path.expanduser(path)), create=True)
+            self.bank = ReferenceBank.open(_typed_path(path), create=True)
         except MatchsegError as exc:
             _notify_error(str(exc))
             return
