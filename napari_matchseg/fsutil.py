@@ -120,7 +120,7 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def same_folder(recorded: str | os.PathLike, path: str | os.PathLike) -> bool:
+def same_folder(recorded: str | os.PathLike | None, path: str | os.PathLike) -> bool:
     """Whether a folder recorded in a run or a checkpoint is ``path``, however either was spelt (``bank``,
     ``./bank``, ``/data/bank``): runs and checkpoints made before paths were recorded absolute hold them as typed."""
     if not recorded:

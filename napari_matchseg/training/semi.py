@@ -177,11 +177,6 @@ def run_start(checkpoint: str | Path | None, bank: ReferenceBank) -> str | Path 
     return None if base == "default" else base
 
 
-def _absolute(path: str | Path) -> str:
-    """How a run records a file or folder: absolute, so that it means the same from any working folder."""
-    return os.path.abspath(path)
-
-
 def _digest(items: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
 
@@ -219,7 +214,7 @@ def _open_run(run: Path, settings: dict, new_run_if_different: bool, log) -> Pat
         started = json.loads(file.read_text())
         for key in ("bank", "base"):  # a run started before paths were recorded absolute holds them as typed
             if started.get(key) not in (None, "default"):
-                started[key] = _absolute(started[key])
+                started[key] = os.path.abspath(started[key])
         return started
 
     if new_run_if_different:
@@ -396,7 +391,7 @@ def _round_stats(store: PseudoLabelStore) -> dict:
 def _tuned_on(meta: dict, bank: ReferenceBank) -> bool:
     """Whether a checkpoint (its metadata) came out of ``finetune`` on this bank (same folder, same number of
     references): then it already is what the warm-up would make."""
-    return same_folder(meta.get("finetuned_on", ""), bank.path) and meta.get("references") == len(bank)
+    return same_folder(meta.get("finetuned_on"), bank.path) and meta.get("references") == len(bank)
 
 
 def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, str]], run_dir: str | Path | None = None,
@@ -431,7 +426,8 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
         raise InputError("no unlabelled images left to learn from (all of them are already in the bank)")
     if len({item[0] for item in items}) != len(items):
         raise InputError("unlabelled images need unique names")
-    run = Path(_absolute(run_dir if run_dir is not None else default_run_dir(bank)))
+    # paths recorded absolute: the run, its records and its checkpoints mean the same from any working folder
+    run = Path(os.path.abspath(run_dir if run_dir is not None else default_run_dir(bank)))
     bank_ids = bank.ids()
     semi_settings = dataclasses.asdict(cfg)
     if not cfg.warmup_steps:
@@ -442,8 +438,8 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
         del semi_settings["cutmix"]
     if cfg.select == "agreement":  # absent = agreement (likewise)
         del semi_settings["select"]
-    settings = {"semi": semi_settings, "base": _absolute(base) if base else "default",
-                "bank": _absolute(bank.path), "references": _digest(bank_ids),
+    settings = {"semi": semi_settings, "base": os.path.abspath(base) if base else "default",
+                "bank": os.path.abspath(bank.path), "references": _digest(bank_ids),
                 "unlabelled": _digest([f"{n}:{sha}" for n, _, _, sha in items])}
     run = _open_run(run, settings, new_run_if_different, log)
     final = run / FINAL_NAME
@@ -462,7 +458,7 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
     total = cfg.warmup_steps + cfg.rounds * per_round
     report = progress or (lambda d, t, s: None)
     t0, stats = time.time(), []
-    previous = _absolute(base) if base else None  # recorded with each pseudo-label
+    previous = os.path.abspath(base) if base else None  # recorded with each pseudo-label
     if cfg.warmup_steps:  # the teacher: its pseudo-labels are only as good as what it learnt from the bank
         warm = run / WARMUP_NAME
         if not warm.exists():

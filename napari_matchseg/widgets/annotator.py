@@ -35,6 +35,7 @@ def _typed_path(text: str) -> str:
     relative one is taken from where napari was started) so that it means the same in the settings next time."""
     return os.path.abspath(os.path.expanduser(text.strip()))
 
+
 def _button(text: str, slot, tip: str = "") -> QPushButton:
     b = QPushButton(text)
     b.clicked.connect(slot)
@@ -245,6 +246,10 @@ class ReferenceAnnotator(QWidget):
             except MatchsegError as exc:
                 _notify_error(str(exc))
                 return
+        self._set_checkpoint(path)
+
+    def _set_checkpoint(self, path: str) -> None:
+        """Switch to a checkpoint already known to be good (one a worker just wrote, or one checked above)."""
         self.settings.checkpoint = path
         self._save_settings()
         self._show_checkpoint()
@@ -651,7 +656,7 @@ class ReferenceAnnotator(QWidget):
                             cancel=self._cancel.is_set)
 
         def done(path):
-            self.use_checkpoint(str(path))
+            self._set_checkpoint(str(path))
             self.status.setText(f"fine-tuned checkpoint in use: {path}")
 
         self._run(work, done, "fine-tuning MatchSeg on the bank...")
@@ -684,7 +689,7 @@ class ReferenceAnnotator(QWidget):
                             new_run_if_different=True)
 
         def done(path):
-            self.use_checkpoint(str(path))
+            self._set_checkpoint(str(path))
             self.status.setText(f"learned from {len(todo)} unlabelled slices; checkpoint in use: {path}. "
                                 f"Pseudo-labels (not references): {path.parent / 'pseudo'}")
 
