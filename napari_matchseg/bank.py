@@ -1,17 +1,24 @@
 """The reference bank: labelled image/mask pairs in a folder a user can copy, zip and share.
 
-Layout (everything but ``embeddings/`` is plain files a person can open)::
+Layout (everything but ``embeddings/`` and ``features/`` is plain files a person can open)::
 
     BANK/
-      bank.json            format header + one record per reference (human readable)
+      bank.json            format header + one record per reference (human readable; see bank_format)
       images/<id>.png|.tif the reference images, lossless, exactly as added
-      masks/<id>.png       binary masks, 0 / 255
+      masks/<id>.png       binary masks, 0 / 255 (``<id>.r<n>.png`` after the mask was edited)
       embeddings/<model>/  cached retrieval vectors, one array per retriever (see embedding_store)
+      features/<model>/    cached per-reference features of a proposer (see feature_cache)
       .bank.lock           taken by every writer (two processes never interleave writes)
+      .pending.json        while a write is under way: the files it is creating or about to delete
 
 Every file is written atomically (temporary file + rename) and ``bank.json`` is committed last, so
-a process killed mid-write leaves a bank that opens with every completed reference intact; at worst
-a few orphan files remain, which :meth:`ReferenceBank.check` reports and ``fix=True`` removes.
+a process killed mid-write leaves a bank that opens with every completed reference intact. What it
+left half-done is in ``.pending.json``: the next process to take the lock (any write, or opening the
+bank) deletes those files unless ``bank.json`` refers to them, and removes stale temporary files.
+
+A bank folder is untrusted input: :mod:`~napari_matchseg.bank_format` refuses records whose ids or
+files point anywhere but their own ``images/``/``masks/`` files, and no path through a symbolic link
+is followed, so nothing in a shared bank can make this code read, write or delete outside it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import json
 import os
 import re
@@ -29,17 +37,17 @@ from typing import Any
 import filelock
 import numpy as np
 
+from .bank_format import (BANK_FILE, FORMAT, FORMAT_VERSION, SOURCES, SUBFOLDERS, Reference, format_bank_json,
+                          image_file_for, mask_file_for, parse_bank_data, slug)
 from .embedding_store import EmbeddingStore
 from .errors import BankError, Cancelled, DuplicateReference, InputError, ReferenceNotFound
-from .fsutil import atomic_write, atomic_write_text, remove_stale_temp_files
+from .fsutil import atomic_write, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from .image_io import (check_image, check_mask, content_hash, encode_image, encode_mask_png,
                        read_image, read_mask)
 
-BANK_FILE = "bank.json"
-FORMAT = "napari-matchseg-bank"
-FORMAT_VERSION = 1
-SOURCES = ("manual", "accepted_proposal")
 LOCK_TIMEOUT_S = 60.0
+JOURNAL = ".pending.json"
+STALE_FEATURE_TEMP_S = 600.0  # feature files are written without the lock: only old temporaries are leftovers
 
 ProgressFn = Callable[[int, int], None]
 
@@ -48,65 +56,30 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _format_bank_json(header: dict[str, Any], refs: list[str]) -> str:
-    """Header fields one per line, then one line per (JSON-encoded) reference: readable and diff-friendly."""
-    out = ["{"] + [f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}," for k, v in header.items()]
-    out.append(' "references": [' + ("" if refs else "]"))
-    if refs:
-        out.append(",\n".join(f"  {line}" for line in refs))
-        out.append(" ]")
-    out.append("}")
-    return "\n".join(out) + "\n"
+class Added(list):
+    """The references :meth:`ReferenceBank.add_many` returns, with how many of them it created itself
+    (the rest were already there: added earlier, or by another process meanwhile)."""
 
-
-def _slug(name: str, max_len: int = 64) -> str:
-    stem = Path(str(name)).stem if name else ""
-    s = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-")[:max_len]
-    return s or "ref"
-
-
-@dataclasses.dataclass(frozen=True)
-class Reference:
-    """Metadata of one reference; pixels are loaded on demand with the bank's ``load_*``."""
-
-    id: str
-    original_name: str
-    image_file: str
-    mask_file: str
-    shape: tuple[int, ...]
-    dtype: str
-    image_sha256: str
-    mask_sha256: str
-    foreground_fraction: float
-    source: str
-    added: str
-    updated: str
-
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["shape"] = list(self.shape)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Reference:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        missing = fields - d.keys()
-        if missing:
-            raise BankError(f"reference record {d.get('id', '?')!r} lacks {sorted(missing)}")
-        return cls(**{k: (tuple(d[k]) if k == "shape" else d[k]) for k in fields})
+    created: int = 0
 
 
 class _LazyImages(Sequence):
-    """Images of a bank read from disk only when a batch needs them."""
+    """Images of a bank read from disk only when a batch needs them; a reference that another process
+    removed meanwhile gives a placeholder, and its index is noted in ``gone`` so its vector is dropped."""
 
     def __init__(self, bank: ReferenceBank, ids: list[str]):
         self._bank, self._ids = bank, ids
+        self.gone: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def __getitem__(self, i):
-        return self._bank.load_image(self._ids[i])
+        try:
+            return self._bank.load_image(self._ids[i])
+        except ReferenceNotFound:
+            self.gone.add(i)
+            return np.zeros((8, 8), np.uint8)
 
 
 def _stat_signature(st: os.stat_result) -> tuple:
@@ -121,6 +94,20 @@ def _signature(f: Path) -> tuple | None:
         return None
 
 
+def disk_error_message(path: Path, action: str, exc: OSError) -> str:
+    """One actionable line for a write that the file system refused."""
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"bank {path} is read-only ({exc.strerror}), so napari-matchseg cannot {action}. Copy the bank "
+                "to a folder you can write to, or ask its owner for write access; nothing was changed")
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return (f"the disk holding bank {path} is full ({exc.strerror}): could not {action}. What was already "
+                "committed is kept and nothing half-written was left; free some space and try again")
+    return f"could not {action} in bank {path}: {exc}"
+
+
+_MANAGED = re.compile(r"(images|masks)/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 class ReferenceBank:
     """A folder of labelled references; see the module docstring for the layout.
 
@@ -128,49 +115,65 @@ class ReferenceBank:
     other processes' changes); every write takes the lock, re-reads ``bank.json`` and commits it.
     """
 
-    def __init__(self, path: str | Path, data: dict[str, Any], signature: tuple | None):
+    def __init__(self, path: str | Path, data: dict[str, Any], refs: list[Reference], signature: tuple | None):
         self.path = Path(path)
         self._lock = filelock.FileLock(str(self.path / ".bank.lock"), timeout=LOCK_TIMEOUT_S)
         self._stores: dict[str, EmbeddingStore] = {}
-        self._apply(data, signature)
+        self._apply(data, refs, signature)
 
     # ------------------------------------------------------------------ open / create
     @classmethod
-    def create(cls, path: str | Path) -> ReferenceBank:
-        """Create an empty bank at ``path`` (a new or empty folder)."""
+    def create(cls, path: str | Path, exist_ok: bool = False) -> ReferenceBank:
+        """Create an empty bank at ``path`` (a new or empty folder). A bank that another process creates
+        at the same moment is not an error: both get the same bank (and ``exist_ok`` opens an existing one)."""
         path = Path(path)
         if (path / BANK_FILE).exists():
+            if exist_ok:
+                return cls.open(path)
             raise BankError(f"{path} is already a reference bank; open it instead of creating it")
         if path.exists() and not path.is_dir():
             raise BankError(f"{path} exists and is not a folder")
-        if path.is_dir() and any(p for p in path.iterdir() if not p.name.startswith(".")):
+        if path.is_dir() and _foreign_content(path) and not (path / BANK_FILE).exists():
             raise BankError(f"{path} is a non-empty folder that is not a reference bank; "
                             "choose a new or empty folder for the bank")
-        for sub in ("images", "masks", "embeddings"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
-        data = {"format": FORMAT, "version": FORMAT_VERSION, "created": _now()}
-        with filelock.FileLock(str(path / ".bank.lock"), timeout=LOCK_TIMEOUT_S):
-            if (path / BANK_FILE).exists():  # lost a race with another creator: use theirs
-                return cls.open(path)
-            atomic_write_text(path / BANK_FILE, _format_bank_json(data, []))
-            return cls(path, dict(data, references=[]), _signature(path / BANK_FILE))
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            _check_no_links(path)
+            with filelock.FileLock(str(path / ".bank.lock"), timeout=LOCK_TIMEOUT_S):
+                if (path / BANK_FILE).exists():  # another creator was first: use theirs
+                    return cls.open(path)
+                if _foreign_content(path):
+                    raise BankError(f"{path} is a non-empty folder that is not a reference bank; "
+                                    "choose a new or empty folder for the bank")
+                for sub in SUBFOLDERS[:3]:
+                    (path / sub).mkdir(exist_ok=True)
+                data = {"format": FORMAT, "version": FORMAT_VERSION, "created": _now()}
+                atomic_write_text(path / BANK_FILE, format_bank_json(data, []))
+                return cls(path, dict(data, references=[]), [], _signature(path / BANK_FILE))
+        except filelock.Timeout:
+            raise BankError(f"{path} is locked by another process (waited {LOCK_TIMEOUT_S:.0f} s)") from None
+        except OSError as exc:
+            raise BankError(disk_error_message(path, "create the bank", exc)) from exc
 
     @classmethod
     def open(cls, path: str | Path, create: bool = False) -> ReferenceBank:
         """Open an existing bank (or create it when ``create`` and the folder is new/empty)."""
         path = Path(path)
-        if not (path / BANK_FILE).exists():
+        if not (path / BANK_FILE).exists() and not (path / BANK_FILE).is_symlink():
             if create:
-                return cls.create(path)
+                return cls.create(path, exist_ok=True)
             if not path.exists():
                 raise BankError(f"no reference bank at {path}: the folder does not exist. Create one "
                                 f"with `matchseg bank create {path}` or ReferenceBank.create()")
             raise BankError(f"{path} is not a napari-matchseg reference bank (no {BANK_FILE} in it). "
                             "Choose the bank folder itself, or create a new bank in an empty folder")
-        return cls(path, *cls._read(path))
+        _check_no_links(path)
+        bank = cls(path, *cls._read(path))
+        bank._tidy_if_free()
+        return bank
 
     @staticmethod
-    def _read(path: Path) -> tuple[dict[str, Any], tuple]:
+    def _read(path: Path) -> tuple[dict[str, Any], list[Reference], tuple]:
         """The bank file's contents and the signature of the very file they came from (a writer may
         replace ``bank.json`` between a read and a later ``stat``: pairing them would hide its commit)."""
         f = path / BANK_FILE
@@ -181,22 +184,13 @@ class ReferenceBank:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BankError(f"{f} is corrupt ({exc}); it was changed outside napari-matchseg. "
                             "Restore it from a copy of the bank") from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise BankError(f"{f} is not a napari-matchseg bank file (format is "
-                            f"{data.get('format') if isinstance(data, dict) else type(data).__name__!r})")
-        if int(data.get("version", 0)) > FORMAT_VERSION:
-            raise BankError(f"{path} was written by a newer napari-matchseg (bank format "
-                            f"{data['version']}, this version reads {FORMAT_VERSION}); upgrade the package")
-        if not isinstance(data.get("references"), list):
-            raise BankError(f"{f} has no list of references")
-        return data, signature
+        except OSError as exc:
+            raise BankError(f"cannot read {f}: {exc.strerror}") from exc
+        return data, parse_bank_data(data, str(f)), signature
 
-    def _apply(self, data: dict[str, Any], signature: tuple | None) -> None:
+    def _apply(self, data: dict[str, Any], refs: list[Reference], signature: tuple | None) -> None:
         self._header = {k: v for k, v in data.items() if k != "references"}
-        self._refs: dict[str, Reference] = {}
-        for d in data["references"]:
-            ref = Reference.from_json(d)
-            self._refs[ref.id] = ref
+        self._refs: dict[str, Reference] = {r.id: r for r in refs}
         self._by_hash = {r.image_sha256: r.id for r in self._refs.values()}
         self._lines: dict[str, tuple[Reference, str]] = {}  # id -> (record, its JSON): re-encode only changes
         self._signature = signature  # of the bank.json that ``data`` came from
@@ -236,28 +230,113 @@ class ReferenceBank:
         """Id of the reference whose image has this :func:`~napari_matchseg.image_io.content_hash`, if any."""
         return self._by_hash.get(image_sha256)
 
+    def file(self, rel: str) -> Path:
+        """The path of one of the bank's own files, refusing a symbolic link (it could lead out of the bank)."""
+        p = self.path / rel
+        if p.is_symlink() or p.parent.is_symlink():
+            raise BankError(f"{p} is a symbolic link; a bank's files must be plain files inside it, so it is "
+                            "not followed. Replace the link by the file itself")
+        return p
+
+    def _load(self, ref_id: str, read):
+        """Read a reference's file; if it vanished, another process changed the bank: look again once."""
+        for attempt in range(2):
+            ref = self.get(ref_id)
+            try:
+                return read(ref)
+            except InputError:
+                if attempt or self.file(ref.image_file).exists() and self.file(ref.mask_file).exists():
+                    raise
+                self.refresh()
+                if ref_id not in self._refs:
+                    raise ReferenceNotFound(f"reference {ref_id!r} was removed from bank {self.path} by another "
+                                            "process meanwhile") from None
+
     def load_image(self, ref_id: str) -> np.ndarray:
-        return read_image(self.path / self.get(ref_id).image_file)
+        return self._load(ref_id, lambda ref: read_image(self.file(ref.image_file)))
 
     def load_mask(self, ref_id: str) -> np.ndarray:
-        ref = self.get(ref_id)
-        return read_mask(self.path / ref.mask_file, ref.shape)
+        return self._load(ref_id, lambda ref: read_mask(self.file(ref.mask_file), ref.shape))
 
     # ------------------------------------------------------------------ write
     @contextlib.contextmanager
-    def _writing(self):
+    def _writing(self, action: str = "write to it"):
         try:
             self._lock.acquire()
         except filelock.Timeout:
             raise BankError(f"bank {self.path} is locked by another process (waited {LOCK_TIMEOUT_S:.0f} s); "
                             "close the other program or wait for it to finish") from None
+        except OSError as exc:
+            raise BankError(disk_error_message(self.path, action, exc)) from exc
         try:
+            _check_no_links(self.path)
             self.refresh()
-            for sub in (self.path, self.path / "images", self.path / "masks"):
-                remove_stale_temp_files(sub)
+            self._tidy()
             yield
+        except BaseException as exc:
+            self._signature = None  # what is in memory may not have been committed: read the bank again
+            with contextlib.suppress(Exception):
+                self.refresh()
+            if isinstance(exc, OSError):
+                raise BankError(disk_error_message(self.path, action, exc)) from exc
+            raise
         finally:
             self._lock.release()
+
+    def _tidy(self) -> None:
+        """Under the lock: undo what a killed writer left half-done (its journal) and remove temporaries."""
+        for sub in (self.path, self.path / "images", self.path / "masks"):
+            remove_stale_temp_files(sub)
+        for kind, age in (("embeddings", None), ("features", STALE_FEATURE_TEMP_S)):
+            root = self.path / kind
+            if root.is_dir() and not root.is_symlink():
+                for d in root.iterdir():
+                    if d.is_dir() and not d.is_symlink():
+                        remove_stale_temp_files(d, older_than_s=age)
+        journal = self.path / JOURNAL
+        if not (journal.exists() or journal.is_symlink()):
+            return
+        try:
+            pending = json.loads(journal.read_text()) if not journal.is_symlink() else {}
+        except (OSError, ValueError):
+            pending = {}
+        referenced = {f for r in self._refs.values() for f in (r.image_file, r.mask_file)}
+        for rel in (pending.get("written", []) + pending.get("obsolete", [])) if isinstance(pending, dict) else []:
+            if isinstance(rel, str) and _MANAGED.fullmatch(rel) and rel not in referenced:
+                (self.path / rel).unlink(missing_ok=True)  # a plain name in a checked folder: never outside
+        journal.unlink()
+
+    def _tidy_if_free(self) -> None:
+        """At open: tidy up after a killed writer if nobody is writing now and the bank is writable."""
+        try:
+            self._lock.acquire(timeout=0)
+        except (filelock.Timeout, OSError):
+            return
+        try:
+            self._tidy()
+        except OSError:
+            pass
+        finally:
+            self._lock.release()
+
+    @contextlib.contextmanager
+    def _journal(self, written: list[str], obsolete: list[str] = ()):
+        """Record the files a write creates or will delete, so a kill at any point can be undone."""
+        atomic_write_json(self.path / JOURNAL, {"written": written, "obsolete": list(obsolete)})
+        before = _signature(self.path / BANK_FILE)
+        try:
+            yield
+        except BaseException:
+            if _signature(self.path / BANK_FILE) == before:  # not committed (full disk...): undo this write
+                for rel in written:
+                    with contextlib.suppress(OSError):
+                        (self.path / rel).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    (self.path / JOURNAL).unlink()
+            raise
+        for rel in obsolete:  # a plain name in a checked folder; unlinking a symbolic link removes only the link
+            (self.path / rel).unlink(missing_ok=True)
+        (self.path / JOURNAL).unlink()
 
     def _commit(self) -> None:
         self._header["updated"] = _now()
@@ -267,12 +346,12 @@ class ReferenceBank:
             if cached is None or cached[0] is not ref:
                 cached = self._lines[ref.id] = (ref, json.dumps(ref.to_json(), ensure_ascii=False))
             lines.append(cached[1])
-        atomic_write_text(self.path / BANK_FILE, _format_bank_json(self._header, lines))
+        atomic_write_text(self.path / BANK_FILE, format_bank_json(self._header, lines))
         self._signature = _signature(self.path / BANK_FILE)  # under the lock: nobody replaced it since
         self._by_hash = {r.image_sha256: r.id for r in self._refs.values()}
 
     def _unique_id(self, name: str | None) -> str:
-        base = _slug(name or "ref")
+        base = slug(name or "ref")
         taken = {i.lower() for i in self._refs}
         rid, n = base, 1
         while rid.lower() in taken or self._files_exist(rid):
@@ -281,8 +360,8 @@ class ReferenceBank:
         return rid
 
     def _files_exist(self, rid: str) -> bool:
-        return any((self.path / "images" / f"{rid}{s}").exists() for s in (".png", ".tif")) or \
-            (self.path / "masks" / f"{rid}.png").exists()
+        return any((self.path / image_file_for(rid, s)).exists() for s in (".png", ".tif")) or \
+            (self.path / mask_file_for(rid)).exists()
 
     def _prepare(self, image, mask, name, source, allow_empty):
         if source not in SOURCES:
@@ -293,7 +372,8 @@ class ReferenceBank:
         img_bytes, suffix = encode_image(img)
         return img, m, content_hash(img), img_bytes, suffix, encode_mask_png(m)
 
-    def _insert(self, prepared, name, source, on_duplicate) -> Reference:
+    def _plan(self, prepared, name, source, on_duplicate) -> tuple[Reference, bytes, bytes] | Reference:
+        """The record of a new reference and its files' bytes (nothing written yet), or the existing one."""
         img, m, h, img_bytes, suffix, mask_bytes = prepared
         existing = self._by_hash.get(h)
         if existing is not None:
@@ -302,17 +382,26 @@ class ReferenceBank:
             raise DuplicateReference(f"this image is already in the bank as {existing!r}; "
                                      "use update_mask() to change its mask", existing)
         rid = self._unique_id(name)
-        image_file, mask_file = f"images/{rid}{suffix}", f"masks/{rid}.png"
-        atomic_write(self.path / image_file, lambda f: f.write(img_bytes), overwrite=False)
-        atomic_write(self.path / mask_file, lambda f: f.write(mask_bytes), overwrite=False)
         now = _now()
-        ref = Reference(id=rid, original_name=str(name or ""), image_file=image_file, mask_file=mask_file,
-                        shape=tuple(int(s) for s in img.shape), dtype=str(img.dtype), image_sha256=h,
-                        mask_sha256=content_hash(m), foreground_fraction=round(float(m.mean()), 6),
+        ref = Reference(id=rid, original_name=str(name or ""), image_file=image_file_for(rid, suffix),
+                        mask_file=mask_file_for(rid), shape=tuple(int(s) for s in img.shape), dtype=str(img.dtype),
+                        image_sha256=h, mask_sha256=content_hash(m), foreground_fraction=round(float(m.mean()), 6),
                         source=source, added=now, updated=now)
         self._refs[rid] = ref
         self._by_hash[h] = rid
-        return ref
+        return ref, img_bytes, mask_bytes
+
+    def _insert_batch(self, batch, source, on_duplicate) -> tuple[list[Reference], int]:
+        """Plan, write and commit a batch under one lock; returns its references and how many are new."""
+        planned = [self._plan(prepared, name, source, on_duplicate) for prepared, name in batch]
+        new = [p for p in planned if isinstance(p, tuple)]
+        if new:
+            with self._journal([f for ref, _, _ in new for f in (ref.image_file, ref.mask_file)]):
+                for ref, img_bytes, mask_bytes in new:
+                    atomic_write(self.file(ref.image_file), lambda f: f.write(img_bytes), overwrite=False)
+                    atomic_write(self.file(ref.mask_file), lambda f: f.write(mask_bytes), overwrite=False)
+                self._commit()
+        return [p[0] if isinstance(p, tuple) else p for p in planned], len(new)
 
     def add(self, image, mask, *, name: str | None = None, source: str = "manual",
             allow_empty: bool = False, on_duplicate: str = "error") -> Reference:
@@ -322,28 +411,26 @@ class ReferenceBank:
         ``"skip"`` (return the existing reference) when the same image is already in the bank.
         """
         prepared = self._prepare(image, mask, name, source, allow_empty)
-        with self._writing():
-            ref = self._insert(prepared, name, source, on_duplicate)
-            self._commit()
-        return ref
+        with self._writing("add a reference"):
+            return self._insert_batch([(prepared, name)], source, on_duplicate)[0][0]
 
     def add_many(self, items: Iterable[tuple[Any, Any, str | None]], *, source: str = "manual",
-                 allow_empty: bool = False, on_duplicate: str = "skip", commit_every: int = 64,
+                 allow_empty: bool = False, on_duplicate: str = "skip", commit_every: int = 16,
                  total: int | None = None, progress: ProgressFn | None = None,
-                 cancel: Callable[[], bool] | None = None) -> list[Reference]:
+                 cancel: Callable[[], bool] | None = None) -> Added:
         """Add ``(image, mask, name)`` items (arrays or zero-argument callables that load them),
         committing every ``commit_every`` items so an interruption keeps what was committed.
         """
-        out: list[Reference] = []
+        out = Added()
         batch: list[tuple] = []
 
         def flush():
             if not batch:
                 return
-            with self._writing():
-                for prepared, name in batch:
-                    out.append(self._insert(prepared, name, source, on_duplicate))
-                self._commit()
+            with self._writing("add references"):
+                refs, created = self._insert_batch(batch, source, on_duplicate)
+            out.extend(refs)
+            out.created += created
             batch.clear()
 
         for i, (image, mask, name) in enumerate(items):
@@ -360,35 +447,35 @@ class ReferenceBank:
         flush()
         return out
 
-    def update_mask(self, ref_id: str, mask, *, source: str | None = None) -> Reference:
-        """Replace a reference's mask (written under a new file name, then committed)."""
-        with self._writing():
+    def update_mask(self, ref_id: str, mask, *, source: str | None = None, allow_empty: bool = False) -> Reference:
+        """Replace a reference's mask (written under a new file name, then committed). An empty mask is
+        refused unless ``allow_empty``: it would silently replace a labelled structure by nothing."""
+        if source is not None and source not in SOURCES:
+            raise InputError(f"source must be one of {SOURCES}, not {source!r}")
+        with self._writing("change a mask"):
             ref = self.get(ref_id)
-            m = check_mask(mask, ref.shape, name=f"new mask of {ref_id}")
+            m = check_mask(mask, ref.shape, name=f"new mask of {ref_id}", allow_empty=allow_empty)
             rev = 2
-            while (self.path / "masks" / f"{ref_id}.r{rev}.png").exists():
+            while (self.path / mask_file_for(ref_id, rev)).exists():
                 rev += 1
-            mask_file = f"masks/{ref_id}.r{rev}.png"
+            mask_file = mask_file_for(ref_id, rev)
             data = encode_mask_png(m)
-            atomic_write(self.path / mask_file, lambda f: f.write(data), overwrite=False)
             new = dataclasses.replace(ref, mask_file=mask_file, mask_sha256=content_hash(m),
                                       foreground_fraction=round(float(m.mean()), 6),
                                       source=source or ref.source, updated=_now())
-            if new.source not in SOURCES:
-                raise InputError(f"source must be one of {SOURCES}, not {new.source!r}")
-            self._refs[ref_id] = new
-            self._commit()
-            (self.path / ref.mask_file).unlink(missing_ok=True)
+            with self._journal([mask_file], obsolete=[ref.mask_file]):
+                atomic_write(self.file(mask_file), lambda f: f.write(data), overwrite=False)
+                self._refs[ref_id] = new
+                self._commit()
         return new
 
     def remove(self, ref_id: str) -> None:
         """Remove a reference (metadata first, then its files)."""
-        with self._writing():
+        with self._writing("remove a reference"):
             ref = self.get(ref_id)
-            del self._refs[ref_id]
-            self._commit()
-            for f in (ref.image_file, ref.mask_file):
-                (self.path / f).unlink(missing_ok=True)
+            with self._journal([], obsolete=[ref.image_file, ref.mask_file]):
+                del self._refs[ref_id]
+                self._commit()
 
     # ------------------------------------------------------------------ integrity
     def check(self, fix: bool = False, verify_hashes: bool = True) -> list[str]:
@@ -400,6 +487,9 @@ class ReferenceBank:
                                  (ref.mask_file, ref.mask_sha256, "mask")):
                 referenced.add(f)
                 p = self.path / f
+                if p.is_symlink():
+                    problems.append(f"{ref.id}: {kind} file {f} is a symbolic link (not followed)")
+                    continue
                 if not p.exists():
                     problems.append(f"{ref.id}: {kind} file {f} is missing")
                     continue
@@ -411,16 +501,20 @@ class ReferenceBank:
                         continue
                     if content_hash(arr) != sha:
                         problems.append(f"{ref.id}: {kind} file {f} does not match its recorded hash")
+        orphans = []
         for sub in ("images", "masks"):
             folder = self.path / sub
             for p in sorted(folder.iterdir()) if folder.is_dir() else []:
                 rel = f"{sub}/{p.name}"
                 if rel not in referenced:
                     problems.append(f"orphan file {rel} (left by an interrupted write)")
-                    if fix:
-                        with self._writing():
-                            if rel not in {r.image_file for r in self} | {r.mask_file for r in self}:
-                                p.unlink(missing_ok=True)
+                    orphans.append(rel)
+        if fix and orphans:
+            with self._writing("remove orphan files"):
+                owned = {f for r in self for f in (r.image_file, r.mask_file)}
+                for rel in orphans:
+                    if rel not in owned:
+                        (self.path / rel).unlink(missing_ok=True)
         return problems
 
     # ------------------------------------------------------------------ embeddings
@@ -434,20 +528,40 @@ class ReferenceBank:
         return store
 
     def embeddings(self, retriever, *, progress: ProgressFn | None = None,
-                   cancel: Callable[[], bool] | None = None) -> np.ndarray:
+                   cancel: Callable[[], bool] | None = None, must_cache: bool = False) -> np.ndarray:
         """(len(bank), dim) L2-normalised vectors in ``ids()`` order, embedding only what is new.
 
         Vectors are cached per retriever ``model_id`` and image content hash, so each image is
-        embedded once per retriever whatever it is renamed to, re-added as, or shared with.
+        embedded once per retriever whatever it is renamed to, re-added as, or shared with. A bank that
+        cannot be written (read-only, full disk) still gives its vectors; they are just not cached (unless
+        ``must_cache``: then that is an error).
+        References that another process removes meanwhile are skipped (``ids()`` then no longer has them).
         """
+        self.refresh()
         store = self.embedding_store(retriever.model_id)
-        refs = list(self)
-        missing = [r for r in refs if not store.has(r.image_sha256)]
-        if missing:
-            vecs = retriever.embed(_LazyImages(self, [r.id for r in missing]), progress=progress,
-                                   cancel=cancel)
-            store.add([r.image_sha256 for r in missing], vecs)
-        return store.get([r.image_sha256 for r in refs])
+        uncached: dict[str, np.ndarray] = {}
+        while True:
+            refs = list(self)
+            missing = [r for r in refs if not store.has(r.image_sha256) and r.image_sha256 not in uncached]
+            if not missing:
+                break
+            images = _LazyImages(self, [r.id for r in missing])
+            vecs = np.asarray(retriever.embed(images, progress=progress, cancel=cancel), dtype=np.float32)
+            keep = [i for i in range(len(missing)) if i not in images.gone]
+            hashes = [missing[i].image_sha256 for i in keep]
+            try:
+                store.add(hashes, vecs[keep])
+            except (OSError, filelock.Timeout) as exc:
+                if must_cache:
+                    reason = exc if isinstance(exc, OSError) else OSError(errno.EBUSY, "locked by another process")
+                    raise BankError(disk_error_message(self.path, "cache the vectors", reason)) from exc
+                uncached.update(zip(hashes, vecs[keep]))
+            if not images.gone:
+                break
+        hashes = [r.image_sha256 for r in refs]
+        if not uncached:
+            return store.get(hashes)
+        return np.stack([uncached[h] if h in uncached else store.get([h])[0] for h in hashes])
 
     def info(self) -> dict[str, Any]:
         """A summary for ``matchseg bank info`` and the plugin's status line."""
@@ -460,7 +574,7 @@ class ReferenceBank:
         emb = {}
         root = self.path / "embeddings"
         for d in sorted(root.iterdir()) if root.is_dir() else []:
-            if d.is_dir():
+            if d.is_dir() and not d.is_symlink():
                 st = EmbeddingStore.from_folder(d)
                 if st is not None:
                     hashes = {r.image_sha256 for r in refs}
@@ -471,3 +585,25 @@ class ReferenceBank:
                 "image_types": dict(sorted(shapes.items(), key=lambda kv: -kv[1])),
                 "embeddings": emb, "created": self._header.get("created"),
                 "updated": self._header.get("updated")}
+
+
+def _foreign_content(path: Path) -> bool:
+    """Whether a folder holds anything but hidden files and the empty subfolders that a creator killed
+    before it wrote ``bank.json`` (or one creating the bank right now) leaves."""
+    return any(not p.name.startswith(".") and not (p.name in SUBFOLDERS and p.is_dir() and not p.is_symlink()
+                                                   and not any(p.iterdir()))
+               for p in path.iterdir())
+
+
+def _check_no_links(path: Path) -> None:
+    """Refuse a bank whose own files or folders are symbolic links: following one could read, write or delete
+    outside the bank (the lock file is opened for writing, the subfolders receive files)."""
+    for name in (BANK_FILE, ".bank.lock", JOURNAL, *SUBFOLDERS):
+        p = path / name
+        if p.is_symlink():
+            raise BankError(f"{p} is a symbolic link; a bank's files and folders must be inside it, so the bank "
+                            "is refused. Replace the link by a real file or folder (or copy the bank with "
+                            "links resolved)")
+        if name in SUBFOLDERS and p.exists() and not p.is_dir():
+            raise BankError(f"{p} should be a folder of the bank but is a file; the bank was changed outside "
+                            "napari-matchseg. Move that file away")

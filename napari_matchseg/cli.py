@@ -109,7 +109,6 @@ def cmd_bank_add(args) -> int:
     if not pairs:
         raise MatchsegError(f"no image in {args.images} has a mask with the same file stem in {args.masks}")
     bank = ReferenceBank.open(args.bank, create=True)
-    before = len(bank)
     failed: list[str] = []
 
     def items():
@@ -128,8 +127,7 @@ def cmd_bank_add(args) -> int:
                              on_duplicate="skip", total=len(pairs), progress=update)
     finally:
         close()
-    added = len(bank) - before
-    print(f"{bank.path}: added {added} references, {len(refs) - added} already present; "
+    print(f"{bank.path}: added {refs.created} references, {len(refs) - refs.created} already present; "
           f"{len(bank)} in the bank")
     if unmatched:
         print(f"warning: {len(unmatched)} images have no mask with the same stem and were not added: "
@@ -197,7 +195,7 @@ def cmd_bank_embed(args) -> int:
     retriever = _retriever(args)
     update, close = _progress(f"embedding ({retriever.name})")
     try:
-        vecs = bank.embeddings(retriever, progress=update)
+        vecs = bank.embeddings(retriever, progress=update, must_cache=True)
     finally:
         close()
     print(f"{len(bank)} references embedded with {retriever.model_id} (dim {vecs.shape[1] if len(vecs) else 0})")

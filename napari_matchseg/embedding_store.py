@@ -57,6 +57,9 @@ class EmbeddingStore:
             self._load()
 
     def _load(self) -> None:
+        if self.folder.is_symlink():
+            raise BankError(f"embedding cache {self.folder} is a symbolic link, which is not followed; delete the "
+                            "link and the vectors will be recomputed")
         self._signature = self._info_signature()
         self._vectors: np.ndarray | None = None
         self._hashes: np.ndarray = np.empty(0, dtype="S64")

@@ -26,9 +26,13 @@ class FeatureCache:
     def _file(self, key: str) -> Path:
         return self.folder / f"{key}.npy"
 
+    def _usable(self) -> bool:
+        """A symbolic link in the cache's path could lead out of the bank: then the cache is not used."""
+        return not (self.folder.is_symlink() or self.folder.parent.is_symlink())
+
     def get(self, key: str) -> list[torch.Tensor] | None:
         f = self._file(key)
-        if self._shapes is None or not f.is_file():
+        if self._shapes is None or not self._usable() or f.is_symlink() or not f.is_file():
             return None
         try:
             flat = np.load(f)
@@ -46,6 +50,8 @@ class FeatureCache:
     def put(self, key: str, feats: list[torch.Tensor]) -> None:
         self._shapes = [tuple(f.shape) for f in feats]
         flat = np.concatenate([f.numpy().astype(np.float16).ravel() for f in feats])
+        if not self._usable():
+            return
         try:
             atomic_save_npy(self._file(key), flat)
         except OSError:

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,16 +104,20 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 
-def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Delete ``*.tmp-*`` leftovers of interrupted writes (call only while holding the lock)."""
+def remove_stale_temp_files(folder: str | os.PathLike, older_than_s: float | None = None) -> list[Path]:
+    """Delete ``*.tmp-*`` leftovers of interrupted writes: call while holding the lock every writer of
+    ``folder`` takes, or give ``older_than_s`` for a folder written without one (only old files go)."""
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
     with os.scandir(folder) as entries:  # names only: cheap even for 10,000 files
         stale = [Path(e.path) for e in entries if TMP_MARKER in e.name]
+    now = time.time()
     for p in stale:
         try:
+            if older_than_s is not None and now - p.lstat().st_mtime < older_than_s:
+                continue
             p.unlink()
             removed.append(p)
         except OSError:

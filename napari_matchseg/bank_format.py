@@ -1,0 +1,157 @@
+"""The records of ``bank.json``: what a reference is on disk, and the checks that make a shared bank safe to open.
+
+A bank folder is untrusted input (people zip and share them), so every record is validated when it is read:
+an id is a plain name, and a record's files are ``images/<id>.png|.tif`` and ``masks/<id>[.r<n>].png``, nothing
+else. A record that names a file elsewhere (``../../x``, an absolute path, another reference's file) makes the
+whole bank refused, before anything is read, written or deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import BankError
+
+BANK_FILE = "bank.json"
+FORMAT = "napari-matchseg-bank"
+FORMAT_VERSION = 1
+SOURCES = ("manual", "accepted_proposal")
+SUBFOLDERS = ("images", "masks", "embeddings", "features")
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_REVISION = re.compile(r"\.r[0-9]{1,9}")
+
+
+def slug(name: str, max_len: int = 64) -> str:
+    """A reference id made from a file name: letters, digits, ``.``, ``_`` and ``-`` (so always an :data:`ID_PATTERN`)."""
+    stem = Path(str(name)).stem if name else ""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-")[:max_len]
+    return s or "ref"
+
+
+def image_file_for(rid: str, suffix: str) -> str:
+    return f"images/{rid}{suffix}"
+
+
+def mask_file_for(rid: str, revision: int | None = None) -> str:
+    return f"masks/{rid}{'' if revision is None else f'.r{revision}'}.png"
+
+
+def _file_belongs(rid: str, rel: str, kind: str) -> bool:
+    """Whether ``rel`` is one of the files the bank itself would write for reference ``rid``."""
+    if kind == "image":
+        return rel in (image_file_for(rid, ".png"), image_file_for(rid, ".tif"))
+    prefix, suffix = f"masks/{rid}", ".png"
+    if not (rel.startswith(prefix) and rel.endswith(suffix)):
+        return False
+    middle = rel[len(prefix):len(rel) - len(suffix)]
+    return middle == "" or _REVISION.fullmatch(middle) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """Metadata of one reference; pixels are loaded on demand with the bank's ``load_*``."""
+
+    id: str
+    original_name: str
+    image_file: str
+    mask_file: str
+    shape: tuple[int, ...]
+    dtype: str
+    image_sha256: str
+    mask_sha256: str
+    foreground_fraction: float
+    source: str
+    added: str
+    updated: str
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "bank.json") -> Reference:
+        """Parse and validate one record; :class:`BankError` says which record and what is wrong with it."""
+        if not isinstance(d, dict):
+            raise BankError(f"{where}: a reference record is a {type(d).__name__}, not an object; "
+                            f"{_CHANGED_OUTSIDE}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = fields - d.keys()
+        label = repr(d.get("id", "?"))
+        if missing:
+            raise BankError(f"{where}: reference record {label} lacks {sorted(missing)}; {_CHANGED_OUTSIDE}")
+        problem = _record_problem(d)
+        if problem:
+            raise BankError(f"{where}: reference record {label} is refused: {problem}. {_CHANGED_OUTSIDE}")
+        return cls(**{k: (tuple(int(s) for s in d[k]) if k == "shape" else d[k]) for k in fields})
+
+
+_CHANGED_OUTSIDE = ("the bank was changed outside napari-matchseg, so nothing in it was read, written or deleted. "
+                    "Remove that record from bank.json or restore the bank from a trusted copy")
+
+
+def _record_problem(d: dict[str, Any]) -> str | None:
+    """What makes a record unusable or unsafe, or None."""
+    rid = d["id"]
+    if not isinstance(rid, str) or not ID_PATTERN.fullmatch(rid):
+        return "its id must be a plain name of letters, digits, '.', '_' and '-' (no folders)"
+    for key in ("image_file", "mask_file"):
+        if not isinstance(d[key], str) or not _file_belongs(rid, d[key], key.split("_")[0]):
+            return (f"its {key} {d[key]!r} is not a file of this reference (expected "
+                    f"{image_file_for(rid, '.png|.tif') if key == 'image_file' else mask_file_for(rid)})")
+    shape = d["shape"]
+    if (not isinstance(shape, list) or len(shape) not in (2, 3)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        return f"its shape {shape!r} is not a list of 2 or 3 positive integers"
+    for key in ("image_sha256", "mask_sha256"):
+        if not isinstance(d[key], str) or not _SHA256.fullmatch(d[key]):
+            return f"its {key} is not a sha256 hex digest"
+    if d["source"] not in SOURCES:
+        return f"its source {d['source']!r} is not one of {', '.join(SOURCES)}"
+    frac = d["foreground_fraction"]
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac <= 1:
+        return f"its foreground_fraction {frac!r} is not a number between 0 and 1"
+    for key in ("original_name", "dtype", "added", "updated"):
+        if not isinstance(d[key], str):
+            return f"its {key} is not a string"
+    return None
+
+
+def parse_bank_data(data: Any, where: str) -> list[Reference]:
+    """Validate a decoded ``bank.json`` (header and every record) and return its references in order."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise BankError(f"{where} is not a napari-matchseg bank file (format is "
+                        f"{data.get('format') if isinstance(data, dict) else type(data).__name__!r})")
+    version = data.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise BankError(f"{where} has version {version!r}, which is not a bank format number; "
+                        f"{_CHANGED_OUTSIDE}")
+    if version > FORMAT_VERSION:
+        raise BankError(f"{where} was written by a newer napari-matchseg (bank format {version}, this version "
+                        f"reads {FORMAT_VERSION}); upgrade the package")
+    if not isinstance(data.get("references"), list):
+        raise BankError(f"{where} has no list of references")
+    refs = [Reference.from_json(d, where) for d in data["references"]]
+    seen: set[str] = set()
+    for r in refs:
+        if r.id.lower() in seen:
+            raise BankError(f"{where}: two references share the id {r.id!r}; {_CHANGED_OUTSIDE}")
+        seen.add(r.id.lower())
+    return refs
+
+
+def format_bank_json(header: dict[str, Any], refs: list[str]) -> str:
+    """Header fields one per line, then one line per (JSON-encoded) reference: readable and diff-friendly."""
+    out = ["{"] + [f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}," for k, v in header.items()]
+    out.append(' "references": [' + ("" if refs else "]"))
+    if refs:
+        out.append(",\n".join(f"  {line}" for line in refs))
+        out.append(" ]")
+    out.append("}")
+    return "\n".join(out) + "\n"
