@@ -256,7 +256,7 @@ class ReferenceBank:
         return self._load(ref_id, lambda ref: read_image(self.file(ref.image_file)))
 
     def load_mask(self, ref_id: str) -> np.ndarray:
-        return self._load(ref_id, lambda ref: read_mask(self.file(ref.mask_file), ref.shape))
+        return self._load(ref_id, lambda ref: read_mask(self.file(ref.mask_file), ref.shape, allow_full=True))
 
     # ------------------------------------------------------------------ write
     @contextlib.contextmanager

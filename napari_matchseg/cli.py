@@ -115,7 +115,7 @@ def cmd_bank_add(args) -> int:
         for img_path, mask_path in pairs:
             try:
                 img = read_image(img_path)
-                mask = read_mask(mask_path, img.shape, allow_empty=args.allow_empty)
+                mask = read_mask(mask_path, img.shape, allow_empty=args.allow_empty, allow_full=args.allow_full)
             except MatchsegError as exc:
                 failed.append(f"{img_path.name}: {exc}")
                 continue
@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--images", required=True, help="folder of images")
     c.add_argument("--masks", required=True, help="folder of masks with the same file stems")
     c.add_argument("--allow-empty", action="store_true", help="accept masks with no foreground")
+    c.add_argument("--allow-full", action="store_true",
+                   help="accept masks that are foreground everywhere (refused by default: it usually means a "
+                        "background that is not 0)")
     c.add_argument("--source", default="manual", choices=("manual", "accepted_proposal"),
                    help="who made the masks, recorded with each reference")
     c.set_defaults(func=cmd_bank_add)
@@ -362,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except FileExistsError as exc:
         print(f"error: {exc} (use --overwrite to replace it)", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system refused (full disk, no permission): one line, never a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; everything committed so far is kept", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, MatchsegError, name_list
+from .fsutil import atomic_write_text
 
 # sam2_model.SAM2_CONFIGS' names, spelled out so that ``--help`` does not import torch (a test keeps them equal)
 SAM2_MODELS = ("sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large")
@@ -52,6 +54,8 @@ def _pipeline(args):
 
     if not 0.0 < args.threshold < 1.0:
         raise InputError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    if not 1 <= args.k <= 32:
+        raise InputError(f"-k must be between 1 and 32, got {args.k}")
     bank = ReferenceBank.open(args.bank)
     predictor = build_proposer(args.proposer, args.checkpoint, args.device, args.sam2_model, args.sam2_image_size,
                                mirror_tta=args.mirror_tta)
@@ -77,6 +81,19 @@ def _propose_file(bank, retriever, predictor, path: Path, args, rng):
                           refine_margin=getattr(args, "refine_margin", 30))
 
 
+def _mask_targets(images: list[Path], out: Path) -> list[Path]:
+    """``out/<stem>.png`` for each image; refuses an ``--out`` that is a file and two images with one stem."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder for the masks (it is created if needed)")
+    targets = [out / f"{p.stem}.png" for p in images]
+    seen: dict[Path, str] = {}
+    for p, t in zip(images, targets):
+        if t in seen:
+            raise InputError(f"{seen[t]} and {p.name} would both be written as {t.name}; rename one of them")
+        seen[t] = p.name
+    return targets
+
+
 def cmd_segment(args) -> int:
     from .cli import _progress
     from .image_io import list_images, write_mask
@@ -84,24 +101,59 @@ def cmd_segment(args) -> int:
     images = list_images(args.images)
     if not images:
         raise InputError(f"no images in {args.images}")
+    if args.overwrite and args.skip_existing:
+        raise InputError("--overwrite replaces existing masks and --skip-existing keeps them: choose one")
     out = Path(args.out)
-    targets = [out / f"{p.stem}.png" for p in images]
+    targets = _mask_targets(images, out)
     existing = [t.name for t in targets if t.exists()]
-    if existing and not args.overwrite:
+    if existing and not (args.overwrite or args.skip_existing):
         raise MatchsegError(f"{len(existing)} masks already exist in {out} ({name_list(existing)}); nothing was "
-                            "written. Use --overwrite or another --out folder")
+                            "written. Use --skip-existing to segment only the other images, --overwrite to replace "
+                            "them, or another --out folder")
+    todo = [(p, t) for p, t in zip(images, targets) if not (args.skip_existing and t.exists())]
     bank, retriever, predictor = _pipeline(args)
+    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
+    failed: list[str] = []
+    written = 0
     update, close = _progress("segmenting")
     try:
-        for i, (path, target) in enumerate(zip(images, targets)):
-            _, proposal = _propose_file(bank, retriever, predictor, path, args, rng)
+        for i, (path, target) in enumerate(todo):
+            try:
+                _, proposal = _propose_file(bank, retriever, predictor, path, args, rng)
+            except InputError as exc:  # this image cannot be used: say so at the end, go on with the others
+                failed.append(f"{path.name}: {exc}")
+                continue
             write_mask(target, proposal.mask(args.threshold), overwrite=args.overwrite)
-            update(i + 1, len(images))
+            written += 1
+            update(i + 1, len(todo))
+    except (MatchsegError, OSError):
+        print(f"stopped after writing {written} masks to {out}; they are complete. Run the same command with "
+              "--skip-existing to go on from there", file=sys.stderr)
+        raise
     finally:
         close()
-    print(f"wrote {len(images)} masks (0/255 PNG, same size as each image) to {out}")
-    return 0
+    skipped = len(images) - len(todo)
+    print(f"wrote {written} masks (0/255 PNG, same size as each image) to {out}"
+          + (f"; {skipped} already there were kept" if skipped else ""))
+    for line in failed:
+        print(f"error: not segmented: {line}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(todo)} images could not be segmented (listed above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def check_output_file(path: str | None, overwrite: bool, option: str) -> None:
+    """Refuse an output file that cannot be written before any work is done (not after minutes of it)."""
+    if not path:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{option} {p} is a folder; give a file name")
+    if not p.parent.is_dir():
+        raise InputError(f"{option} {p}: the folder {p.parent} does not exist; create it first")
+    if p.exists() and not overwrite:
+        raise InputError(f"{option} {p} already exists; use --overwrite to replace it or choose another name")
 
 
 def evaluate(bank, retriever, predictor, pairs, args, progress=None) -> dict:
@@ -113,7 +165,7 @@ def evaluate(bank, retriever, predictor, pairs, args, progress=None) -> dict:
     rows = []
     for i, (img_path, mask_path) in enumerate(pairs):
         image, proposal = _propose_file(bank, retriever, predictor, img_path, args, rng)
-        gt = read_mask(mask_path, image.shape)
+        gt = read_mask(mask_path, image.shape, allow_full=True)
         m = all_metrics(proposal.mask(args.threshold), gt)
         rows.append({"image": img_path.name, **{k: round(v, 6) for k, v in m.items()},
                      "gt_empty": not gt.any(), "supports": " ".join(s.id for s in proposal.supports),
@@ -141,6 +193,9 @@ def cmd_eval(args) -> int:
     pairs = [(p, masks[p.stem]) for p in images if p.stem in masks]
     if not pairs:
         raise InputError(f"no image in {args.images} has a mask with the same stem in {args.masks}")
+    csv_path = args.csv or (str(Path(args.json).with_suffix(".csv")) if args.json else None)
+    check_output_file(args.json, args.overwrite, "--json")
+    check_output_file(csv_path, args.overwrite, "--csv")
     bank, retriever, predictor = _pipeline(args)
     update, close = _progress("evaluating")
     try:
@@ -151,13 +206,13 @@ def cmd_eval(args) -> int:
     for key in ("dice", "iou", "hd95"):
         print(f"{key:>5}: {result[f'{key}_mean']:.4f} +- {result[f'{key}_std']:.4f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    csv_path = args.csv or (str(Path(args.json).with_suffix(".csv")) if args.json else None)
+        atomic_write_text(args.json, json.dumps(result, indent=1))
     if csv_path:
-        with open(csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
-            w.writeheader()
-            w.writerows(result["rows"])
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(result["rows"][0]))
+        w.writeheader()
+        w.writerows(result["rows"])
+        atomic_write_text(csv_path, buf.getvalue())
         print(f"per-image metrics: {csv_path}")
     return 0
 
@@ -295,6 +350,8 @@ def register(sub) -> None:
     c.add_argument("--images", required=True, help="folder of images to segment")
     c.add_argument("--out", required=True, help="folder for the masks (0/255 PNG, one per image, same file stem)")
     c.add_argument("--overwrite", action="store_true", help="replace masks already in --out")
+    c.add_argument("--skip-existing", action="store_true",
+                   help="keep masks already in --out and segment only the other images (to resume a run)")
     add_proposal_args(c)
     c.set_defaults(func=cmd_segment)
 
@@ -303,6 +360,7 @@ def register(sub) -> None:
     c.add_argument("--masks", required=True, help="folder of their true masks (same file stems)")
     c.add_argument("--json", help="write the summary and per-image rows to this JSON file")
     c.add_argument("--csv", help="per-image CSV (default: beside --json)")
+    c.add_argument("--overwrite", action="store_true", help="replace --json and --csv files that exist")
     add_proposal_args(c)
     c.set_defaults(func=cmd_eval)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ from .errors import InputError
 from .fsutil import atomic_write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-_LOSSY = (".jpg", ".jpeg")
+MAX_PIXELS = 1 << 28  # 268 million pixels (16384 x 16384): the largest image read; memory grows with it
+WORKING_MAX_SIDE = 2048  # models and retrievers never look closer than this: larger images are reduced first
 
 
 # --------------------------------------------------------------------------------------- checks
@@ -55,7 +57,34 @@ def check_image(image, name: str = "image") -> np.ndarray:
         raise InputError(f"{name} is only {arr.shape[0]} x {arr.shape[1]} pixels; at least 8 x 8 is needed")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InputError(f"{name} contains NaN or infinite values; replace them before use")
+    return _narrowest_integer(arr)
+
+
+def _narrowest_integer(arr: np.ndarray) -> np.ndarray:
+    """Wide integer pixels (int32/int64, e.g. from ``image.tolist()``) as uint8 or uint16 when their values
+    fit: the same picture then has the same dtype, hash and normalisation however it was handed over."""
+    if arr.dtype.kind not in "iu" or arr.dtype.itemsize < 4:
+        return arr
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo >= 0 and hi <= 255:
+        return arr.astype(np.uint8)
+    if lo >= 0 and hi <= 65535:
+        return arr.astype(np.uint16)
     return arr
+
+
+def reduce_for_model(image: np.ndarray, max_side: int = WORKING_MAX_SIDE) -> np.ndarray:
+    """``image`` shrunk by an integer factor (block mean, in its own dtype) until its longer side is at most
+    ``max_side``; smaller images are returned as they are. Models work at a few hundred pixels, so a
+    10,000-pixel scan costs them no more time or memory than a 2,000-pixel one."""
+    h, w = image.shape[:2]
+    f = -(-max(h, w) // max_side)
+    if f <= 1:
+        return image
+    hh, ww = h // f * f, w // f * f
+    blocks = image[:hh, :ww].reshape(hh // f, f, ww // f, f, *image.shape[2:])
+    out = blocks.mean(axis=(1, 3), dtype=np.float32)
+    return out.round().astype(image.dtype) if image.dtype.kind in "iu" else out.astype(image.dtype)
 
 
 def check_mask(mask, image_shape: tuple[int, ...] | None = None, name: str = "mask",
@@ -132,65 +161,108 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
                   and ".tmp-" not in p.name)
 
 
-def _read_raw(path: Path) -> np.ndarray:
+_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+          (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"), (b"BM", "BMP"))
+
+
+def sniff_format(path: Path) -> str | None:
+    """The file's real format from its first bytes (a JPEG renamed to ``.png`` is still lossy)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
+
+
+def _read_raw(path: Path, palette_indices: bool = False) -> tuple[np.ndarray, str | None]:
+    """The file's pixels and its real format. ``palette_indices``: a palette image without black keeps its
+    indices (a label mask stores classes as indices, index 0 the background, whatever colour it is shown in;
+    with black among its colours, black is the background as in any other mask file)."""
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(f"{path}: unsupported file type {suffix!r}; supported: {', '.join(IMAGE_SUFFIXES)}")
     if not path.exists():
         raise InputError(f"{path} does not exist")
     try:
-        if suffix in (".tif", ".tiff"):
+        fmt = sniff_format(path)
+        if fmt == "TIFF":
             import tifffile
 
-            arr = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                _check_pixel_count(path, int(np.prod(page.shape[:2])) if page.ndim >= 2 else 0)
+                arr = tif.asarray()
             if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] > 4:
                 arr = np.moveaxis(arr, 0, -1)  # planar RGB
-            return arr
+            return arr, fmt
         from PIL import Image
 
-        with Image.open(path) as im:
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # our limit, checked below with a message that says what to do
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            _check_pixel_count(path, im.width * im.height)
             im.load()
             mode = im.mode
             if mode in ("1", "LA"):
                 im = im.convert("L")
-            elif mode == "P":
+            elif mode == "P" and not (palette_indices and not _palette_has_black(im)):
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                 im = im.convert("RGB")
             arr = np.array(im)
+            fmt = im.format or fmt
         if mode == "I" and arr.size and arr.min() >= 0 and arr.max() < 65536:
             arr = arr.astype(np.uint16)  # 16-bit PNGs that Pillow opened as 32-bit
-        return arr
+        return arr, fmt
     except InputError:
         raise
     except Exception as exc:  # truncated, corrupt, or not an image at all
         raise InputError(f"cannot read {path}: {exc}. The file may be incomplete or not an image") from exc
 
 
+def _palette_has_black(im) -> bool:
+    used = [i for _, i in (im.getcolors(256) or [])]
+    palette = im.getpalette() or []
+    return any(palette[3 * i:3 * i + 3] == [0, 0, 0] for i in used)
+
+
+def _check_pixel_count(path: Path, pixels: int) -> None:
+    if pixels > MAX_PIXELS:
+        raise InputError(f"{path} has {pixels / 1e6:.0f} million pixels; at most {MAX_PIXELS / 1e6:.0f} million "
+                         "(16384 x 16384) are supported. Downscale or tile it first")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a PNG, JPEG, TIFF (8/16-bit, float) or BMP image and check it (see module docstring)."""
     path = Path(path)
-    return check_image(_read_raw(path), name=str(path))
+    return check_image(_read_raw(path)[0], name=str(path))
 
 
 def read_mask(path: str | os.PathLike, image_shape: tuple[int, ...] | None = None,
-              allow_empty: bool = True) -> np.ndarray:
+              allow_empty: bool = True, allow_full: bool = False) -> np.ndarray:
     """Read a mask file as bool (H, W).
 
-    Colour mask files count a pixel as foreground when any channel is non-zero. JPEG masks are
-    lossy, so they are thresholded at half their maximum instead of at zero.
+    Colour mask files count a pixel as foreground when any channel is non-zero; palette (indexed) files
+    when its palette index is non-zero. JPEG files (recognised by content, whatever their name) are
+    lossy, so they are thresholded at half their maximum instead of at zero. A mask that is foreground
+    everywhere is refused unless ``allow_full``: it almost always means a background that is not 0.
     """
     path = Path(path)
-    arr = _read_raw(path)
+    arr, fmt = _read_raw(path, palette_indices=True)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = arr[..., :3].max(axis=-1)
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
             raise InputError(f"{path} contains NaN or infinite values")
         arr = arr > 0.5 * float(arr.max()) if arr.max() > 0 else np.zeros(arr.shape, bool)
-    elif path.suffix.lower() in _LOSSY and arr.max() > 0:
+    elif fmt == "JPEG" and arr.max() > 0:
         arr = arr > arr.max() // 2
-    return check_mask(arr, image_shape, name=str(path), allow_empty=allow_empty)
+    mask = check_mask(arr, image_shape, name=str(path), allow_empty=allow_empty)
+    if not allow_full and mask.size and mask.all():
+        raise InputError(f"{path} is foreground everywhere (no pixel is 0), so its background is probably white "
+                         "or another colour. Save the mask with background 0 (e.g. 0/255 PNG); if the structure "
+                         "truly fills the image, allow full masks explicitly (--allow-full)")
+    return mask
 
 
 # ----------------------------------------------------------------------------------------- write
@@ -221,8 +293,7 @@ def encode_mask_png(mask: np.ndarray, value: int = 255) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.where(np.asarray(mask) != 0, value, 0).astype(np.uint8)).save(
-        buf, format="PNG", compress_level=1)
+    Image.fromarray((np.asarray(mask) != 0).view(np.uint8) * np.uint8(value)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

@@ -151,5 +151,5 @@ class MatchSegPredictor:
                 for j, i in enumerate(rows):
                     h, w = checked[i].shape[:2]
                     up = F.interpolate(view_logits[j:j + 1], size=(h, w), mode="bilinear", align_corners=False)
-                    out[v][i] = torch.sigmoid(up)[0, 0].cpu().numpy().astype(np.float32)
+                    out[v][i] = up.sigmoid_()[0, 0].cpu().numpy()  # float32, no copy: large images stay cheap
         return out  # type: ignore[return-value]

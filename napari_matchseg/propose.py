@@ -25,6 +25,8 @@ class Proposal:
     note: str = ""
 
     def mask(self, threshold: float = 0.5) -> np.ndarray:
+        if not 0.0 <= threshold <= 1.0:
+            raise InputError(f"threshold must be between 0 and 1 (a probability), got {threshold}")
         if self.refined_mask is not None:
             return self.refined_mask
         return self.probability >= threshold

@@ -105,8 +105,8 @@ class PseudoLabelStore:
         """(mask, confident) as bool arrays."""
         if name not in self._records:
             raise KeyError(f"no pseudo-label for {name!r} in {self.folder}")
-        mask = read_mask(self.folder / "masks" / f"{name}.png")
-        return mask, read_mask(self.folder / "confidence" / f"{name}.png", mask.shape)
+        mask = read_mask(self.folder / "masks" / f"{name}.png", allow_full=True)
+        return mask, read_mask(self.folder / "confidence" / f"{name}.png", mask.shape, allow_full=True)
 
 
 __all__ = ["PseudoLabelStore", "confident_pseudo_label", "refined_pseudo_label", "KIND"]

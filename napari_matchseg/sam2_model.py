@@ -53,8 +53,7 @@ def build_sam2_model(name: str = DEFAULT_SAM2, checkpoint: str | Path | None = N
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise WeightsError(f"cannot read SAM 2 checkpoint {path}: {exc}. It is corrupt, incomplete or not a "
-                               "PyTorch file; delete it to download it again") from exc
+            raise weights.unreadable(path, f"SAM 2 {name}", exc) from exc
         if not isinstance(state, dict) or "model" not in state:
             raise WeightsError(f"{path} is not an official SAM 2 checkpoint (expected a dict with a 'model' key)")
         try:

@@ -11,7 +11,9 @@ Where a checkpoint is looked for, in order:
    renamed into place. Nothing is ever downloaded twice.
 
 Checksums: where upstream publishes none that we could pin, the sha256 of the first download is
-recorded beside the file (``<filename>.sha256``) and every later use is checked against it.
+recorded beside the file (``<filename>.sha256``) and every later use is checked against it. A file
+put in place by hand is checked against the registry's size only: its hash is recorded to skip
+re-hashing, never as a pin, so replacing a wrong file by the right one just works.
 """
 
 from __future__ import annotations
@@ -132,15 +134,35 @@ def verify(path: Path, entry: WeightsEntry) -> str:
         sha = rec["sha256"]
     else:
         sha = sha256_file(path)
-    expected = entry.sha256 or (rec or {}).get("sha256")
+    downloaded = bool(rec) and str(rec.get("origin", "")).startswith("first download")
+    expected = entry.sha256 or (rec["sha256"] if downloaded else None)
     if expected and sha != expected:
         raise WeightsError(
             f"{path} does not match the expected sha256 of {entry.name} (expected {expected}, got {sha}); "
-            f"it is incomplete, corrupt or another file. Delete it to download it again from {entry.url}, "
-            "or pass it explicitly as the checkpoint path to use it anyway")
-    if not rec or rec.get("mtime_ns") != st.st_mtime_ns or rec.get("size") != st.st_size:
-        _record(path, sha, "pinned" if entry.sha256 else (rec or {}).get("origin", "placed by hand"))
+            f"it is incomplete, corrupt or another file. Delete it (and {side.name} beside it) to download it "
+            f"again from {entry.url}, or pass it explicitly as the checkpoint path to use it anyway")
+    if not rec or rec.get("mtime_ns") != st.st_mtime_ns or rec.get("size") != st.st_size or rec["sha256"] != sha:
+        _record(path, sha, "pinned" if entry.sha256 else "first download (not pinned upstream)" if downloaded
+                and sha == rec["sha256"] else "placed by hand")
     return sha
+
+
+def unreadable(path: str | os.PathLike, what: str, exc: BaseException) -> WeightsError:
+    """The one-line error for a weights file that exists but does not load: its first line of reason, without
+    a library's multi-paragraph advice (torch's suggests ``weights_only=False``, which is unsafe for a file of
+    unknown origin). A cached file's recorded hash is forgotten, so its replacement is checked afresh."""
+    path = Path(path)
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:  # torch's own reason sits after its advice
+        text = "unsupported content: " + text.split("WeightsUnpickler error:", 1)[1].strip()
+    elif text.startswith("Weights only load failed"):
+        text = "not a file of plain tensors"
+    first = (text.splitlines() or [type(exc).__name__])[0].split(" Please ")[0][:200]
+    side = _sidecar(path)
+    if path.parent == cache_dir():
+        side.unlink(missing_ok=True)
+    return WeightsError(f"cannot read {what} from {path}: it is not a valid checkpoint of that model ({first}). "
+                        "It may be incomplete, corrupt or another model's file: replace it with the right file")
 
 
 def _missing_message(entry: WeightsEntry, reason: str) -> str:
@@ -215,6 +237,7 @@ def fetch(name: str | WeightsEntry, *, path: str | os.PathLike | None = None,
     if target.is_file():
         verify(target, entry)
         return target
+    _sidecar(target).unlink(missing_ok=True)  # the record of a file that was deleted says nothing any more
     if offline if offline is not None else is_offline():
         raise WeightsError(_missing_message(entry, f"offline (${OFFLINE_ENV} is set)"))
     import pooch
@@ -253,5 +276,21 @@ def fetch(name: str | WeightsEntry, *, path: str | os.PathLike | None = None,
 
 
 def status(name: str | WeightsEntry) -> str:
+    """What ``weights list`` shows, from the file and its record only (no hashing: the files are large)."""
     p = where(name)
-    return "present" if p.is_file() else ("partial download" if p.with_name(p.name + ".part").exists() else "missing")
+    if not p.is_file():
+        return "partial download" if p.with_name(p.name + ".part").exists() else "missing"
+    try:
+        rec = json.loads(_sidecar(p).read_text())
+        st = p.stat()
+        current = rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns
+    except (OSError, ValueError, AttributeError):
+        rec, current = {}, False
+    if not current:
+        return "not yet verified"
+    if rec.get("origin") != "placed by hand":
+        return "present"
+    e = get_entry(name)
+    if e.size_mb and abs(st.st_size / 1e6 - e.size_mb) > 0.05 * e.size_mb + 0.5:
+        return f"placed by hand, {st.st_size / 1e6:.1f} MB (expected about {e.size_mb:g} MB)"
+    return "placed by hand"

@@ -10,14 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from ..device import half_dtype
-from ..image_io import to_float_rgb
+from ..errors import WeightsError
+from ..image_io import check_image, reduce_for_model, to_float_rgb
 
 
 def to_batch(images, size: int, mean, std, device: torch.device) -> torch.Tensor:
     """Images -> (B, 3, size, size) float tensor, grayscale replicated to RGB, mean/std normalised."""
     tensors = []
     for im in images:
-        t = torch.from_numpy(to_float_rgb(im)).permute(2, 0, 1)[None]
+        t = torch.from_numpy(to_float_rgb(reduce_for_model(check_image(im)))).permute(2, 0, 1)[None]
         tensors.append(F.interpolate(t, size=(size, size), mode="bicubic", antialias=True,
                                      align_corners=False).clamp_(0, 1))
     x = torch.cat(tensors).to(device)
@@ -40,7 +41,9 @@ def run_encoder(fn, x: torch.Tensor) -> np.ndarray:
 
 def file_fingerprint(path: str | Path) -> str:
     """Cheap identity of a large weights file (size + first and last 4 MB), for cache keys."""
-    path = Path(path)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"checkpoint file {path} does not exist; check the path")
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:

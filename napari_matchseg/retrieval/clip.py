@@ -78,10 +78,9 @@ class ClipRetriever(Retriever):
         except RuntimeError as exc:
             if "not found" in str(exc).lower() and "model" in str(exc).lower() and path is None:
                 raise WeightsError(f"open_clip has no model {self.model_name!r}: {exc}") from exc
-            raise WeightsError(f"cannot load CLIP {self.model_name} from {pretrained}: {exc}. "
-                               "The checkpoint may be corrupt or for another architecture") from exc
-        except (OSError, KeyError, ValueError) as exc:
-            raise WeightsError(f"cannot load CLIP {self.model_name} from {pretrained}: {exc}") from exc
+            raise weights.unreadable(pretrained, f"CLIP {self.model_name}", exc) from exc
+        except Exception as exc:  # unpickling errors, truncated files, wrong keys
+            raise weights.unreadable(pretrained, f"CLIP {self.model_name}", exc) from exc
         model.eval()
         cfg = getattr(model.visual, "preprocess_cfg", None) or {}
         self._mean = tuple(cfg.get("mean", _OPENAI_MEAN))

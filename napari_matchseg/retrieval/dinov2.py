@@ -88,8 +88,7 @@ class Dinov2Retriever(Retriever):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise WeightsError(f"cannot read DINOv2 weights {path}: {exc}. The file is corrupt or not a "
-                               "PyTorch state dict; delete it to download it again") from exc
+            raise weights.unreadable(path, f"DINOv2 {self.arch}", exc) from exc
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]
         try:

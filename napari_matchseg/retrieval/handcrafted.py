@@ -16,7 +16,7 @@ from skimage.feature import hog, local_binary_pattern
 from skimage.filters import gaussian
 from skimage.transform import resize
 
-from ..image_io import check_image, to_float_rgb
+from ..image_io import check_image, reduce_for_model, to_float_rgb
 from .base import Retriever
 
 _WEIGHTS = {"hog": 0.5, "lbp": 0.2, "intensity": 0.15, "colour": 0.15}
@@ -53,7 +53,7 @@ class HandcraftedRetriever(Retriever):
         return f"handcrafted-v{self.VERSION}-{self.size}"
 
     def features(self, image: np.ndarray) -> np.ndarray:
-        rgb = to_float_rgb(check_image(image))
+        rgb = to_float_rgb(reduce_for_model(check_image(image)))
         rgb = resize(rgb, (self.size, self.size, 3), order=1, anti_aliasing=True, preserve_range=True)
         rgb = gaussian(rgb, sigma=1.0, channel_axis=-1, preserve_range=True)
         gray = _stretch(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))

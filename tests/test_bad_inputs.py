@@ -1,0 +1,194 @@
+"""Inputs that used to give silently wrong results, lost work, or a traceback instead of one line."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_matchseg.bank import ReferenceBank
+from napari_matchseg.cli import main
+from napari_matchseg.errors import InputError, WeightsError
+from napari_matchseg.image_io import content_hash, read_image, read_mask, reduce_for_model
+
+rng = np.random.default_rng(3)
+
+
+def _mask(shape=(64, 80)):
+    m = np.zeros(shape, np.uint8)
+    m[10:40, 20:50] = 255
+    return m
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------------------------------ masks
+def test_a_jpeg_named_png_is_thresholded_as_the_lossy_file_it_is(tmp_path):
+    m = _mask()
+    buf = io.BytesIO()
+    Image.fromarray(m).save(buf, format="JPEG", quality=50)
+    (tmp_path / "m.png").write_bytes(buf.getvalue())  # JPEG bytes under a .png name
+    read = read_mask(tmp_path / "m.png")
+    assert abs(read.mean() - (m > 0).mean()) < 0.01  # JPEG ringing is not taken as foreground
+
+
+def test_a_palette_mask_with_a_white_background_is_read_by_its_indices(tmp_path):
+    m = Image.fromarray((_mask() > 0).astype(np.uint8), mode="L").convert("P")
+    m.putpalette([255, 255, 255, 200, 30, 30] + [0] * 762)  # index 0 shown white, index 1 red
+    m.save(tmp_path / "palette.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "palette.png"), _mask() > 0)
+
+
+def test_a_mask_that_is_foreground_everywhere_is_refused_unless_allowed(tmp_path, capsys):
+    Image.fromarray(np.full((64, 80), 255, np.uint8)).save(tmp_path / "full.png")
+    with pytest.raises(InputError, match="foreground everywhere"):
+        read_mask(tmp_path / "full.png")
+    assert read_mask(tmp_path / "full.png", allow_full=True).all()
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    Image.fromarray(rng.integers(0, 256, (64, 80), dtype=np.uint8)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "full.png").rename(tmp_path / "masks" / "a.png")
+    code, _, err = run(capsys, "bank", "add", tmp_path / "b", "--images", tmp_path / "images",
+                       "--masks", tmp_path / "masks")
+    assert code == 1 and "foreground everywhere" in err and "--allow-full" in err
+    code, out, _ = run(capsys, "bank", "add", tmp_path / "b", "--images", tmp_path / "images",
+                       "--masks", tmp_path / "masks", "--allow-full")
+    assert code == 0 and "added 1 references" in out
+
+
+# ------------------------------------------------------------------------------------ thresholds, dtypes
+def test_a_threshold_outside_zero_to_one_is_refused():
+    from napari_matchseg.propose import Proposal
+
+    p = Proposal(np.full((8, 8), 0.7, np.float32), [])
+    assert p.mask(0.5).all()
+    for bad in (2, -0.1, 255):
+        with pytest.raises(InputError, match="between 0 and 1"):
+            p.mask(bad)
+
+
+def test_the_same_pixels_are_the_same_reference_however_they_are_handed_over(tmp_path):
+    bank = ReferenceBank.create(tmp_path / "b")
+    img = rng.integers(0, 256, (40, 48), dtype=np.uint8)
+    ref = bank.add(img, _mask((40, 48)))
+    assert bank.add(img.tolist(), _mask((40, 48)), on_duplicate="skip").id == ref.id  # int64 from a list
+    assert bank.add(img.astype(np.int32), _mask((40, 48)), on_duplicate="skip").id == ref.id
+    assert len(bank) == 1 and bank.load_image(ref.id).dtype == np.uint8
+    wide = (img.astype(np.int64) * 200)  # values beyond 8 bits: kept as 16-bit
+    assert bank.add(wide, _mask((40, 48))).dtype == "uint16"
+    assert content_hash(np.asarray(img.tolist())) != content_hash(img)  # the hash itself stays exact
+
+
+# ------------------------------------------------------------------------------------------ weights
+def test_a_wrong_file_placed_by_hand_can_be_replaced_by_the_right_one(monkeypatch):
+    from napari_matchseg import weights
+
+    entry = weights.WeightsEntry("toy", "https://example.invalid/toy.bin", "toy.bin", 0.001, None, "test")
+    monkeypatch.setitem(weights.REGISTRY, "toy", entry)
+    target = weights.where(entry)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"w" * 3_000_000)  # 3 MB where 0.001 MB is expected: `weights list` says so
+    assert weights.fetch("toy") == target
+    assert weights.status("toy") == "placed by hand, 3.0 MB (expected about 0.001 MB)"
+    target.write_bytes(b"x" * 1000)  # the right size, but not the model (it will not load)
+    assert weights.fetch("toy") == target
+    assert weights.status("toy") == "placed by hand"  # not "present": nothing vouches for it
+    err = weights.unreadable(target, "toy model", RuntimeError("Weights only load failed. In PyTorch 2.6 ...\n"
+                                                                "Re-running torch.load with weights_only=False"))
+    assert "weights_only" not in str(err) and "\n" not in str(err)
+    target.write_bytes(b"y" * 1000)  # the user puts the right file in place, as the message says
+    assert weights.fetch("toy") == target  # accepted: a hand-placed file's hash was never a pin
+    target.unlink()
+    with pytest.raises(WeightsError, match="not available"):
+        weights.fetch("toy")
+    assert not target.with_name("toy.bin.sha256").exists()  # the record of a deleted file is dropped
+
+
+def test_missing_and_garbage_clip_checkpoints_are_one_line_errors(tmp_path, capsys):
+    from napari_matchseg.sample_data import write_sample
+
+    write_sample(tmp_path / "s", n_per_kind=2)
+    run(capsys, "bank", "add", tmp_path / "b", "--images", tmp_path / "s/images", "--masks", tmp_path / "s/masks")
+    query = sorted((tmp_path / "s/images").iterdir())[0]
+    code, _, err = run(capsys, "retrieve", tmp_path / "b", query, "--retriever", "clip",
+                       "--clip-checkpoint", tmp_path / "nonexistent.bin")
+    assert code == 2 and "does not exist" in err and err.count("\n") == 1
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    code, _, err = run(capsys, "retrieve", tmp_path / "b", query, "--retriever", "clip", "--clip-checkpoint", garbage)
+    assert code == 2 and "cannot read CLIP" in err and err.count("\n") == 1 and "weights_only" not in err
+
+
+# ------------------------------------------------------------------------------- segment and eval outputs
+@pytest.fixture
+def small_bank(tmp_path, capsys):
+    from napari_matchseg.sample_data import write_sample
+
+    write_sample(tmp_path / "s", n_per_kind=2)
+    assert run(capsys, "bank", "add", tmp_path / "b", "--images", tmp_path / "s/images",
+               "--masks", tmp_path / "s/masks")[0] == 0
+    return tmp_path
+
+
+def test_segment_goes_on_past_bad_files_and_a_rerun_skips_what_exists(small_bank, tiny_ckpt, capsys):
+    t = small_bank
+    q = t / "q"
+    q.mkdir()
+    for i, p in enumerate(sorted((t / "s/images").iterdir())[:3]):
+        (q / f"img{i}.png").write_bytes(p.read_bytes())
+    (q / "broken.png").write_bytes((q / "img0.png").read_bytes()[:200])  # truncated
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(q / "tiny.png")  # too small to segment
+    args = ["segment", "--bank", t / "b", "--images", q, "--out", t / "out", "--checkpoint", tiny_ckpt, "-k", "2"]
+    code, out, err = run(capsys, *args)
+    assert code == 1 and "wrote 3 masks" in out
+    assert "broken.png" in err and "tiny.png" in err and "2 of 5 images could not be segmented" in err
+    assert sorted(p.name for p in (t / "out").iterdir()) == ["img0.png", "img1.png", "img2.png"]
+    (t / "out" / "img1.png").unlink()
+    before = (t / "out" / "img0.png").stat().st_mtime_ns
+    code, out, err = run(capsys, *args, "--skip-existing")
+    assert code == 1 and "wrote 1 masks" in out and "2 already there were kept" in out
+    assert (t / "out" / "img0.png").stat().st_mtime_ns == before  # kept, not rewritten
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "--skip-existing" in err
+    code, _, err = run(capsys, "segment", "--bank", t / "b", "--images", q, "--out", t / "out" / "img0.png",
+                       "--checkpoint", tiny_ckpt)
+    assert code == 2 and "is a file" in err and "--overwrite" not in err
+
+
+def test_eval_checks_its_output_files_before_any_work(small_bank, tiny_ckpt, capsys, monkeypatch):
+    import napari_matchseg.cli_models as cli_models
+
+    t = small_bank
+    monkeypatch.setattr(cli_models, "_pipeline", lambda args: pytest.fail("work started before the check"))
+    common = ["eval", "--bank", t / "b", "--images", t / "s/images", "--masks", t / "s/masks", "--checkpoint",
+              tiny_ckpt]
+    code, _, err = run(capsys, *common, "--json", t / "nodir" / "r.json")
+    assert code == 2 and "does not exist" in err and err.count("\n") == 1
+    (t / "r.json").write_text("{}")
+    code, _, err = run(capsys, *common, "--json", t / "r.json")
+    assert code == 2 and "already exists" in err
+    assert json.loads((t / "r.json").read_text()) == {}
+
+
+# ----------------------------------------------------------------------------------------- big images
+def test_large_images_are_reduced_before_any_model_sees_them():
+    big = rng.integers(0, 256, (5000, 3000, 3), dtype=np.uint8)
+    small = reduce_for_model(big, 2048)
+    assert small.shape == (1666, 1000, 3) and small.dtype == np.uint8
+    np.testing.assert_allclose(small[0, 0], big[:3, :3].reshape(-1, 3).mean(0), atol=0.5)
+    same = rng.integers(0, 256, (300, 200), dtype=np.uint8)
+    assert reduce_for_model(same) is same  # ordinary images are untouched: results do not change
+
+
+def test_an_image_over_the_pixel_limit_is_refused_with_the_limit(tmp_path, monkeypatch):
+    import napari_matchseg.image_io as image_io
+
+    Image.fromarray(np.zeros((300, 400), np.uint8)).save(tmp_path / "x.png")
+    monkeypatch.setattr(image_io, "MAX_PIXELS", 100_000)
+    with pytest.raises(InputError, match="million pixels"):
+        read_image(tmp_path / "x.png")
