@@ -26,28 +26,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import errno
 import json
 import os
-import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import filelock
 import numpy as np
 
+from .bank_embeddings import bank_embeddings
+from .bank_files import (JOURNAL, check_no_links, disk_error_message, foreign_content, integrity_problems, journal,
+                         tidy)
 from .bank_format import (BANK_FILE, FORMAT, FORMAT_VERSION, SOURCES, SUBFOLDERS, Reference, format_bank_json,
                           image_file_for, mask_file_for, parse_bank_data, slug)
 from .embedding_store import EmbeddingStore
 from .errors import BankError, Cancelled, DuplicateReference, InputError, ReferenceNotFound
-from .fsutil import atomic_write, atomic_write_json, atomic_write_text, remove_stale_temp_files
-from .image_io import (check_image, check_mask, content_hash, encode_image, encode_mask_png,
-                       read_image, read_mask)
+from .fsutil import atomic_write_bytes, atomic_write_text
+from .image_io import check_image, check_mask, content_hash, encode_image, encode_mask_png, read_image, read_mask
 
 LOCK_TIMEOUT_S = 60.0
-JOURNAL = ".pending.json"
-STALE_FEATURE_TEMP_S = 600.0  # feature files are written without the lock: only old temporaries are leftovers
+__all__ = ["JOURNAL", "Added", "Reference", "ReferenceBank"]
 
 ProgressFn = Callable[[int, int], None]
 
@@ -63,25 +62,6 @@ class Added(list):
     created: int = 0
 
 
-class _LazyImages(Sequence):
-    """Images of a bank read from disk only when a batch needs them; a reference that another process
-    removed meanwhile gives a placeholder, and its index is noted in ``gone`` so its vector is dropped."""
-
-    def __init__(self, bank: ReferenceBank, ids: list[str]):
-        self._bank, self._ids = bank, ids
-        self.gone: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __getitem__(self, i):
-        try:
-            return self._bank.load_image(self._ids[i])
-        except ReferenceNotFound:
-            self.gone.add(i)
-            return np.zeros((8, 8), np.uint8)
-
-
 def _stat_signature(st: os.stat_result) -> tuple:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
@@ -92,20 +72,6 @@ def _signature(f: Path) -> tuple | None:
         return _stat_signature(f.stat())
     except FileNotFoundError:
         return None
-
-
-def disk_error_message(path: Path, action: str, exc: OSError) -> str:
-    """One actionable line for a write that the file system refused."""
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return (f"bank {path} is read-only ({exc.strerror}), so napari-matchseg cannot {action}. Copy the bank "
-                "to a folder you can write to, or ask its owner for write access; nothing was changed")
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return (f"the disk holding bank {path} is full ({exc.strerror}): could not {action}. What was already "
-                "committed is kept and nothing half-written was left; free some space and try again")
-    return f"could not {action} in bank {path}: {exc}"
-
-
-_MANAGED = re.compile(r"(images|masks)/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class ReferenceBank:
@@ -133,16 +99,16 @@ class ReferenceBank:
             raise BankError(f"{path} is already a reference bank; open it instead of creating it")
         if path.exists() and not path.is_dir():
             raise BankError(f"{path} exists and is not a folder")
-        if path.is_dir() and _foreign_content(path) and not (path / BANK_FILE).exists():
+        if path.is_dir() and foreign_content(path) and not (path / BANK_FILE).exists():
             raise BankError(f"{path} is a non-empty folder that is not a reference bank; "
                             "choose a new or empty folder for the bank")
         try:
             path.mkdir(parents=True, exist_ok=True)
-            _check_no_links(path)
+            check_no_links(path)
             with filelock.FileLock(str(path / ".bank.lock"), timeout=LOCK_TIMEOUT_S):
                 if (path / BANK_FILE).exists():  # another creator was first: use theirs
                     return cls.open(path)
-                if _foreign_content(path):
+                if foreign_content(path):
                     raise BankError(f"{path} is a non-empty folder that is not a reference bank; "
                                     "choose a new or empty folder for the bank")
                 for sub in SUBFOLDERS[:3]:
@@ -167,7 +133,7 @@ class ReferenceBank:
                                 f"with `matchseg bank create {path}` or ReferenceBank.create()")
             raise BankError(f"{path} is not a napari-matchseg reference bank (no {BANK_FILE} in it). "
                             "Choose the bank folder itself, or create a new bank in an empty folder")
-        _check_no_links(path)
+        check_no_links(path)
         bank = cls(path, *cls._read(path))
         bank._tidy_if_free()
         return bank
@@ -269,7 +235,7 @@ class ReferenceBank:
         except OSError as exc:
             raise BankError(disk_error_message(self.path, action, exc)) from exc
         try:
-            _check_no_links(self.path)
+            check_no_links(self.path)
             self.refresh()
             self._tidy()
             yield
@@ -284,27 +250,8 @@ class ReferenceBank:
             self._lock.release()
 
     def _tidy(self) -> None:
-        """Under the lock: undo what a killed writer left half-done (its journal) and remove temporaries."""
-        for sub in (self.path, self.path / "images", self.path / "masks"):
-            remove_stale_temp_files(sub)
-        for kind, age in (("embeddings", None), ("features", STALE_FEATURE_TEMP_S)):
-            root = self.path / kind
-            if root.is_dir() and not root.is_symlink():
-                for d in root.iterdir():
-                    if d.is_dir() and not d.is_symlink():
-                        remove_stale_temp_files(d, older_than_s=age)
-        journal = self.path / JOURNAL
-        if not (journal.exists() or journal.is_symlink()):
-            return
-        try:
-            pending = json.loads(journal.read_text()) if not journal.is_symlink() else {}
-        except (OSError, ValueError):
-            pending = {}
-        referenced = {f for r in self._refs.values() for f in (r.image_file, r.mask_file)}
-        for rel in (pending.get("written", []) + pending.get("obsolete", [])) if isinstance(pending, dict) else []:
-            if isinstance(rel, str) and _MANAGED.fullmatch(rel) and rel not in referenced:
-                (self.path / rel).unlink(missing_ok=True)  # a plain name in a checked folder: never outside
-        journal.unlink()
+        """Under the lock: undo what a killed writer left half-done and remove temporaries (see bank_files)."""
+        tidy(self.path, {f for r in self._refs.values() for f in (r.image_file, r.mask_file)})
 
     def _tidy_if_free(self) -> None:
         """At open: tidy up after a killed writer if nobody is writing now and the bank is writable."""
@@ -319,24 +266,8 @@ class ReferenceBank:
         finally:
             self._lock.release()
 
-    @contextlib.contextmanager
     def _journal(self, written: list[str], obsolete: list[str] = ()):
-        """Record the files a write creates or will delete, so a kill at any point can be undone."""
-        atomic_write_json(self.path / JOURNAL, {"written": written, "obsolete": list(obsolete)})
-        before = _signature(self.path / BANK_FILE)
-        try:
-            yield
-        except BaseException:
-            if _signature(self.path / BANK_FILE) == before:  # not committed (full disk...): undo this write
-                for rel in written:
-                    with contextlib.suppress(OSError):
-                        (self.path / rel).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    (self.path / JOURNAL).unlink()
-            raise
-        for rel in obsolete:  # a plain name in a checked folder; unlinking a symbolic link removes only the link
-            (self.path / rel).unlink(missing_ok=True)
-        (self.path / JOURNAL).unlink()
+        return journal(self.path, lambda: _signature(self.path / BANK_FILE), written, obsolete)
 
     def _commit(self) -> None:
         self._header["updated"] = _now()
@@ -398,8 +329,8 @@ class ReferenceBank:
         if new:
             with self._journal([f for ref, _, _ in new for f in (ref.image_file, ref.mask_file)]):
                 for ref, img_bytes, mask_bytes in new:
-                    atomic_write(self.file(ref.image_file), lambda f: f.write(img_bytes), overwrite=False)
-                    atomic_write(self.file(ref.mask_file), lambda f: f.write(mask_bytes), overwrite=False)
+                    atomic_write_bytes(self.file(ref.image_file), img_bytes, overwrite=False)
+                    atomic_write_bytes(self.file(ref.mask_file), mask_bytes, overwrite=False)
                 self._commit()
         return [p[0] if isinstance(p, tuple) else p for p in planned], len(new)
 
@@ -464,7 +395,7 @@ class ReferenceBank:
                                       foreground_fraction=round(float(m.mean()), 6),
                                       source=source or ref.source, updated=_now())
             with self._journal([mask_file], obsolete=[ref.mask_file]):
-                atomic_write(self.file(mask_file), lambda f: f.write(data), overwrite=False)
+                atomic_write_bytes(self.file(mask_file), data, overwrite=False)
                 self._refs[ref_id] = new
                 self._commit()
         return new
@@ -480,35 +411,7 @@ class ReferenceBank:
     # ------------------------------------------------------------------ integrity
     def check(self, fix: bool = False, verify_hashes: bool = True) -> list[str]:
         """Problems found (missing files, hash mismatches, orphan files); ``fix`` deletes orphans."""
-        problems: list[str] = []
-        referenced = set()
-        for ref in self:
-            for f, sha, kind in ((ref.image_file, ref.image_sha256, "image"),
-                                 (ref.mask_file, ref.mask_sha256, "mask")):
-                referenced.add(f)
-                p = self.path / f
-                if p.is_symlink():
-                    problems.append(f"{ref.id}: {kind} file {f} is a symbolic link (not followed)")
-                    continue
-                if not p.exists():
-                    problems.append(f"{ref.id}: {kind} file {f} is missing")
-                    continue
-                if verify_hashes:
-                    try:
-                        arr = self.load_image(ref.id) if kind == "image" else self.load_mask(ref.id)
-                    except InputError as exc:
-                        problems.append(f"{ref.id}: {exc}")
-                        continue
-                    if content_hash(arr) != sha:
-                        problems.append(f"{ref.id}: {kind} file {f} does not match its recorded hash")
-        orphans = []
-        for sub in ("images", "masks"):
-            folder = self.path / sub
-            for p in sorted(folder.iterdir()) if folder.is_dir() else []:
-                rel = f"{sub}/{p.name}"
-                if rel not in referenced:
-                    problems.append(f"orphan file {rel} (left by an interrupted write)")
-                    orphans.append(rel)
+        problems, orphans = integrity_problems(self, verify_hashes)
         if fix and orphans:
             with self._writing("remove orphan files"):
                 owned = {f for r in self for f in (r.image_file, r.mask_file)}
@@ -537,31 +440,7 @@ class ReferenceBank:
         ``must_cache``: then that is an error).
         References that another process removes meanwhile are skipped (``ids()`` then no longer has them).
         """
-        self.refresh()
-        store = self.embedding_store(retriever.model_id)
-        uncached: dict[str, np.ndarray] = {}
-        while True:
-            refs = list(self)
-            missing = [r for r in refs if not store.has(r.image_sha256) and r.image_sha256 not in uncached]
-            if not missing:
-                break
-            images = _LazyImages(self, [r.id for r in missing])
-            vecs = np.asarray(retriever.embed(images, progress=progress, cancel=cancel), dtype=np.float32)
-            keep = [i for i in range(len(missing)) if i not in images.gone]
-            hashes = [missing[i].image_sha256 for i in keep]
-            try:
-                store.add(hashes, vecs[keep])
-            except (OSError, filelock.Timeout) as exc:
-                if must_cache:
-                    reason = exc if isinstance(exc, OSError) else OSError(errno.EBUSY, "locked by another process")
-                    raise BankError(disk_error_message(self.path, "cache the vectors", reason)) from exc
-                uncached.update(zip(hashes, vecs[keep]))
-            if not images.gone:
-                break
-        hashes = [r.image_sha256 for r in refs]
-        if not uncached:
-            return store.get(hashes)
-        return np.stack([uncached[h] if h in uncached else store.get([h])[0] for h in hashes])
+        return bank_embeddings(self, retriever, progress, cancel, must_cache)
 
     def info(self) -> dict[str, Any]:
         """A summary for ``matchseg bank info`` and the plugin's status line."""
@@ -585,25 +464,3 @@ class ReferenceBank:
                 "image_types": dict(sorted(shapes.items(), key=lambda kv: -kv[1])),
                 "embeddings": emb, "created": self._header.get("created"),
                 "updated": self._header.get("updated")}
-
-
-def _foreign_content(path: Path) -> bool:
-    """Whether a folder holds anything but hidden files and the empty subfolders that a creator killed
-    before it wrote ``bank.json`` (or one creating the bank right now) leaves."""
-    return any(not p.name.startswith(".") and not (p.name in SUBFOLDERS and p.is_dir() and not p.is_symlink()
-                                                   and not any(p.iterdir()))
-               for p in path.iterdir())
-
-
-def _check_no_links(path: Path) -> None:
-    """Refuse a bank whose own files or folders are symbolic links: following one could read, write or delete
-    outside the bank (the lock file is opened for writing, the subfolders receive files)."""
-    for name in (BANK_FILE, ".bank.lock", JOURNAL, *SUBFOLDERS):
-        p = path / name
-        if p.is_symlink():
-            raise BankError(f"{p} is a symbolic link; a bank's files and folders must be inside it, so the bank "
-                            "is refused. Replace the link by a real file or folder (or copy the bank with "
-                            "links resolved)")
-        if name in SUBFOLDERS and p.exists() and not p.is_dir():
-            raise BankError(f"{p} should be a folder of the bank but is a file; the bank was changed outside "
-                            "napari-matchseg. Move that file away")

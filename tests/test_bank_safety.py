@@ -253,20 +253,20 @@ def test_a_full_disk_keeps_what_was_committed_and_leaves_no_orphans(tmp_path, mo
     import napari_matchseg.bank as bank_module
 
     bank = _bank_with(tmp_path, 0)
-    real = bank_module.atomic_write
+    real = bank_module.atomic_write_bytes
     writes = {"n": 0}
 
-    def filling_up(path, write, **kw):
+    def filling_up(path, data, **kw):
         writes["n"] += 1
         if writes["n"] > 12:  # 6 references (12 files) fit, then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(path, write, **kw)
+        return real(path, data, **kw)
 
-    monkeypatch.setattr(bank_module, "atomic_write", filling_up)
+    monkeypatch.setattr(bank_module, "atomic_write_bytes", filling_up)
     with pytest.raises(BankError, match="full") as info:
         bank.add_many(((*_pair(), f"x{i}") for i in range(40)), commit_every=4)
     assert "\n" not in str(info.value)
-    monkeypatch.setattr(bank_module, "atomic_write", real)
+    monkeypatch.setattr(bank_module, "atomic_write_bytes", real)
     reopened = ReferenceBank.open(bank.path)
     assert len(reopened) == 4  # the first batch was committed; the second could not be, and left nothing
     assert reopened.check() == [] and len(bank) == 4
