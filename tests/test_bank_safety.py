@@ -270,3 +270,23 @@ def test_a_full_disk_keeps_what_was_committed_and_leaves_no_orphans(tmp_path, mo
     reopened = ReferenceBank.open(bank.path)
     assert len(reopened) == 4  # the first batch was committed; the second could not be, and left nothing
     assert reopened.check() == [] and len(bank) == 4
+
+
+def test_retrieval_and_removal_on_a_full_disk(tmp_path, monkeypatch):
+    import napari_matchseg.bank_files as bank_files
+    from napari_matchseg.embedding_store import EmbeddingStore
+    from napari_matchseg.retrieval import get_retriever, retrieve
+
+    bank = _bank_with(tmp_path, 3)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(EmbeddingStore, "add", full)
+    matches = retrieve(bank, get_retriever("handcrafted"), _pair()[0], k=2)  # vectors kept in memory
+    assert len(matches) == 2 and not any((bank.path / "embeddings").iterdir())
+    monkeypatch.setattr(bank_files, "atomic_write_json", full)  # the journal cannot be written
+    with pytest.raises(BankError, match="full") as info:
+        bank.remove("r0")
+    assert "\n" not in str(info.value)
+    assert "r0" in ReferenceBank.open(bank.path) and bank.load_image("r0").shape == (40, 48)
