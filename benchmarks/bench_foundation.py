@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from napari_matchseg._compat import avoid_triton_llvm_clash  # noqa: E402
 from napari_matchseg.bank import ReferenceBank  # noqa: E402
 from napari_matchseg.retrieval import l2_normalize, top_k  # noqa: E402
-from napari_matchseg.retrieval._torch_common import run_encoder, to_batch  # noqa: E402
+from napari_matchseg.tensors import run_encoder, to_batch  # noqa: E402
 from napari_matchseg.retrieval.handcrafted import HandcraftedRetriever  # noqa: E402
 
 

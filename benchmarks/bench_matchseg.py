@@ -28,7 +28,7 @@ from bench_foundation import machine  # noqa: E402
 
 from napari_matchseg.bank import ReferenceBank  # noqa: E402
 from napari_matchseg.checkpoint import DEFAULT_CHECKPOINT  # noqa: E402
-from napari_matchseg.predictor import MatchSegPredictor  # noqa: E402
+from napari_matchseg.proposers.matchseg import MatchSegPredictor  # noqa: E402
 from napari_matchseg.propose import propose  # noqa: E402
 from napari_matchseg.retrieval import get_retriever  # noqa: E402
 

@@ -23,9 +23,9 @@ sys.path.insert(0, str(REPO))
 from bench_foundation import machine  # noqa: E402
 
 from napari_matchseg import weights  # noqa: E402
-from napari_matchseg.sam2_memory import Sam2MemoryProposer  # noqa: E402
+from napari_matchseg.proposers.sam2_memory import Sam2MemoryProposer  # noqa: E402
 from napari_matchseg.sam2_model import build_sam2_model  # noqa: E402
-from napari_matchseg.samatch import Sam2Refiner  # noqa: E402
+from napari_matchseg.refiners.sam2 import Sam2Refiner  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     queries = [rng.integers(0, 256, (256, 256), dtype=np.uint8) for _ in range(args.repeats)]
 
     def run(cached: bool) -> float:
-        p = Sam2MemoryProposer(args.model, device=args.device, image_size=args.image_size, _model=model)
+        p = Sam2MemoryProposer(args.model, device=args.device, image_size=args.image_size, model=model)
         times = []
         for q in queries:
             if not cached:
@@ -60,7 +60,7 @@ def main() -> None:
         return statistics.median(times)
 
     recomputed, cached = run(False), run(True)
-    refiner = Sam2Refiner(_model=model)
+    refiner = Sam2Refiner(model=model)
     prob = np.zeros((256, 256), np.float32)
     prob[60:160, 60:180] = 0.99
     t = time.perf_counter()

@@ -45,7 +45,7 @@ from napari_matchseg.checkpoint import build_matchseg  # noqa: E402
 from napari_matchseg.cli_models import evaluate  # noqa: E402
 from napari_matchseg.image_io import read_image, read_mask  # noqa: E402
 from napari_matchseg.metrics import dice  # noqa: E402
-from napari_matchseg.predictor import MatchSegPredictor  # noqa: E402
+from napari_matchseg.proposers.matchseg import MatchSegPredictor  # noqa: E402
 from napari_matchseg.pseudo_labels import PseudoLabelStore  # noqa: E402
 from napari_matchseg.retrieval import get_retriever  # noqa: E402
 from napari_matchseg.training.data import read_manifest  # noqa: E402
@@ -212,12 +212,12 @@ def main() -> None:
                  dataclasses.replace(cfg, teacher="ema", cutmix=args.cutmix_p))
     if "d" in rows:
         from napari_matchseg.sam2_model import build_sam2_model
-        from napari_matchseg.samatch import Sam2Refiner
+        from napari_matchseg.refiners.sam2 import Sam2Refiner
 
         real = weights.where("sam2.1_hiera_tiny").is_file()
         size = 1024 if real else args.sam2_image_size
         model = build_sam2_model("sam2.1_hiera_tiny", image_size=size, random_init=not real)
-        refiner = Sam2Refiner(image_size=size, _model=model)
+        refiner = Sam2Refiner(image_size=size, model=model)
         semi_row("(d) semi, SAM 2 refined" + ("" if real else " (RANDOM SAM 2)"),
                  "semi-sam2" if real else "semi-sam2-random", ft,
                  dataclasses.replace(cfg, refine="sam2", sam2_image_size=size),

@@ -30,7 +30,7 @@ from bench_foundation import machine  # noqa: E402
 from napari_matchseg.bank import ReferenceBank  # noqa: E402
 from napari_matchseg.cli_models import evaluate  # noqa: E402
 from napari_matchseg.image_io import read_image, read_mask  # noqa: E402
-from napari_matchseg.predictor import MatchSegPredictor  # noqa: E402
+from napari_matchseg.proposers.matchseg import MatchSegPredictor  # noqa: E402
 from napari_matchseg.retrieval import get_retriever  # noqa: E402
 from napari_matchseg.training.data import read_manifest  # noqa: E402
 from napari_matchseg.training.train import GROUPS  # noqa: E402

@@ -66,7 +66,7 @@ def parse_scoring_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
 def image_dice(bank: ReferenceBank, checkpoint, pairs, device: str = "auto") -> np.ndarray:
     """Per-image Dice of a MatchSeg ``checkpoint`` on ``pairs`` with ``bank``'s references as supports, scored
     as in ``bench_semi.py`` (handcrafted retrieval, k = 8, threshold 0.5)."""
-    from napari_matchseg.predictor import MatchSegPredictor
+    from napari_matchseg.proposers.matchseg import MatchSegPredictor
 
     rows = evaluate(bank, get_retriever("handcrafted"), MatchSegPredictor(checkpoint, device=device), pairs,
                     EVAL_OPTS)["rows"]

@@ -31,7 +31,7 @@ from napari_matchseg.bank import ReferenceBank  # noqa: E402
 from napari_matchseg.errors import name_list  # noqa: E402
 from napari_matchseg.image_io import read_image, read_mask  # noqa: E402
 from napari_matchseg.metrics import dice  # noqa: E402
-from napari_matchseg.predictor import MatchSegPredictor  # noqa: E402
+from napari_matchseg.proposers.matchseg import MatchSegPredictor  # noqa: E402
 from napari_matchseg.pseudo_labels import PseudoLabelStore  # noqa: E402
 from napari_matchseg.training.semi import _agreement, foreground_confidence  # noqa: E402
 

@@ -346,7 +346,7 @@ class ReferenceBank:
             return self._insert_batch([(prepared, name)], source, on_duplicate)[0][0]
 
     def add_many(self, items: Iterable[tuple[Any, Any, str | None]], *, source: str = "manual",
-                 allow_empty: bool = False, on_duplicate: str = "skip", commit_every: int = 16,
+                 allow_empty: bool = False, on_duplicate: str = "skip", commit_every: int = 64,
                  total: int | None = None, progress: ProgressFn | None = None,
                  cancel: Callable[[], bool] | None = None) -> Added:
         """Add ``(image, mask, name)`` items (arrays or zero-argument callables that load them),

@@ -28,7 +28,7 @@ _REVISION = re.compile(r"\.r[0-9]{1,9}")
 
 
 def slug(name: str, max_len: int = 64) -> str:
-    """A reference id made from a file name: letters, digits, ``.``, ``_`` and ``-`` (so always an :data:`ID_PATTERN`)."""
+    """A reference id made from a file name: letters, digits, ``.``, ``_`` and ``-`` (always an :data:`ID_PATTERN`)."""
     stem = Path(str(name)).stem if name else ""
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-")[:max_len]
     return s or "ref"

@@ -1,4 +1,7 @@
-"""Proposals for a query image: retrieve supports from the bank, then run a proposer on them."""
+"""Proposals for a query image: retrieve supports from the bank, then run a proposer (and a refiner) on them.
+
+The function-level API; :class:`~napari_matchseg.pipeline.Pipeline` builds the models from a config and calls it.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,10 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from .bank import ReferenceBank
-from .errors import InputError
+from .errors import InputError, ReferenceNotFound
 from .feature_cache import FeatureCache
 from .image_io import check_image
-from .predictor import MatchSegPredictor
 from .retrieval import Match, Retriever, retrieve
-
-PROPOSERS = ("matchseg", "sam2")
 
 
 @dataclasses.dataclass
@@ -30,20 +30,6 @@ class Proposal:
         if self.refined_mask is not None:
             return self.refined_mask
         return self.probability >= threshold
-
-
-def build_proposer(name: str = "matchseg", checkpoint=None, device: str | None = "auto",
-                   sam2_model: str = "sam2.1_hiera_tiny", sam2_image_size: int = 1024, mirror_tta: bool = False):
-    """A proposer by name: ``matchseg`` (default, shipped checkpoint) or ``sam2`` (memory attention)."""
-    if name == "matchseg":
-        return MatchSegPredictor(checkpoint, device=device, mirror_tta=mirror_tta)
-    if name == "sam2":
-        if mirror_tta:
-            raise InputError("the test-time mirror (--mirror-tta) is a MatchSeg option; the sam2 proposer has none")
-        from .sam2_memory import Sam2MemoryProposer
-
-        return Sam2MemoryProposer(sam2_model, checkpoint, device=device, image_size=sam2_image_size)
-    raise InputError(f"unknown proposer {name!r}; choose one of {', '.join(PROPOSERS)}")
 
 
 def attach_bank(predictor, bank: ReferenceBank) -> None:
@@ -72,7 +58,7 @@ def propose(bank: ReferenceBank, image: np.ndarray, *, retriever: Retriever, pre
             cancel: Callable[[], bool] | None = None, refiner=None, refine_threshold: float = 0.95,
             refine_margin: int = 30) -> Proposal:
     """A probability map for ``image`` from its ``k`` most similar references (``predictor``: any proposer),
-    optionally refined by SAM 2 prompts (``refiner``: a :class:`~napari_matchseg.samatch.Sam2Refiner`)."""
+    optionally refined by SAM 2 prompts (``refiner``: a :class:`~napari_matchseg.refiners.sam2.Sam2Refiner`)."""
     img = check_image(image)
     if not 1 <= k <= 32:
         raise InputError(f"k must be between 1 and 32, got {k}")
@@ -80,10 +66,18 @@ def propose(bank: ReferenceBank, image: np.ndarray, *, retriever: Retriever, pre
     if store is None or getattr(store, "bank_path", None) != bank.path:
         attach_bank(predictor, bank)
     matches: list[Match] = []
-    if predictor.uses_supports:
-        matches = select_supports(bank, retriever, img, k, exclude, strategy, rng, progress, cancel)
-    ids = [m.id for m in matches]
-    prob = predictor.predict(img, [bank.load_image(i) for i in ids], [bank.load_mask(i) for i in ids])
+    images: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    for attempt in range(2):
+        if predictor.uses_supports:
+            matches = select_supports(bank, retriever, img, k, exclude, strategy, rng, progress, cancel)
+        try:
+            images, masks = [bank.load_image(m.id) for m in matches], [bank.load_mask(m.id) for m in matches]
+            break
+        except ReferenceNotFound:  # another process removed a support meanwhile: choose again, once
+            if attempt:
+                raise
+    prob = predictor.predict(img, images, masks)
     proposal = Proposal(prob, matches)
     if refiner is not None:
         r = refiner.refine(img, prob, threshold=refine_threshold, margin=refine_margin)

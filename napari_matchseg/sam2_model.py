@@ -15,15 +15,7 @@ from . import weights
 from ._compat import avoid_triton_llvm_clash
 from .device import resolve_device
 from .errors import WeightsError
-
-SAM2_CONFIGS = {
-    "sam2.1_hiera_tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
-    "sam2.1_hiera_small": "configs/sam2.1/sam2.1_hiera_s.yaml",
-    "sam2.1_hiera_base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
-    "sam2.1_hiera_large": "configs/sam2.1/sam2.1_hiera_l.yaml",
-}
-DEFAULT_SAM2 = "sam2.1_hiera_tiny"
-
+from .sam2_configs import DEFAULT_SAM2, SAM2_CONFIGS
 
 def size_overrides(image_size: int) -> list[str]:
     if image_size % 16:

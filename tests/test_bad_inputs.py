@@ -161,10 +161,10 @@ def test_segment_goes_on_past_bad_files_and_a_rerun_skips_what_exists(small_bank
 
 
 def test_eval_checks_its_output_files_before_any_work(small_bank, tiny_ckpt, capsys, monkeypatch):
-    import napari_matchseg.cli_models as cli_models
+    import napari_matchseg.cli.propose as cli_propose
 
     t = small_bank
-    monkeypatch.setattr(cli_models, "_pipeline", lambda args: pytest.fail("work started before the check"))
+    monkeypatch.setattr(cli_propose, "pipeline_from_args", lambda args: pytest.fail("work started before the check"))
     common = ["eval", "--bank", t / "b", "--images", t / "s/images", "--masks", t / "s/masks", "--checkpoint",
               tiny_ckpt]
     code, _, err = run(capsys, *common, "--json", t / "nodir" / "r.json")

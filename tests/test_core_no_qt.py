@@ -4,9 +4,10 @@ import subprocess
 import sys
 
 CORE = ["napari_matchseg", "napari_matchseg.bank", "napari_matchseg.retrieval", "napari_matchseg.weights",
-        "napari_matchseg.predictor", "napari_matchseg.propose", "napari_matchseg.training.train",
-        "napari_matchseg.training.finetune", "napari_matchseg.sam2_memory", "napari_matchseg.samatch",
-        "napari_matchseg.active", "napari_matchseg.cli", "napari_matchseg.cli_models", "napari_matchseg.reader"]
+        "napari_matchseg.proposers.matchseg", "napari_matchseg.propose", "napari_matchseg.training.train",
+        "napari_matchseg.training.finetune", "napari_matchseg.proposers.sam2_memory", "napari_matchseg.refiners.sam2",
+        "napari_matchseg.active", "napari_matchseg.cli", "napari_matchseg.cli.propose", "napari_matchseg.cli.train",
+        "napari_matchseg.pipeline", "napari_matchseg.proposers", "napari_matchseg.refiners", "napari_matchseg.reader"]
 
 
 def test_core_imports_no_qt():

@@ -10,7 +10,7 @@ from napari_matchseg.checkpoint import build_matchseg, save_checkpoint
 from napari_matchseg.errors import InputError, WeightsError
 from napari_matchseg.metrics import dice, hd95, iou
 from napari_matchseg.modeling import MatchSeg, MatchSegConfig
-from napari_matchseg.predictor import MatchSegPredictor
+from napari_matchseg.proposers.matchseg import MatchSegPredictor
 from napari_matchseg.propose import propose
 from napari_matchseg.retrieval import get_retriever
 

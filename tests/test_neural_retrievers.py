@@ -10,7 +10,7 @@ import torch
 from napari_matchseg import weights
 from napari_matchseg.errors import WeightsError
 from napari_matchseg.retrieval import retrieve
-from napari_matchseg.retrieval._torch_common import to_batch
+from napari_matchseg.tensors import to_batch
 from napari_matchseg.retrieval.clip import ClipRetriever
 from napari_matchseg.retrieval.dinov2 import Dinov2Retriever, hub_code_dir
 

@@ -13,9 +13,9 @@ from napari_matchseg.errors import InputError, WeightsError
 from napari_matchseg.feature_cache import FeatureCache
 from napari_matchseg.propose import propose
 from napari_matchseg.retrieval import get_retriever
-from napari_matchseg.sam2_memory import Sam2MemoryProposer
+from napari_matchseg.proposers.sam2_memory import Sam2MemoryProposer
 from napari_matchseg.sam2_model import build_sam2_model
-from napari_matchseg.samatch import Sam2Refiner, extract_prompts
+from napari_matchseg.refiners.sam2 import Sam2Refiner, extract_prompts
 
 SIZE = 256
 

@@ -16,7 +16,7 @@ from napari_matchseg.cli import main
 from napari_matchseg.errors import Cancelled, InputError
 from napari_matchseg.metrics import dice
 from napari_matchseg.pseudo_labels import PseudoLabelStore, confident_pseudo_label, refined_pseudo_label
-from napari_matchseg.samatch import Refinement, extract_prompts
+from napari_matchseg.refiners.prompts import Refinement, extract_prompts
 from napari_matchseg.training.augment import cutmix
 from napari_matchseg.training.losses import segmentation_loss
 from napari_matchseg.training.semi import (FINAL_NAME, SemiConfig, Unlabelled, kept_result_name, run_semi,

@@ -82,7 +82,7 @@ def test_label_propose_edit_accept_export(annotator, qtbot, tmp_path):
 
 
 def test_mirror_option_averages_both_views(annotator, qtbot, tmp_path):
-    from napari_matchseg.predictor import MatchSegPredictor
+    from napari_matchseg.proposers.matchseg import MatchSegPredictor
 
     viewer, w = annotator
     for i in range(3):

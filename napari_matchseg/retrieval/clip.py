@@ -8,7 +8,7 @@ from .. import weights
 from .._compat import avoid_triton_llvm_clash
 from ..device import resolve_device
 from ..errors import WeightsError
-from ._torch_common import file_fingerprint, run_encoder, to_batch
+from ..tensors import file_fingerprint, run_encoder, to_batch
 from .base import Retriever
 
 # open_clip (model, pretrained tag) -> our weights registry, so the file is cached and verified once

@@ -19,7 +19,7 @@ from .. import weights
 from .._compat import avoid_triton_llvm_clash
 from ..device import resolve_device
 from ..errors import WeightsError
-from ._torch_common import file_fingerprint, run_encoder, to_batch
+from ..tensors import file_fingerprint, run_encoder, to_batch
 from .base import Retriever
 
 ARCHS = ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14")

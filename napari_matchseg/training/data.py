@@ -14,23 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
-from ..image_io import check_image, read_image, read_mask, reduce_for_model, to_float_rgb
+from ..image_io import read_image, read_mask
 from ..retrieval import get_retriever, l2_normalize
-
-
-def to_working(image: np.ndarray, size: int) -> torch.Tensor:
-    """(3, size, size) float32 in [0, 1]: the model's input convention."""
-    t = torch.from_numpy(to_float_rgb(reduce_for_model(check_image(image)))).permute(2, 0, 1)[None]
-    return F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].clamp_(0, 1)
-
-
-def mask_to_working(mask: np.ndarray, size: int) -> torch.Tensor:
-    """(1, size, size) float32 in {0, 1} (area-averaged, then thresholded at one half)."""
-    t = torch.from_numpy(reduce_for_model(np.asarray(mask, np.float32)))[None, None]
-    return (F.interpolate(t, size=(size, size), mode="area") > 0.5).float()[0]
+from ..tensors import mask_to_working, to_working  # noqa: F401  (re-exported for training code)
 
 
 @dataclasses.dataclass

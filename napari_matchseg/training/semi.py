@@ -46,7 +46,7 @@ from ..checkpoint import build_matchseg, save_checkpoint
 from ..errors import Cancelled, InputError, WeightsError, name_list
 from ..fsutil import atomic_write_json, same_folder
 from ..image_io import check_image, content_hash, list_images, read_image
-from ..predictor import MatchSegPredictor
+from ..proposers.matchseg import MatchSegPredictor
 from ..pseudo_labels import PseudoLabelStore, confident_pseudo_label, refined_pseudo_label
 from ..retrieval import get_retriever
 from .augment import augment, cutmix, strong_photometric
@@ -295,7 +295,7 @@ class _Refiner:
             return None
         if not self.tried:
             self.tried = True
-            from ..samatch import Sam2Refiner
+            from ..refiners.sam2 import Sam2Refiner
 
             try:
                 self.refiner = Sam2Refiner(self.cfg.sam2_model, self.cfg.sam2_checkpoint, self.cfg.device,

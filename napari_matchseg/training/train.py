@@ -39,7 +39,7 @@ class TrainConfig:
     data_root: str
     out_dir: str
     datasets: tuple[str, ...] = ("busi", "kvasir", "wbc")
-    steps: int = 4000
+    steps: int = 6000
     batch_size: int = 8
     k_min: int = 1
     k_max: int = 8
@@ -48,7 +48,7 @@ class TrainConfig:
     warmup: int = 150
     synthetic_fraction: float = 0.15
     neighbours: int = 16
-    val_every: int = 250
+    val_every: int = 500
     val_k: int = 8
     seed: int = 0
     retriever: str = "handcrafted"

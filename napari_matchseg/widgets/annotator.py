@@ -22,7 +22,8 @@ from ..bank import ReferenceBank
 from ..errors import Cancelled, DuplicateReference, InputError, MatchsegError, name_list
 from ..fsutil import same_folder
 from ..image_io import check_image, check_mask, write_mask, write_mask_tiff
-from ..retrieval import RETRIEVER_NAMES
+from ..proposers import PROPOSERS
+from ..retrieval import RETRIEVERS
 from ..settings import Settings
 
 
@@ -121,13 +122,13 @@ class ReferenceAnnotator(QWidget):
         box = QGroupBox("Propose")
         form = QFormLayout(box)
         self.retriever_combo = QComboBox()
-        self.retriever_combo.addItems(RETRIEVER_NAMES)
+        self.retriever_combo.addItems(RETRIEVERS.names())
         self.retriever_combo.setCurrentText(s.retriever)
         self.k_spin = QSpinBox()
         self.k_spin.setRange(1, 32)
         self.k_spin.setValue(s.k)
         self.proposer_combo = QComboBox()
-        self.proposer_combo.addItems(["matchseg", "sam2"])
+        self.proposer_combo.addItems(PROPOSERS.names())
         self.proposer_combo.setCurrentText(s.proposer)
         self.refine_check = QCheckBox("refine with SAM 2 prompts")
         self.refine_check.setChecked(s.refine)
@@ -472,27 +473,31 @@ class ReferenceAnnotator(QWidget):
                 "refine": self.refine_check.isChecked(), "bank": self._need_bank().path,
                 "mirror_tta": self.mirror_check.isChecked()}
 
-    def _proposer(self, c: dict):
-        """A proposer for these choices, built once (in the worker: loading can take a while)."""
-        from ..propose import build_proposer
+    def _pipeline(self, c: dict):
+        """The core pipeline for these choices; its models are built once and kept (in the worker: loading
+        can take a while), and reused with new choices of k, retriever or mirror."""
+        from ..pipeline import Pipeline, PipelineConfig
+        from ..proposers import PROPOSERS
+        from ..refiners import REFINERS
 
+        options = {"checkpoint": c["checkpoint"] or None, "sam2_image_size": c["sam2_image_size"],
+                   "mirror_tta": c["mirror_tta"] and c["proposer"] == "matchseg"}
+        config = PipelineConfig(retriever=c["retriever"], proposer=c["proposer"], k=c["k"], device=c["device"],
+                                refiner="sam2" if c["refine"] else "none", options=options)
         key = (c["proposer"], c["checkpoint"], c["device"], c["sam2_image_size"])
         if key not in self._proposers:
-            self._proposers[key] = build_proposer(key[0], key[1] or None, key[2], sam2_image_size=key[3])
+            entry = PROPOSERS.get(c["proposer"])
+            self._proposers[key] = entry.build(config.values(entry), device=c["device"])
         proposer = self._proposers[key]
-        if c["proposer"] == "matchseg":  # a per-proposal choice: same model, same cached support features
-            proposer.mirror_tta = c["mirror_tta"]
-        return proposer
-
-    @staticmethod
-    def _refiner(c: dict, proposer):
-        """SAM 2 refinement when chosen (sharing the proposer's SAM 2 model when it has one)."""
-        if not c["refine"]:
-            return None
-        from ..samatch import Sam2Refiner
-
-        model = proposer.model if c["proposer"] == "sam2" else None
-        return Sam2Refiner(device=c["device"], _model=model, image_size=c["sam2_image_size"])
+        if hasattr(proposer, "mirror_tta"):  # a per-proposal choice: same model, same cached support features
+            proposer.mirror_tta = options["mirror_tta"]
+        refiner = None
+        if c["refine"]:
+            entry = REFINERS.get("sam2")
+            shared = proposer.shared_model(entry.shares_model)
+            refiner = entry.build(config.values(entry), device=c["device"],
+                                  **({"model": shared} if shared is not None else {}))
+        return Pipeline(config, proposer=proposer, refiner=refiner)
 
     def propose_current(self) -> None:
         try:
@@ -505,18 +510,11 @@ class ReferenceAnnotator(QWidget):
         c = self._choices()
 
         def work():
-            from ..propose import propose
-            from ..retrieval import get_retriever
-
             self._signals.progress.emit(0, 0, "loading the model...")
-            proposer = self._proposer(c)
-            refiner = self._refiner(c, proposer)
+            pipeline = self._pipeline(c)
             bank = ReferenceBank.open(c["bank"])  # the worker's own view: the GUI may add references meanwhile
-            exclude = [i for i in [bank.find_image(image)] if i]
-            result = propose(bank, image, retriever=get_retriever(c["retriever"]), predictor=proposer,
-                             k=min(c["k"], len(bank) - len(exclude)) or 1, exclude=exclude,
-                             progress=self._progress_cb("embedding the bank..."),
-                             cancel=self._cancel.is_set, refiner=refiner)
+            result = pipeline.propose(bank, image, progress=self._progress_cb("embedding the bank..."),
+                                      cancel=self._cancel.is_set)
             return layer, idx, image, result
 
         self._run(work, self._show_proposal, "proposing...")
@@ -584,19 +582,13 @@ class ReferenceAnnotator(QWidget):
         stack = len(images) > 1
 
         def work():
-            from ..propose import propose
-            from ..retrieval import get_retriever
-
             bank = ReferenceBank.open(c["bank"])
-            proposer, retriever, results = self._proposer(c), get_retriever(c["retriever"]), []
-            refiner = self._refiner(c, proposer)
+            pipeline, results = self._pipeline(c), []
             for n, i in enumerate(todo):
                 if self._cancel.is_set():
                     break  # keep what is done
                 self._signals.progress.emit(n, len(todo), f"proposing slice {i} ({n + 1} of {len(todo)})...")
-                results.append((layer, i if stack else None, images[i],
-                                propose(bank, images[i], retriever=retriever, predictor=proposer,
-                                        k=min(c["k"], len(bank)), refiner=refiner)))
+                results.append((layer, i if stack else None, images[i], pipeline.propose(bank, images[i])))
             return results
 
         def show(results):

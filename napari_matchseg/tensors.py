@@ -1,7 +1,8 @@
-"""Shared plumbing of the neural retrievers: batching images into normalised tensors, fingerprints."""
+"""The torch helpers every model shares: images to tensors, reduced-precision autocast, file fingerprints."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -9,9 +10,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..device import half_dtype
-from ..errors import WeightsError
-from ..image_io import check_image, reduce_for_model, to_float_rgb
+from .device import half_dtype
+from .errors import WeightsError
+from .image_io import check_image, reduce_for_model, to_float_rgb
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None | str = "auto"):
+    """Autocast to ``dtype`` on ``device`` (``"auto"``: :func:`~napari_matchseg.device.half_dtype`, i.e. bf16 or
+    fp16 on a GPU, full precision on a CPU); a no-op context when there is nothing to cast to."""
+    if dtype == "auto":
+        dtype = half_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def to_working(image: np.ndarray, size: int) -> torch.Tensor:
+    """(3, size, size) float32 in [0, 1]: the MatchSeg input convention."""
+    t = torch.from_numpy(to_float_rgb(reduce_for_model(check_image(image)))).permute(2, 0, 1)[None]
+    return F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].clamp_(0, 1)
+
+
+def mask_to_working(mask: np.ndarray, size: int) -> torch.Tensor:
+    """(1, size, size) float32 in {0, 1} (area-averaged, then thresholded at one half)."""
+    t = torch.from_numpy(reduce_for_model(np.asarray(mask, np.float32)))[None, None]
+    return (F.interpolate(t, size=(size, size), mode="area") > 0.5).float()[0]
 
 
 def to_batch(images, size: int, mean, std, device: torch.device) -> torch.Tensor:
@@ -30,11 +53,7 @@ def to_batch(images, size: int, mean, std, device: torch.device) -> torch.Tensor
 @torch.inference_mode()
 def run_encoder(fn, x: torch.Tensor) -> np.ndarray:
     """``fn(x)`` under reduced-precision autocast where the device supports it, as float32 numpy."""
-    dtype = half_dtype(x.device)
-    if dtype is not None:
-        with torch.autocast(device_type=x.device.type, dtype=dtype):
-            out = fn(x)
-    else:
+    with autocast(x.device):
         out = fn(x)
     return out.float().cpu().numpy()
 

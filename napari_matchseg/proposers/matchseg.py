@@ -14,25 +14,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import DEFAULT_CHECKPOINT, build_matchseg
-from .device import half_dtype, resolve_device
-from .errors import InputError
-from .feature_cache import TieredCache
-from .image_io import check_image, check_mask, content_hash
-from .modeling import SupportFeatures
-from .retrieval._torch_common import file_fingerprint
-from .training.data import mask_to_working, to_working
+from ..checkpoint import DEFAULT_CHECKPOINT, build_matchseg
+from ..device import half_dtype, resolve_device
+from ..errors import InputError
+from ..feature_cache import TieredCache
+from ..image_io import check_image, check_mask, content_hash
+from ..modeling import SupportFeatures
+from ..tensors import autocast, file_fingerprint, mask_to_working, to_working
+from .base import Proposer
 
 MAX_K = 32
 
 
-class MatchSegPredictor:
+class MatchSegPredictor(Proposer):
     """Loads a checkpoint once (``None`` = the embedded default) and predicts on any device.
 
     ``half`` (default: automatic) runs the network under bf16/fp16 autocast on CUDA/MPS; CPU stays fp32.
     ``mirror_tta`` averages each query's probabilities with those of its left-right mirror image: one more
     query pass (the support features are shared), a steadier proposal (docs/benchmarks.md "Test-time mirror").
     """
+
+    name = "matchseg"
 
     def __init__(self, checkpoint: str | Path | None = None, device: str | None = "auto",
                  half: bool | None = None, memory_cache: int = 512, mirror_tta: bool = False):
@@ -50,10 +52,6 @@ class MatchSegPredictor:
         self.features = TieredCache(memory_cache)
         self.mirror_tta = mirror_tta
 
-    @property
-    def feature_store(self):
-        return self.features.store
-
     def attach_cache(self, store) -> None:
         """Read and write support features through ``store`` (a FeatureCache) as well as memory."""
         store.bind(self.feature_shapes)
@@ -64,10 +62,7 @@ class MatchSegPredictor:
         return self.model.uses_supports
 
     def _run(self, fn, *args):
-        with torch.inference_mode():
-            if self.autocast is not None:
-                with torch.autocast(self.device.type, dtype=self.autocast):
-                    return fn(*args)
+        with torch.inference_mode(), autocast(self.device, self.autocast):
             return fn(*args)
 
     def image_features(self, image: np.ndarray) -> list[torch.Tensor]:
@@ -103,14 +98,11 @@ class MatchSegPredictor:
                                                                                        *f.shape[-2:]))
         return SupportFeatures(out_f, out_m)
 
-    def predict(self, image: np.ndarray, support_images: Sequence[np.ndarray] = (),
-                support_masks: Sequence[np.ndarray] = ()) -> np.ndarray:
-        """Foreground probability (H, W) float32 at the image's own size; threshold it yourself."""
-        return self.predict_batch([image], [(support_images, support_masks)])[0]
-
     def predict_batch(self, images: Sequence[np.ndarray],
-                      supports: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]) -> list[np.ndarray]:
+                      supports: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
+                      prompts=None) -> list[np.ndarray]:
         """Several queries at once; queries with the same number of supports share one forward pass."""
+        self._refuse_prompts(prompts)
         if not self.mirror_tta:
             return self._predict_views(images, supports, mirror=False)[0]
         return [0.5 * (p + p_m) for p, p_m in self.predict_with_mirror(images, supports)]

@@ -18,32 +18,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device import half_dtype, resolve_device
-from .errors import InputError
-from .feature_cache import TieredCache
-from .image_io import check_image, check_mask, content_hash
-from .retrieval._torch_common import file_fingerprint, to_batch
-from .sam2_model import DEFAULT_SAM2, build_sam2_model
+from .. import weights
+from ..device import half_dtype, resolve_device
+from ..errors import InputError
+from ..feature_cache import TieredCache
+from ..image_io import check_image, check_mask, content_hash
+from ..sam2_model import DEFAULT_SAM2, build_sam2_model
+from ..tensors import autocast, file_fingerprint, to_batch
+from .base import Proposer
 
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MAX_K = 32
 
 
-class Sam2MemoryProposer:
-    """Same interface as :class:`~napari_matchseg.predictor.MatchSegPredictor` (``predict``, ``model_id``)."""
+class Sam2MemoryProposer(Proposer):
+    """SAM 2's memory attention as a proposer. ``model``: an already built SAM 2 (from
+    :func:`~napari_matchseg.sam2_model.build_sam2_model`) to use instead of loading one, e.g. one shared with
+    the SAM-Match refiner or a small random one in tests."""
 
-    uses_supports = True
+    name = "sam2"
 
     def __init__(self, model_name: str = DEFAULT_SAM2, checkpoint: str | Path | None = None,
                  device: str | None = "auto", image_size: int = 1024, memory_cache: int = 256,
-                 _model: torch.nn.Module | None = None):
+                 model: torch.nn.Module | None = None):
         self.device = resolve_device(device)
-        self.model = _model if _model is not None else build_sam2_model(model_name, checkpoint, self.device,
-                                                                        image_size)
+        self.model = model if model is not None else build_sam2_model(model_name, checkpoint, self.device,
+                                                                      image_size)
         self.size = int(self.model.image_size)
-        from . import weights
-
-        src = checkpoint if checkpoint is not None else (weights.where(model_name) if _model is None else None)
+        src = checkpoint if checkpoint is not None else (weights.where(model_name) if model is None else None)
         tag = file_fingerprint(src) if src is not None and Path(src).is_file() else "random"
         self.model_id = f"sam2-{model_name}-{tag}-{self.size}"
         self.autocast = half_dtype(self.device) if self.device.type == "cuda" else None
@@ -59,14 +61,11 @@ class Sam2MemoryProposer:
         store.bind(self.feature_shapes)
         self.features.store = store
 
-    @property
-    def feature_store(self):
-        return self.features.store
+    def shared_model(self, family: str):
+        return self.model if family == "sam2" else None
 
     def _ctx(self):
-        if self.autocast is not None:
-            return torch.autocast(self.device.type, dtype=self.autocast)
-        return torch.autocast("cpu", enabled=False)
+        return autocast(self.device, self.autocast)
 
     def _backbone(self, image: np.ndarray):
         x = to_batch([image], self.size, _MEAN, _STD, self.device)
@@ -102,8 +101,12 @@ class Sam2MemoryProposer:
             self._mem_pos = self.model.memory_encoder.position_encoding(feats).to(feats.dtype)
         return self._mem_pos
 
-    def predict(self, image: np.ndarray, support_images: Sequence[np.ndarray],
-                support_masks: Sequence[np.ndarray]) -> np.ndarray:
+    def predict_batch(self, images, supports, prompts=None) -> list[np.ndarray]:
+        self._refuse_prompts(prompts)
+        return [self._predict_one(im, *s) for im, s in zip(images, supports)]
+
+    def _predict_one(self, image: np.ndarray, support_images: Sequence[np.ndarray],
+                     support_masks: Sequence[np.ndarray]) -> np.ndarray:
         """Foreground probability (H, W) float32; supports best first."""
         img = check_image(image, name="query")
         if len(support_images) != len(support_masks):

@@ -1,21 +1,18 @@
-"""SAM-Match refinement: a proposal's confident pixels become SAM 2 prompts, SAM 2's mask the refined one.
+"""SAM-Match's prompts: a proposal's confident pixels become a box and points for a SAM-style model.
 
 From a probability map: keep pixels above ``threshold`` (the paper uses 0.95); take the largest confident
 component's bounding box, enlarged by ``margin`` pixels (the SAMatch code uses 30 px on BUSI); put positive
 points at interior maxima of its distance transform and negative points in confident background (below
-1 - threshold) near the object; run the SAM 2 image predictor with box + points. A proposal with no confident
+1 - threshold) near the object; the refiner runs its model with box + points. A proposal with no confident
 foreground passes through unchanged, with the reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
-
-from .image_io import check_image, to_float_rgb
 
 
 @dataclasses.dataclass
@@ -87,39 +84,3 @@ def extract_prompts(prob: np.ndarray, threshold: float = 0.95, margin: int = 30,
     pts = np.array([[x, y] for y, x in pos + neg], np.float32)
     lab = np.array([1] * len(pos) + [0] * len(neg), np.int32)
     return Prompts(box, pts, lab), f"{len(pos)} positive, {len(neg)} negative points and a box"
-
-
-class Sam2Refiner:
-    """Wraps the official ``SAM2ImagePredictor`` around a model from :func:`build_sam2_model`."""
-
-    def __init__(self, model_name: str = "sam2.1_hiera_tiny", checkpoint: str | Path | None = None,
-                 device: str | None = "auto", image_size: int = 1024, _model=None):
-        from .sam2_model import build_sam2_model
-
-        model = _model if _model is not None else build_sam2_model(model_name, checkpoint, device, image_size)
-        from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-        self.predictor = SAM2ImagePredictor(model)
-        size = int(model.image_size)
-        if size != 1024:  # the image predictor assumes 1024 px; give it this model's feature grid
-            self.predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
-
-    def refine(self, image: np.ndarray, prob: np.ndarray, threshold: float = 0.95, margin: int = 30,
-               n_positive: int = 3, n_negative: int = 3) -> Refinement:
-        img = check_image(image)
-        if prob.shape != img.shape[:2]:
-            raise ValueError(f"probability map {prob.shape} and image {img.shape[:2]} differ in size")
-        prompts, reason = extract_prompts(prob, threshold, margin, n_positive, n_negative)
-        if prompts is None:
-            return Refinement(prob >= 0.5, None, False, f"not refined: {reason}")
-        import torch
-
-        rgb = (to_float_rgb(img) * 255).round().astype(np.uint8)
-        dev = self.predictor.model.device
-        ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
-               else torch.autocast("cpu", enabled=False))
-        with torch.inference_mode(), ctx:
-            self.predictor.set_image(rgb)
-            masks, scores, _ = self.predictor.predict(point_coords=prompts.points, point_labels=prompts.labels,
-                                                      box=prompts.box, multimask_output=False)
-        return Refinement(np.asarray(masks[0]) > 0, prompts, True, f"refined with {reason}", float(scores[0]))

@@ -1,0 +1,33 @@
+"""Proposers: a foreground probability map for a new image from its retrieved references.
+
+>>> from napari_matchseg.proposers import PROPOSERS
+>>> proposer = PROPOSERS.get("matchseg").build({"checkpoint": None}, device="auto")
+
+Add one with a module holding a :class:`~napari_matchseg.proposers.base.Proposer` subclass and one
+``PROPOSERS.register(Entry(...))`` line (docs/adding-a-model.md): the CLI's ``--proposer`` choices and options,
+the plugin's proposer list and ``matchseg weights`` read this table.
+"""
+
+from __future__ import annotations
+
+from ..registry import Entry, Option, Registry
+from ..sam2_options import SAM2_IMAGE_SIZE, SAM2_MODEL, SAM2_WEIGHTS
+
+CHECKPOINT = Option("--checkpoint", "checkpoint", None, "the proposer's checkpoint (default: MatchSeg's shipped one; "
+                    "for sam2 the weights cache, see `matchseg weights where`)")
+
+PROPOSERS = Registry("proposer")
+PROPOSERS.register(Entry(
+    "matchseg", "napari_matchseg.proposers.matchseg:MatchSegPredictor",
+    "MatchSeg network: joint attention between the query and its references (shipped checkpoint)", title="MatchSeg",
+    options=(CHECKPOINT, Option("--mirror-tta", "mirror_tta", False,
+                                "matchseg: average each image's probabilities with its mirror image's "
+                                "(62 -> 96 ms per proposal on a 2-core CPU)", type=bool))))
+PROPOSERS.register(Entry(
+    "sam2", "napari_matchseg.proposers.sam2_memory:Sam2MemoryProposer",
+    "SAM 2 memory attention: retrieved pairs become memories, the image is the next frame", title="SAM 2",
+    options=(CHECKPOINT, SAM2_MODEL, SAM2_IMAGE_SIZE), weights=SAM2_WEIGHTS, shares_model="sam2"))
+
+DEFAULT_PROPOSER = "matchseg"
+
+__all__ = ["PROPOSERS", "DEFAULT_PROPOSER", "CHECKPOINT"]
