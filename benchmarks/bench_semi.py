@@ -42,7 +42,7 @@ from bench_foundation import machine  # noqa: E402
 from napari_matchseg import weights  # noqa: E402
 from napari_matchseg.bank import ReferenceBank  # noqa: E402
 from napari_matchseg.checkpoint import build_matchseg  # noqa: E402
-from napari_matchseg.cli_models import evaluate  # noqa: E402
+from napari_matchseg.pipeline import Pipeline, PipelineConfig, evaluate  # noqa: E402
 from napari_matchseg.image_io import read_image, read_mask  # noqa: E402
 from napari_matchseg.metrics import dice  # noqa: E402
 from napari_matchseg.proposers.matchseg import MatchSegPredictor  # noqa: E402
@@ -61,7 +61,7 @@ FINETUNED = {"b": "finetuned.safetensors", "b2": "finetuned-2x.safetensors"}
 LOOP_FOLDERS = {"c": "semi", "c2": "semi-after-ft", "c3": "semi-ema-after-ft", "c4": "semi-cutmix-after-ft",
                 "c5": "semi-ema-cutmix-after-ft"}  # each holds a run_semi run folder
 # how every row is scored: the labelled images as the bank, k = 8, handcrafted retrieval (paired_dice.py too)
-EVAL_OPTS = argparse.Namespace(k=8, threshold=0.5, support="retrieved", allow_self=False)
+EVAL_CONFIG = PipelineConfig(k=8, threshold=0.5, support="retrieved", allow_self=False)
 
 
 def test_pairs(data: Path, name: str, split: str = "test") -> list[tuple[Path, Path]]:
@@ -165,7 +165,8 @@ def main() -> None:
 
     def score(label: str, ckpt, seconds: float, extra: dict | None = None) -> None:
         t = time.time()
-        r = evaluate(bank, retriever, MatchSegPredictor(ckpt, device=args.device), pairs, EVAL_OPTS)
+        r = evaluate(Pipeline(EVAL_CONFIG, retriever=retriever, proposer=MatchSegPredictor(ckpt, device=args.device)),
+                     bank, pairs)
         results[label] = {k: v for k, v in r.items() if k != "rows"} | {"train_seconds": round(seconds),
                                                                         "eval_seconds": round(time.time() - t)}
         results[label].update(extra or {})

@@ -10,7 +10,7 @@ the proposal averages the image's and its mirror image's probabilities), joined 
 a method to some datasets (its other cells print as "-").
 
 Every method runs through the same code as ``matchseg eval`` (retrieval with the handcrafted retriever,
-the proposal, thresholding at 0.5, metrics at the original image size). BUSI is evaluated on its benign and
+the proposal, thresholding at 0.5, metrics at the original image size: one Pipeline). BUSI is evaluated on its benign and
 malignant test images (the normal ones have empty masks), as in the MatchSeg paper.
 """
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from bench_foundation import machine  # noqa: E402
 
 from napari_matchseg.bank import ReferenceBank  # noqa: E402
-from napari_matchseg.cli_models import evaluate  # noqa: E402
+from napari_matchseg.pipeline import Pipeline, PipelineConfig, evaluate  # noqa: E402
 from napari_matchseg.image_io import read_image, read_mask  # noqa: E402
 from napari_matchseg.proposers.matchseg import MatchSegPredictor  # noqa: E402
 from napari_matchseg.retrieval import get_retriever  # noqa: E402
@@ -84,9 +84,9 @@ def main() -> None:
             if name not in only.get(label, {name}):
                 continue
             predictor, support = method_predictor(ckpt.format(d=name))
-            opts = argparse.Namespace(k=args.k, threshold=0.5, support=support, allow_self=False)
+            pipeline = Pipeline(PipelineConfig(k=args.k, support=support), retriever=retriever, proposer=predictor)
             t = time.time()
-            r = evaluate(bank, retriever, predictor, pairs, opts)
+            r = evaluate(pipeline, bank, pairs)
             r["seconds"] = round(time.time() - t, 1)
             results.setdefault(name, {})[label] = r
             print(f"{name:7s} {label:24s} Dice {r['dice_mean']:.4f} +- {r['dice_std']:.4f}  IoU {r['iou_mean']:.4f}"

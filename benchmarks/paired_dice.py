@@ -14,6 +14,7 @@ as in ``bench_semi.py``); the per-image differences B - A are resampled (10,000 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -24,11 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_foundation import machine  # noqa: E402
-from bench_semi import EVAL_OPTS, test_pairs  # noqa: E402
+from bench_semi import EVAL_CONFIG, test_pairs  # noqa: E402
 from eval_matchseg import method_predictor  # noqa: E402
 
 from napari_matchseg.bank import ReferenceBank  # noqa: E402
-from napari_matchseg.cli_models import evaluate  # noqa: E402
+from napari_matchseg.pipeline import Pipeline, evaluate  # noqa: E402
 from napari_matchseg.retrieval import get_retriever  # noqa: E402
 
 
@@ -68,8 +69,9 @@ def image_dice(bank: ReferenceBank, checkpoint, pairs, device: str = "auto") -> 
     as in ``bench_semi.py`` (handcrafted retrieval, k = 8, threshold 0.5)."""
     from napari_matchseg.proposers.matchseg import MatchSegPredictor
 
-    rows = evaluate(bank, get_retriever("handcrafted"), MatchSegPredictor(checkpoint, device=device), pairs,
-                    EVAL_OPTS)["rows"]
+    pipeline = Pipeline(EVAL_CONFIG, retriever=get_retriever("handcrafted"),
+                        proposer=MatchSegPredictor(checkpoint, device=device))
+    rows = evaluate(pipeline, bank, pairs)["rows"]
     return np.array([r["dice"] for r in rows])
 
 
@@ -89,8 +91,8 @@ def main() -> None:
     dice = {}
     for key in ("a", "b"):
         predictor, support = method_predictor(getattr(args, key))
-        opts = argparse.Namespace(**{**vars(EVAL_OPTS), "support": support})
-        rows = evaluate(bank, retriever, predictor, pairs, opts)["rows"]
+        config = dataclasses.replace(EVAL_CONFIG, support=support)
+        rows = evaluate(Pipeline(config, retriever=retriever, proposer=predictor), bank, pairs)["rows"]
         dice[key] = np.array([r["dice"] for r in rows])
     mean, lo, hi = paired_interval(dice["a"], dice["b"])
     out = {"machine": machine(), "dataset": name, "split": args.split, "n": len(pairs), "a": args.a, "b": args.b,

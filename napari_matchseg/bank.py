@@ -378,6 +378,13 @@ class ReferenceBank:
         flush()
         return out
 
+    def add_or_update(self, image, mask, *, name: str | None = None, source: str = "manual") -> tuple[Reference, bool]:
+        """Add a pair, or give the reference that already holds this image the new mask; (reference, added)."""
+        try:
+            return self.add(image, mask, name=name, source=source), True
+        except DuplicateReference as exc:
+            return self.update_mask(exc.existing_id, mask, source=source), False
+
     def update_mask(self, ref_id: str, mask, *, source: str | None = None, allow_empty: bool = False) -> Reference:
         """Replace a reference's mask (written under a new file name, then committed). An empty mask is
         refused unless ``allow_empty``: it would silently replace a labelled structure by nothing."""

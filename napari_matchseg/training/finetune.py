@@ -23,6 +23,14 @@ from .data import Split, mask_to_working, neighbours, to_working
 from .train import Task, TrainConfig, train
 
 
+INTERACTIVE_STEPS = 200  # the plugin's "Fine-tune on bank": a few minutes on a laptop CPU
+
+
+def default_output(bank: ReferenceBank) -> Path:
+    """Where a bank's own fine-tuned checkpoint goes: inside the bank, so it travels with it."""
+    return bank.path / "finetuned" / "matchseg_finetuned.safetensors"
+
+
 def bank_task(bank: ReferenceBank, size: int, retriever: str = "handcrafted", n_neighbours: int = 16) -> Task:
     if len(bank) < 2:
         raise InputError(f"fine-tuning needs at least 2 references in the bank, it has {len(bank)}")

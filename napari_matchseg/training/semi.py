@@ -161,6 +161,11 @@ def default_run_dir(bank: ReferenceBank) -> Path:
     return bank.path.with_name(bank.path.name + ".semi")
 
 
+def layer_run_dir(bank: ReferenceBank, source: str) -> Path:
+    """The run folder of one source of unlabelled images (a napari layer's name) beside the bank."""
+    return default_run_dir(bank) / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in source)
+
+
 def run_start(checkpoint: str | Path | None, bank: ReferenceBank) -> str | Path | None:
     """The checkpoint a run on ``bank`` started from when ``checkpoint`` is that run's result, else
     ``checkpoint``: learning again from such a result (the plugin's checkpoint in use) continues that run

@@ -1,0 +1,90 @@
+"""The "Reference bank" box: open or create a bank, see its references, add the current slice, remove some."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import QFileDialog, QGroupBox, QLabel, QLineEdit, QListWidget, QVBoxLayout
+
+from ..errors import MatchsegError
+from . import slices
+from . import _qt
+from ._qt import button, reference_item, row, shows_errors, typed_path
+
+
+class BankPanel(QGroupBox):
+    def __init__(self, ctx):
+        super().__init__("Reference bank")
+        self.ctx = ctx
+        lay = QVBoxLayout(self)
+        self.bank_path = QLineEdit(ctx.state.settings.bank)
+        self.bank_path.setPlaceholderText("bank folder (new or existing)")
+        browse = button("...", self._browse)
+        browse.setMaximumWidth(30)
+        open_btn = button("Open / create", lambda: self.open_bank(self.bank_path.text()))
+        lay.addLayout(row(self.bank_path, browse, open_btn))
+        self.bank_label = QLabel("no bank open")
+        lay.addWidget(self.bank_label)
+        self.references = QListWidget()
+        self.references.setMaximumHeight(120)
+        lay.addWidget(self.references)
+        self.add_btn = button("Add as reference", self.add_current_as_reference,
+                              "the current image/slice with its current labels")
+        lay.addLayout(row(self.add_btn, button("Remove selected", self.remove_selected)))
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Bank folder")
+        if folder:
+            self.bank_path.setText(folder)
+            self.open_bank(folder)
+
+    def open_bank(self, path: str) -> None:
+        """Open (or create) the bank at ``path`` as typed: ``~`` is the home folder and a relative path is taken
+        from where napari was started, then kept absolute (settings and checkpoints must mean the same next time)."""
+        if not path.strip():
+            _qt.notify_error("choose a folder for the reference bank first")
+            return
+        try:
+            bank = self.ctx.state.open_bank(typed_path(path))
+        except MatchsegError as exc:
+            _qt.notify_error(str(exc))
+            return
+        self.bank_path.setText(str(bank.path))
+        self.ctx.save_settings()
+        self.refresh_references()
+        self.ctx.propose.show_checkpoint()
+
+    def refresh_references(self) -> None:
+        self.references.clear()
+        bank = self.ctx.state.bank
+        if bank is None:
+            self.bank_label.setText("no bank open")
+            return
+        bank.refresh()
+        for ref in bank:
+            tag = "accepted" if ref.source == "accepted_proposal" else "manual"
+            self.references.addItem(self.item(f"{ref.id}  [{tag}]  {ref.original_name}", ref.id))
+        self.bank_label.setText(f"{bank.path}: {len(bank)} references")
+
+    def item(self, text: str, ref_id: str):
+        return reference_item(text, lambda: self.ctx.state.thumbnail(ref_id))
+
+    @shows_errors
+    def add_current_as_reference(self) -> None:
+        ctx = self.ctx
+        bank = ctx.state.need_bank()
+        layer, idx, image = ctx.current_slice()
+        labels = slices.layer(ctx.viewer, ctx.labels_combo.currentText(), "labels")
+        self.store(bank, image, slices.labels_slice(labels, idx, image), slices.slice_name(layer, idx), "manual")
+
+    def store(self, bank, image, mask, name: str, source: str) -> None:
+        ref, added = bank.add_or_update(image, mask, name=name, source=source)
+        self.refresh_references()
+        self.ctx.status.setText(f"added {ref.id} to the bank" if added else f"updated the mask of {ref.id}")
+
+    def remove_selected(self) -> None:
+        try:
+            bank = self.ctx.state.need_bank()
+            for item in self.references.selectedItems():
+                bank.remove(item.text().split()[0])
+        except MatchsegError as exc:
+            _qt.notify_error(str(exc))
+        self.refresh_references()

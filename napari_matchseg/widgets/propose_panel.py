@@ -1,0 +1,273 @@
+"""The "Propose" box: the models and their options, propose / accept, propose all, suggest the next slice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QListWidget, QSlider, \
+    QSpinBox
+
+from ..bank import ReferenceBank
+from ..errors import MatchsegError
+from ..fsutil import same_folder
+from ..proposers import PROPOSERS
+from ..retrieval import RETRIEVERS
+from . import slices
+from . import _qt
+from ._qt import button, row, shows_errors, typed_path
+from .state import Choices
+
+
+class ProposePanel(QGroupBox):
+    def __init__(self, ctx):
+        super().__init__("Propose")
+        self.ctx = ctx
+        s = ctx.state.settings
+        form = QFormLayout(self)
+        self.retriever_combo = QComboBox()
+        self.retriever_combo.addItems(RETRIEVERS.names())
+        self.retriever_combo.setCurrentText(s.retriever)
+        self.k_spin = QSpinBox()
+        self.k_spin.setRange(1, 32)
+        self.k_spin.setValue(s.k)
+        self.proposer_combo = QComboBox()
+        self.proposer_combo.addItems(PROPOSERS.names())
+        self.proposer_combo.setCurrentText(s.proposer)
+        self.refine_check = QCheckBox("refine with SAM 2 prompts")
+        self.refine_check.setChecked(s.refine)
+        self.mirror_check = QCheckBox("average with the mirror image")
+        self.mirror_check.setToolTip("MatchSeg: also segment the left-right mirror image and average the two "
+                                     "(steadier proposals, about 1.5x the time)")
+        self.mirror_check.setChecked(s.mirror_tta)
+        self.proposer_combo.currentTextChanged.connect(lambda name: self.mirror_check.setEnabled(name == "matchseg"))
+        self.mirror_check.setEnabled(s.proposer == "matchseg")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device_combo.setCurrentText(s.device)
+        self.threshold = QSlider(Qt.Horizontal)
+        self.threshold.setRange(1, 99)
+        self.threshold.setValue(int(round(s.threshold * 100)))
+        self.threshold.valueChanged.connect(self._rethreshold)
+        form.addRow("retriever", self.retriever_combo)
+        form.addRow("k", self.k_spin)
+        form.addRow("proposer", self.proposer_combo)
+        form.addRow("", self.refine_check)
+        form.addRow("", self.mirror_check)
+        form.addRow("device", self.device_combo)
+        form.addRow("MatchSeg", row(
+            button("Choose...", self._browse_checkpoint, "propose with another MatchSeg checkpoint (.safetensors)"),
+            button("Use shipped", lambda: self.use_checkpoint(""), "go back to the checkpoint the plugin ships")))
+        self.checkpoint_label = QLabel()  # the one in use, on a line of its own: file names are long
+        self.checkpoint_label.setWordWrap(True)
+        form.addRow("", self.checkpoint_label)
+        form.addRow("threshold", self.threshold)
+        self.propose_btn = button("Propose", self.propose_current, "propose a mask for the current image/slice (P)")
+        self.accept_btn = button("Accept", self.accept_current, "add the (edited) proposal to the bank (A)")
+        form.addRow(row(self.propose_btn, self.accept_btn))
+        self.propose_all_btn = button("Propose all unlabelled", self.propose_all)
+        self.suggest_btn = button("Suggest next", self.suggest_next,
+                                  "go to the unlabelled slice the bank covers worst (N)")
+        form.addRow(row(self.propose_all_btn, self.suggest_btn))
+        self.matches = QListWidget()
+        self.matches.setMaximumHeight(100)
+        form.addRow("retrieved", self.matches)
+
+    def choices(self) -> Choices:
+        s = self.ctx.state.settings
+        return Choices(proposer=self.proposer_combo.currentText(), retriever=self.retriever_combo.currentText(),
+                       k=self.k_spin.value(), device=self.device_combo.currentText(),
+                       refine=self.refine_check.isChecked(),
+                       mirror_tta=self.mirror_check.isChecked(), checkpoint=s.checkpoint,
+                       sam2_image_size=s.sam2_image_size, bank=self.ctx.state.need_bank().path)
+
+    # ------------------------------------------------------------------ checkpoint
+    def _browse_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "MatchSeg checkpoint", "", "safetensors (*.safetensors)")
+        if path:
+            self.use_checkpoint(path)
+
+    def use_checkpoint(self, path: str) -> None:
+        """Propose and learn with the MatchSeg checkpoint ``path`` from now on ("" = the shipped one). A file that
+        is not a usable checkpoint is refused with the reason, and the one in use stays."""
+        if path:
+            from ..checkpoint import build_matchseg  # torch: not at import (napari starts faster without it)
+
+            path = typed_path(path)
+            try:
+                build_matchseg(path)
+            except MatchsegError as exc:
+                _qt.notify_error(str(exc))
+                return
+        self.set_checkpoint(path)
+
+    def set_checkpoint(self, path: str) -> None:
+        """Switch to a checkpoint already known to be good (one a worker just wrote, or one checked above)."""
+        self.ctx.state.settings.checkpoint = path
+        self.ctx.save_settings()
+        self.show_checkpoint()
+
+    def show_checkpoint(self) -> None:
+        """Which MatchSeg proposes, and whether it was tuned on another bank than the open one (a checkpoint in
+        use stays in use when another bank is opened)."""
+        path, bank = self.ctx.state.settings.checkpoint, self.ctx.state.bank
+        if not path:
+            self.checkpoint_label.setText("shipped checkpoint")
+            self.checkpoint_label.setToolTip("the universal checkpoint shipped with the plugin")
+            return
+        note = ""
+        if not Path(path).is_file():
+            note = " (missing: use the shipped one or choose another)"
+        elif bank is not None:
+            from ..checkpoint import checkpoint_bank
+
+            try:
+                tuned_on = checkpoint_bank(path)
+            except MatchsegError as exc:
+                tuned_on, note = None, f" (unreadable: {exc})"
+            if tuned_on is not None and not same_folder(tuned_on, bank.path):
+                note = " (tuned on another bank)"
+        self.checkpoint_label.setText(Path(path).name + note)
+        self.checkpoint_label.setToolTip(path)
+
+    # ------------------------------------------------------------------ propose / accept
+    @shows_errors
+    def propose_current(self) -> None:
+        ctx = self.ctx
+        ctx.state.need_references()
+        layer, idx, image = ctx.current_slice()
+        ctx.save_settings()
+        c, tasks, state = self.choices(), ctx.tasks, ctx.state
+
+        def work():
+            tasks.report(0, 0, "loading the model...")
+            pipeline = state.pipeline(c)
+            bank = ReferenceBank.open(c.bank)  # the worker's own view: the GUI may add references meanwhile
+            result = pipeline.propose(bank, image, progress=tasks.progress_callback("embedding the bank..."),
+                                      cancel=tasks.cancel_event.is_set)
+            return layer, idx, image, result
+
+        tasks.run(work, self.show_proposal, "proposing...")
+
+    def _proposal_layers(self, layer):
+        """The proposal (labels) and probability (image) layers of ``layer``, made when missing or resized."""
+        viewer, shape = self.ctx.viewer, slices.spatial_shape(layer)
+        made = {}
+        for name, add in ((f"{layer.name} proposal", lambda n: viewer.add_labels(np.zeros(shape, np.uint8), name=n,
+                                                                                    opacity=0.5)),
+                          (f"{layer.name} probability", lambda n: viewer.add_image(
+                              np.zeros(shape, np.float32), name=n, colormap="magma", opacity=0.4,
+                              contrast_limits=(0, 1), visible=False))):
+            if name not in viewer.layers or viewer.layers[name].data.shape != shape:
+                if name in viewer.layers:
+                    viewer.layers.remove(name)
+                add(name)
+            made[name] = viewer.layers[name]
+        return made[f"{layer.name} proposal"], made[f"{layer.name} probability"]
+
+    def show_proposal(self, payload) -> None:
+        layer, idx, image, result = payload
+        ctx = self.ctx
+        ctx.state.probabilities[(layer.name, idx)] = result.probability
+        labels, prob_layer = self._proposal_layers(layer)
+        mask = result.mask(self.threshold.value() / 100).astype(np.uint8)
+        if idx is None:
+            prob_layer.data = result.probability
+            labels.data = mask
+        else:
+            prob_layer.data[idx] = result.probability
+            labels.data[idx] = mask
+            prob_layer.refresh()
+            labels.refresh()
+        ctx.labels_combo.setCurrentText(labels.name)
+        ctx.viewer.layers.selection.active = labels
+        ctx.state.last_matches = result.supports
+        self.matches.clear()
+        for m in result.supports:
+            self.matches.addItem(ctx.bank_panel.item(f"{m.score:.3f}  {m.id}", m.id))
+        note = f"; {result.note}" if result.note else ""
+        ctx.status.setText(f"proposal from {len(result.supports)} references{note}. Edit it with the brush/eraser, "
+                           "then Accept")
+
+    @shows_errors
+    def propose_all(self) -> None:
+        ctx = self.ctx
+        ctx.state.need_references()
+        layer, images, todo = ctx.series()
+        ctx.save_settings()
+        c, tasks, state, stack = self.choices(), ctx.tasks, ctx.state, len(images) > 1
+
+        def work():
+            bank = ReferenceBank.open(c.bank)
+            pipeline, results = state.pipeline(c), []
+            for n, i in enumerate(todo):
+                if tasks.cancel_event.is_set():
+                    break  # keep what is done
+                tasks.report(n, len(todo), f"proposing slice {i} ({n + 1} of {len(todo)})...")
+                results.append((layer, i if stack else None, images[i], pipeline.propose(bank, images[i])))
+            return results
+
+        def show(results):
+            for payload in results:
+                self.show_proposal(payload)
+            ctx.status.setText(f"proposed {len(results)} of {len(todo)} unlabelled slices"
+                               + (" (cancelled)" if len(results) < len(todo) else ""))
+
+        tasks.run(work, show, "proposing all unlabelled slices...")
+
+    @shows_errors
+    def suggest_next(self) -> None:
+        ctx = self.ctx
+        layer, images, todo = ctx.series()
+        bank_path, retriever_name, tasks = ctx.state.bank.path, self.retriever_combo.currentText(), ctx.tasks
+        stack = len(images) > 1
+        probs = {i: ctx.state.probabilities[(layer.name, i if stack else None)] for i in todo
+                 if (layer.name, i if stack else None) in ctx.state.probabilities}
+
+        def work():
+            from ..active import rank_unlabelled
+            from ..retrieval import get_retriever
+
+            return rank_unlabelled(ReferenceBank.open(bank_path), get_retriever(retriever_name), images, todo, probs,
+                                   progress=tasks.progress_callback("embedding..."), cancel=tasks.cancel_event.is_set)
+
+        def show(ranking):
+            ctx.state.suggestions = ranking
+            best = ranking[0]
+            if stack:
+                ctx.viewer.dims.set_current_step(0, best.index)
+            extra = f", proposal uncertainty {best.uncertainty:.2f}" if best.uncertainty is not None else ""
+            ctx.status.setText(f"label slice {best.index} next: distance to the bank {best.distance:.3f}{extra} "
+                               f"({len(ranking)} unlabelled)")
+
+        tasks.run(work, show, "ranking unlabelled slices...")
+
+    def _rethreshold(self, value: int) -> None:
+        try:
+            layer, idx, _ = self.ctx.current_slice()
+        except MatchsegError:
+            return
+        prob = self.ctx.state.probabilities.get((layer.name, idx))
+        name = f"{layer.name} proposal"
+        if prob is None or name not in self.ctx.viewer.layers:
+            return
+        labels = self.ctx.viewer.layers[name]
+        mask = (prob >= value / 100).astype(np.uint8)
+        if idx is None:
+            labels.data = mask
+        else:
+            labels.data[idx] = mask
+            labels.refresh()
+
+    @shows_errors
+    def accept_current(self) -> None:
+        ctx = self.ctx
+        bank = ctx.state.need_bank()
+        layer, idx, image = ctx.current_slice()
+        name = f"{layer.name} proposal"
+        labels = slices.layer(ctx.viewer, name if name in ctx.viewer.layers else ctx.labels_combo.currentText(),
+                              "labels")
+        ctx.bank_panel.store(bank, image, slices.labels_slice(labels, idx, image), slices.slice_name(layer, idx),
+                             "accepted_proposal")
+        ctx.state.accepted.setdefault(layer.name, set()).add(idx)

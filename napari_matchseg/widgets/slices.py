@@ -1,0 +1,57 @@
+"""The images and labels the plugin works on, read from napari layers: one image (2D) or one slice of a stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..image_io import check_image, check_mask
+
+
+def layer(viewer, name: str, kind: str):
+    if not name or name not in viewer.layers:
+        raise InputError(f"choose a {kind} layer first")
+    return viewer.layers[name]
+
+
+def spatial_shape(image_layer) -> tuple[int, ...]:
+    data = np.asarray(image_layer.data)
+    return data.shape[: data.ndim - (1 if image_layer.rgb else 0)]
+
+
+def current_slice(viewer, image_layer) -> tuple[int | None, np.ndarray]:
+    """(slice index or None for a 2D image, the checked image) at the viewer's current position."""
+    data = np.asarray(image_layer.data)
+    spatial = data.ndim - (1 if image_layer.rgb else 0)
+    if spatial == 2:
+        return None, check_image(data, name=image_layer.name)
+    if spatial == 3:
+        idx = min(max(int(viewer.dims.current_step[0]), 0), data.shape[0] - 1)
+        return idx, check_image(data[idx], name=f"{image_layer.name} slice {idx}")
+    raise InputError(f"layer {image_layer.name!r} has shape {data.shape}: expected a 2D image or a stack of 2D "
+                     "images (one slice = one image)")
+
+
+def all_slices(image_layer) -> list[np.ndarray]:
+    data = np.asarray(image_layer.data)
+    if data.ndim - (1 if image_layer.rgb else 0) == 2:
+        return [check_image(data, name=image_layer.name)]
+    return [data[i] for i in range(data.shape[0])]
+
+
+def slice_name(image_layer, idx: int | None) -> str:
+    """The export/reference stem: the source file's when known, else layer name (+ slice index)."""
+    files = (getattr(image_layer, "metadata", None) or {}).get("files")
+    if files and (idx is None and len(files) == 1 or idx is not None and idx < len(files)):
+        return Path(files[0 if idx is None else idx]).stem
+    src = getattr(getattr(image_layer, "source", None), "path", None)
+    stem = Path(src).stem if src and not Path(src).is_dir() else image_layer.name
+    return stem if idx is None else f"{stem}_{idx:04d}"
+
+
+def labels_slice(labels_layer, idx: int | None, image: np.ndarray) -> np.ndarray:
+    data = np.asarray(labels_layer.data)
+    sl = data if idx is None or data.ndim == 2 else data[idx]
+    return check_mask(sl, image.shape, name=f"labels {labels_layer.name!r}")

@@ -1,0 +1,106 @@
+"""What the plugin knows between clicks, without any Qt: the open bank, the models built so far, the proposals.
+
+The bank on disk is the state that matters (it is written as you go); this holds what can be recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from ..bank import ReferenceBank
+from ..errors import InputError
+from ..settings import Settings
+
+
+@dataclasses.dataclass
+class Choices:
+    """The user's current choices, read on the GUI thread and handed to a worker (workers never touch widgets)."""
+
+    proposer: str
+    retriever: str
+    k: int
+    device: str
+    refine: bool
+    mirror_tta: bool
+    checkpoint: str
+    sam2_image_size: int
+    bank: Path
+
+
+class AnnotatorState:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings.load()
+        self.bank: ReferenceBank | None = None
+        self.probabilities: dict[tuple[str, int | None], np.ndarray] = {}  # (layer, slice) -> last proposal
+        self.accepted: dict[str, set] = {}  # layer -> slices whose proposal was accepted
+        self.last_matches: list = []
+        self.suggestions: list = []
+        self.semi_config = None  # a SemiConfig for "Learn from unlabelled" (None: its defaults)
+        self._proposers: dict[tuple, object] = {}
+        self._thumbs: dict[tuple, np.ndarray] = {}
+
+    def open_bank(self, path: str) -> ReferenceBank:
+        self.bank = ReferenceBank.open(path, create=True)
+        return self.bank
+
+    def need_bank(self) -> ReferenceBank:
+        if self.bank is None:
+            raise InputError("open or create a reference bank first (Reference bank > Open / create)")
+        return self.bank
+
+    def need_references(self, at_least: int = 1, what: str = "") -> ReferenceBank:
+        bank = self.need_bank()
+        if len(bank) < at_least:
+            if at_least == 1:
+                raise InputError("the bank is empty: label an image and press 'Add as reference' first")
+            raise InputError(f"{what} needs at least {at_least} references in the bank")
+        return bank
+
+    def pipeline(self, c: Choices):
+        """The core pipeline for these choices; its models are built once and kept (call it in a worker: loading
+        can take a while), and reused with new choices of k, retriever or mirror."""
+        from ..pipeline import Pipeline, PipelineConfig
+        from ..proposers import PROPOSERS
+        from ..refiners import REFINERS
+
+        options = {"checkpoint": c.checkpoint or None, "sam2_image_size": c.sam2_image_size,
+                   "mirror_tta": c.mirror_tta and c.proposer == "matchseg"}
+        config = PipelineConfig(retriever=c.retriever, proposer=c.proposer, k=c.k, device=c.device,
+                                refiner="sam2" if c.refine else "none", options=options)
+        key = (c.proposer, c.checkpoint, c.device, c.sam2_image_size)
+        if key not in self._proposers:
+            entry = PROPOSERS.get(c.proposer)
+            self._proposers[key] = entry.build(config.values(entry), device=c.device)
+        proposer = self._proposers[key]
+        if hasattr(proposer, "mirror_tta"):  # a per-proposal choice: same model, same cached support features
+            proposer.mirror_tta = options["mirror_tta"]
+        refiner = None
+        if c.refine:
+            entry = REFINERS.get("sam2")
+            shared = proposer.shared_model(entry.shares_model)
+            refiner = entry.build(config.values(entry), device=c.device,
+                                  **({"model": shared} if shared is not None else {}))
+        return Pipeline(config, proposer=proposer, refiner=refiner)
+
+    def thumbnail(self, ref_id: str) -> np.ndarray:
+        bank = self.need_bank()
+        key = (str(bank.path), ref_id, bank.get(ref_id).mask_sha256)
+        if key not in self._thumbs:
+            self._thumbs[key] = outlined_thumbnail(bank.load_image(ref_id), bank.load_mask(ref_id))
+        return self._thumbs[key]
+
+
+def outlined_thumbnail(image: np.ndarray, mask: np.ndarray, size: int = 48) -> np.ndarray:
+    """A small RGB picture of an image with its mask outlined in red."""
+    from scipy import ndimage as ndi
+
+    from ..image_io import to_float_rgb
+
+    rgb = (to_float_rgb(image) * 255).astype(np.uint8)
+    rgb[mask & ~ndi.binary_erosion(mask, iterations=2)] = (255, 40, 40)
+    ys = np.linspace(0, rgb.shape[0] - 1, size).astype(int)
+    xs = np.linspace(0, rgb.shape[1] - 1, size).astype(int)
+    return np.ascontiguousarray(rgb[ys][:, xs])
