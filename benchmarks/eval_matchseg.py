@@ -10,8 +10,8 @@ the proposal averages the image's and its mirror image's probabilities), joined 
 a method to some datasets (its other cells print as "-").
 
 Every method runs through the same code as ``matchseg eval`` (retrieval with the handcrafted retriever,
-the proposal, thresholding at 0.5, metrics at the original image size: one Pipeline). BUSI is evaluated on its benign and
-malignant test images (the normal ones have empty masks), as in the MatchSeg paper.
+the proposal, thresholding at 0.5, metrics at the original image size; one Pipeline). BUSI is evaluated on its
+benign and malignant test images (the normal ones have empty masks), as in the MatchSeg paper.
 """
 
 from __future__ import annotations

@@ -33,9 +33,9 @@ from napari_matchseg.image_io import read_image, read_mask  # noqa: E402
 from napari_matchseg.metrics import dice  # noqa: E402
 from napari_matchseg.proposers.matchseg import MatchSegPredictor  # noqa: E402
 from napari_matchseg.pseudo_labels import PseudoLabelStore  # noqa: E402
-from napari_matchseg.training.semi import _agreement, foreground_confidence  # noqa: E402
+from napari_matchseg.training.semi import agreement, foreground_confidence  # noqa: E402
 
-SCORES = {"agreement": lambda p, p_m: _agreement(p >= 0.5, p_m >= 0.5),
+SCORES = {"agreement": lambda p, p_m: agreement(p >= 0.5, p_m >= 0.5),
           "confidence": lambda p, p_m: foreground_confidence(0.5 * (p + p_m))}
 
 

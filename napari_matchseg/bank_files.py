@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .bank_format import BANK_FILE, SUBFOLDERS
 from .errors import BankError, InputError
-from .fsutil import atomic_write_json, remove_stale_temp_files
+from .fsutil import TMP_MARKER, atomic_write_json, remove_stale_temp_files
 from .image_io import content_hash
 
 JOURNAL = ".pending.json"
@@ -48,11 +48,12 @@ def check_no_links(path: Path) -> None:
 
 
 def foreign_content(path: Path) -> bool:
-    """Whether a folder holds anything but hidden files and the empty subfolders that a creator killed
-    before it wrote ``bank.json`` (or one creating the bank right now) leaves."""
-    return any(not p.name.startswith(".") and not (p.name in SUBFOLDERS and p.is_dir() and not p.is_symlink()
-                                                   and not any(p.iterdir()))
-               for p in path.iterdir())
+    """Whether a folder holds anything but hidden files and what a creator killed before it wrote ``bank.json``
+    (or one creating the bank right now) leaves: empty subfolders, a temporary ``bank.json``."""
+    def ours(p: Path) -> bool:
+        return (p.name.startswith(".") or p.name.startswith(BANK_FILE + TMP_MARKER)
+                or p.name in SUBFOLDERS and p.is_dir() and not p.is_symlink() and not any(p.iterdir()))
+    return not all(ours(p) for p in path.iterdir())
 
 
 def tidy(path: Path, referenced: set[str]) -> None:

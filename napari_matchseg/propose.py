@@ -12,7 +12,6 @@ import numpy as np
 
 from .bank import ReferenceBank
 from .errors import InputError, ReferenceNotFound
-from .feature_cache import FeatureCache
 from .image_io import check_image
 from .retrieval import Match, Retriever, retrieve
 
@@ -34,6 +33,8 @@ class Proposal:
 
 def attach_bank(predictor, bank: ReferenceBank) -> None:
     """Let the proposer read and write its per-reference features in the bank."""
+    from .feature_cache import FeatureCache  # torch: not at import (the command line's parser needs none)
+
     predictor.attach_cache(FeatureCache(bank.path, predictor.model_id))
 
 

@@ -250,7 +250,7 @@ def test_a_read_only_bank_gives_one_line_errors_and_still_retrieves(tmp_path):
 
 
 def test_a_full_disk_keeps_what_was_committed_and_leaves_no_orphans(tmp_path, monkeypatch):
-    import napari_matchseg.bank as bank_module
+    import napari_matchseg.bank_writes as bank_module
 
     bank = _bank_with(tmp_path, 0)
     real = bank_module.atomic_write_bytes

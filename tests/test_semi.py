@@ -94,7 +94,7 @@ def test_store_marks_pseudo_labels_and_survives_a_torn_record(tmp_path):
 
 
 def test_only_the_most_reliable_pseudo_labels_are_selected(tmp_path):
-    from napari_matchseg.training.semi import _agreement, select_reliable
+    from napari_matchseg.training.semi import agreement as _agreement, select_reliable
 
     a = np.zeros((10, 10), bool)
     a[2:6, 2:6] = True
@@ -252,7 +252,7 @@ def test_loop_runs_changes_the_weights_and_leaves_the_bank_alone(semi_setup):
                     log=logs.append) == out and "already complete" in logs[-1]
     with pytest.raises(InputError, match=r"other settings \(semi.refine, semi.rounds differ\)"):
         run_semi(bank, unlabelled, tmp / "run", base=base, cfg=SemiConfig(**dict(FAST, rounds=3)))
-    with pytest.raises(InputError, match=r"semi.ema_decay, semi.refine, semi.teacher differ"):  # the default now
+    with pytest.raises(InputError, match=r"\(semi.refine, semi.teacher differ\)"):  # the default now
         run_semi(bank, unlabelled, tmp / "run", base=base, cfg=SemiConfig(**dict(FAST, teacher="auto")))
 
 
@@ -344,14 +344,6 @@ def test_a_run_is_the_same_run_however_its_bank_is_spelt(semi_setup, monkeypatch
     assert run_semi(ReferenceBank.open("../bank"), unlabelled, tmp / "run", base=base, cfg=cfg,
                     log=logs.append) == out and "already complete" in logs[-1]
     assert run_start(tmp / "run" / FINAL_NAME, ReferenceBank.open("../bank")) == str(base)
-    # a run folder written before paths were recorded absolute holds them as they were typed
-    old = dict(config, bank="bank", base=os.path.relpath(base, tmp))
-    (tmp / "run" / "config.json").write_text(json.dumps(old))
-    monkeypatch.chdir(tmp)
-    logs = []
-    assert run_semi(bank, unlabelled, tmp / "run", base=base, cfg=cfg, log=logs.append) == out
-    assert "already complete" in logs[-1]
-    assert run_start(tmp / "run" / FINAL_NAME, bank) == os.path.relpath(base, tmp)
 
 
 @pytest.mark.slow

@@ -79,8 +79,8 @@ def cmd_semi(args) -> int:
 
 def register(sub) -> None:
     from ..refiners import REFINERS, refiner_choices
+    from ..training.config import TrainConfig
     from ..training.semi import SemiConfig
-    from ..training.train import TrainConfig
 
     c = sub.add_parser("train", help="episodic training of MatchSeg on datasets in the shared layout")
     c.add_argument("--data", required=True, help="folder with <dataset>/images, masks, manifest.csv")

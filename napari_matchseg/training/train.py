@@ -27,39 +27,12 @@ from ..device import resolve_device
 from ..errors import Cancelled, InputError
 from ..modeling import MatchSeg, MatchSegConfig, add_interaction
 from .augment import augment
+from .config import TrainConfig
 from .data import Split, load_split, neighbours
 from .losses import segmentation_loss
 from .synthetic import synthetic_task
 
 GROUPS = {"busi": ("benign", "malignant")}  # BUSI "normal" images have empty masks (see docs)
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    data_root: str
-    out_dir: str
-    datasets: tuple[str, ...] = ("busi", "kvasir", "wbc")
-    steps: int = 6000
-    batch_size: int = 8
-    k_min: int = 1
-    k_max: int = 8
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup: int = 150
-    synthetic_fraction: float = 0.15
-    neighbours: int = 16
-    val_every: int = 500
-    val_k: int = 8
-    seed: int = 0
-    retriever: str = "handcrafted"
-    model: dict = dataclasses.field(default_factory=lambda: MatchSegConfig().to_dict())
-    init_checkpoint: str | None = None
-    # overrides model["interaction"]; with init_checkpoint, None keeps the checkpoint's, and only a support-free
-    # one ("none") can be given another (modeling.add_interaction: its U-Net weights kept, new paths at zero)
-    interaction: str | None = None
-    threads: int | None = None
-    device: str = "auto"  # cuda, then mps, then cpu; bf16 autocast where the GPU supports it
-    ema_decay: float = 0.99  # of the ``teacher`` given to train(), if any (mean teacher)
 
 
 @dataclasses.dataclass
