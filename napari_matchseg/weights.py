@@ -53,22 +53,14 @@ REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in [
     WeightsEntry("clip-vit-b-16-laion2b", "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/"
                  "resolve/main/open_clip_pytorch_model.bin", "clip-vit-b-16-laion2b_s34b_b88k.bin", 599.0, None,
                  "MIT", "open_clip ViT-B-16, pretrained tag laion2b_s34b_b88k"),
-    WeightsEntry("dinov2_vits14", f"{_FB}/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth",
-                 "dinov2_vits14_pretrain.pth", 84.2, None, "Apache-2.0", "DINOv2 ViT-S/14 backbone"),
-    WeightsEntry("dinov2_vitb14", f"{_FB}/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
-                 "dinov2_vitb14_pretrain.pth", 330.3, None, "Apache-2.0", "DINOv2 ViT-B/14 backbone"),
-    WeightsEntry("dinov2_vitl14", f"{_FB}/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth",
-                 "dinov2_vitl14_pretrain.pth", 1161.0, None, "Apache-2.0", "DINOv2 ViT-L/14 backbone"),
-    WeightsEntry("dinov2_vitg14", f"{_FB}/dinov2/dinov2_vitg14/dinov2_vitg14_pretrain.pth",
-                 "dinov2_vitg14_pretrain.pth", 4400.0, None, "Apache-2.0", "DINOv2 ViT-g/14 backbone"),
-    WeightsEntry("sam2.1_hiera_tiny", f"{_FB}/segment_anything_2/092824/sam2.1_hiera_tiny.pt",
-                 "sam2.1_hiera_tiny.pt", 148.7, None, "Apache-2.0", "SAM 2.1 Hiera tiny"),
-    WeightsEntry("sam2.1_hiera_small", f"{_FB}/segment_anything_2/092824/sam2.1_hiera_small.pt",
-                 "sam2.1_hiera_small.pt", 175.9, None, "Apache-2.0", "SAM 2.1 Hiera small"),
-    WeightsEntry("sam2.1_hiera_base_plus", f"{_FB}/segment_anything_2/092824/sam2.1_hiera_base_plus.pt",
-                 "sam2.1_hiera_base_plus.pt", 308.5, None, "Apache-2.0", "SAM 2.1 Hiera base+"),
-    WeightsEntry("sam2.1_hiera_large", f"{_FB}/segment_anything_2/092824/sam2.1_hiera_large.pt",
-                 "sam2.1_hiera_large.pt", 856.4, None, "Apache-2.0", "SAM 2.1 Hiera large"),
+    *(WeightsEntry(arch, f"{_FB}/dinov2/{arch}/{arch}_pretrain.pth", f"{arch}_pretrain.pth", mb, None, "Apache-2.0",
+                   f"DINOv2 {label} backbone")
+      for arch, mb, label in (("dinov2_vits14", 84.2, "ViT-S/14"), ("dinov2_vitb14", 330.3, "ViT-B/14"),
+                              ("dinov2_vitl14", 1161.0, "ViT-L/14"), ("dinov2_vitg14", 4400.0, "ViT-g/14"))),
+    *(WeightsEntry(name, f"{_FB}/segment_anything_2/092824/{name}.pt", f"{name}.pt", mb, None, "Apache-2.0",
+                   f"SAM 2.1 Hiera {label}")
+      for name, mb, label in (("sam2.1_hiera_tiny", 148.7, "tiny"), ("sam2.1_hiera_small", 175.9, "small"),
+                              ("sam2.1_hiera_base_plus", 308.5, "base+"), ("sam2.1_hiera_large", 856.4, "large"))),
 ]}
 
 

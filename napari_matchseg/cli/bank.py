@@ -39,12 +39,9 @@ def cmd_bank_add(args) -> int:
                 continue
             yield img, mask, img_path.name
 
-    update, close = progress_bar("adding")
-    try:
+    with progress_bar("adding") as update:
         refs = bank.add_many(items(), source=args.source, allow_empty=args.allow_empty,
                              on_duplicate="skip", total=len(pairs), progress=update)
-    finally:
-        close()
     print(f"{bank.path}: added {refs.created} references, {len(refs) - refs.created} already present; "
           f"{len(bank)} in the bank")
     if unmatched:
@@ -111,11 +108,8 @@ def cmd_bank_embed(args) -> int:
 
     bank = ReferenceBank.open(args.bank)
     retriever = retriever_from_args(args)
-    update, close = progress_bar(f"embedding ({retriever.name})")
-    try:
+    with progress_bar(f"embedding ({retriever.name})") as update:
         vecs = bank.embeddings(retriever, progress=update, must_cache=True)
-    finally:
-        close()
     print(f"{len(bank)} references embedded with {retriever.model_id} (dim {vecs.shape[1] if len(vecs) else 0})")
     return 0
 
@@ -129,12 +123,9 @@ def cmd_retrieve(args) -> int:
     if len(bank) == 0:
         raise MatchsegError(f"bank {bank.path} is empty; add references first (`matchseg bank add`)")
     image = read_image(args.image)
-    update, close = progress_bar("embedding bank")
-    try:
+    with progress_bar("embedding bank") as update:
         matches = retrieve(bank, retriever_from_args(args), image, k=args.k, exclude=args.exclude or (),
                            progress=update)
-    finally:
-        close()
     if args.json:
         print_json([{"id": m.id, "score": round(m.score, 6)} for m in matches])
     else:
@@ -143,14 +134,21 @@ def cmd_retrieve(args) -> int:
     return 0
 
 
+def _command(group, name: str, func, help_text: str, bank_help: str = "bank folder", json_help: str | None = None):
+    """A ``matchseg bank NAME BANK`` command (and ``--json`` when it can print JSON)."""
+    c = group.add_parser(name, help=help_text)
+    c.add_argument("bank", help=bank_help)
+    if json_help:
+        c.add_argument("--json", action="store_true", help=json_help)
+    c.set_defaults(func=func)
+    return c
+
+
 def register(sub) -> None:
     bank = sub.add_parser("bank", help="create, fill and inspect reference banks").add_subparsers(
         dest="bank_command", required=True)
-    c = bank.add_parser("create", help="create an empty bank folder")
-    c.add_argument("bank", help="the folder to create")
-    c.set_defaults(func=cmd_bank_create)
-    c = bank.add_parser("add", help="add image/mask pairs matched by file stem (creates the bank if needed)")
-    c.add_argument("bank", help="bank folder")
+    _command(bank, "create", cmd_bank_create, "create an empty bank folder", bank_help="the folder to create")
+    c = _command(bank, "add", cmd_bank_add, "add image/mask pairs matched by file stem (creates the bank if needed)")
     c.add_argument("--images", required=True, help="folder of images")
     c.add_argument("--masks", required=True, help="folder of masks with the same file stems")
     c.add_argument("--allow-empty", action="store_true", help="accept masks with no foreground")
@@ -159,27 +157,14 @@ def register(sub) -> None:
                         "background that is not 0)")
     c.add_argument("--source", default="manual", choices=("manual", "accepted_proposal"),
                    help="who made the masks, recorded with each reference")
-    c.set_defaults(func=cmd_bank_add)
-    c = bank.add_parser("info", help="summary of a bank")
-    c.add_argument("bank", help="bank folder")
-    c.add_argument("--json", action="store_true", help="print the summary as JSON")
-    c.set_defaults(func=cmd_bank_info)
-    c = bank.add_parser("list", help="one line per reference")
-    c.add_argument("bank", help="bank folder")
-    c.add_argument("--json", action="store_true", help="print the references as JSON")
-    c.set_defaults(func=cmd_bank_list)
-    c = bank.add_parser("remove", help="remove references by id")
-    c.add_argument("bank", help="bank folder")
+    _command(bank, "info", cmd_bank_info, "summary of a bank", json_help="print the summary as JSON")
+    _command(bank, "list", cmd_bank_list, "one line per reference", json_help="print the references as JSON")
+    c = _command(bank, "remove", cmd_bank_remove, "remove references by id")
     c.add_argument("ids", nargs="+", help="reference ids (see `matchseg bank list`)")
-    c.set_defaults(func=cmd_bank_remove)
-    c = bank.add_parser("check", help="verify files and hashes; --fix removes orphan files")
-    c.add_argument("bank", help="bank folder")
+    c = _command(bank, "check", cmd_bank_check, "verify files and hashes; --fix removes orphan files")
     c.add_argument("--fix", action="store_true", help="delete files that no reference owns")
-    c.set_defaults(func=cmd_bank_check)
-    c = bank.add_parser("embed", help="compute and cache retrieval vectors for every reference")
-    c.add_argument("bank", help="bank folder")
-    add_retriever_args(c)
-    c.set_defaults(func=cmd_bank_embed)
+    add_retriever_args(_command(bank, "embed", cmd_bank_embed, "compute and cache retrieval vectors for every "
+                                                               "reference"))
 
     c = sub.add_parser("retrieve", help="the k references most similar to an image")
     c.add_argument("bank", help="bank folder")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -29,19 +30,23 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def progress_bar(desc: str):
-    """A (done, total) callback drawing a tqdm bar on stderr; returns (callback, close)."""
+@contextlib.contextmanager
+def progress_bar(desc: str, unit: str = "img"):
+    """``with progress_bar("adding") as update:``: a (done, total) callback drawing a tqdm bar on stderr."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, unit="img", file=sys.stderr, leave=False, disable=None)
+    bar = tqdm(desc=desc, unit=unit, unit_scale=unit == "B", file=sys.stderr, leave=False, disable=None)
 
     def update(done: int, total: int) -> None:
         if bar.total != total:
-            bar.total = total
+            bar.total = total or None
         bar.n = done
         bar.refresh()
 
-    return update, bar.close
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def print_json(obj) -> None:
@@ -101,6 +106,23 @@ def dataclass_default(cls, name: str):
     """A dataclass field's default: the one place a default lives, read by the parser."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def add_fields(p, cls, helps: dict[str, str], flags: dict[str, str] | None = None,
+               choices: dict[str, tuple] | None = None) -> None:
+    """One option per dataclass field named in ``helps`` (flag ``--field-name`` unless ``flags`` says another),
+    its default and type read from the dataclass: the parser is generated from the config, not copied by hand."""
+    for name, help_text in helps.items():
+        default = dataclass_default(cls, name)
+        flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
+        kwargs: dict = {"help": help_text, "default": default}
+        if isinstance(default, (tuple, list)):
+            kwargs.update(nargs="+", default=list(default))
+        elif default is not None:
+            kwargs["type"] = type(default)
+        if choices and name in choices:
+            kwargs["choices"] = choices[name]
+        p.add_argument(flag, **kwargs)
 
 
 def check_output_file(path: str | None, overwrite: bool, option: str) -> None:

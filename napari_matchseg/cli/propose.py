@@ -99,23 +99,21 @@ def cmd_segment(args) -> int:
     rng = np.random.default_rng(0)
     failed: list[str] = []
     written = 0
-    update, close = progress_bar("segmenting")
     try:
-        for i, (path, target) in enumerate(todo):
-            try:
-                _, proposal = pipeline.propose_file(bank, path, rng)
-            except InputError as exc:  # this image cannot be used: say so at the end, go on with the others
-                failed.append(f"{path.name}: {exc}")
-                continue
-            write_mask(target, proposal.mask(args.threshold), overwrite=args.overwrite)
-            written += 1
-            update(i + 1, len(todo))
+        with progress_bar("segmenting") as update:
+            for i, (path, target) in enumerate(todo):
+                try:
+                    _, proposal = pipeline.propose_file(bank, path, rng)
+                except InputError as exc:  # this image cannot be used: say so at the end, go on with the others
+                    failed.append(f"{path.name}: {exc}")
+                    continue
+                write_mask(target, proposal.mask(args.threshold), overwrite=args.overwrite)
+                written += 1
+                update(i + 1, len(todo))
     except (MatchsegError, OSError):
         print(f"stopped after writing {written} masks to {out}; they are complete. Run the same command with "
               "--skip-existing to go on from there", file=sys.stderr)
         raise
-    finally:
-        close()
     skipped = len(images) - len(todo)
     print(f"wrote {written} masks (0/255 PNG, same size as each image) to {out}"
           + (f"; {skipped} already there were kept" if skipped else ""))
@@ -139,11 +137,8 @@ def cmd_eval(args) -> int:
     check_output_file(args.json, args.overwrite, "--json")
     check_output_file(csv_path, args.overwrite, "--csv")
     bank, pipeline = pipeline_from_args(args)
-    update, close = progress_bar("evaluating")
-    try:
+    with progress_bar("evaluating") as update:
         result = evaluate(pipeline, bank, pairs, update)
-    finally:
-        close()
     print(f"n = {result['n']} (empty ground truth: {result['n_gt_empty']}), k = {args.k}, supports {args.support}")
     for key in ("dice", "iou", "hd95"):
         print(f"{key:>5}: {result[f'{key}_mean']:.4f} +- {result[f'{key}_std']:.4f}")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from .common import print_json
+from .common import print_json, progress_bar
 
 
 def cmd_weights_list(args) -> int:
@@ -25,20 +23,9 @@ def cmd_weights_list(args) -> int:
 def cmd_weights_download(args) -> int:
     from .. import weights
 
-    from tqdm import tqdm
-
     entry = weights.get_entry(args.name)
-    bar = tqdm(desc=entry.name, unit="B", unit_scale=True, file=sys.stderr, disable=None)
-
-    def update(done, total):
-        bar.total = total or None
-        bar.n = done
-        bar.refresh()
-
-    try:
+    with progress_bar(entry.name, unit="B") as update:
         path = weights.fetch(entry, progress=update)
-    finally:
-        bar.close()
     print(path)
     return 0
 

@@ -5,9 +5,19 @@ from __future__ import annotations
 import functools
 import os
 
-from qtpy.QtWidgets import QHBoxLayout, QPushButton
+from qtpy.QtWidgets import QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from ..errors import MatchsegError
+
+
+class Panel(QWidget):
+    """A borderless part of the dock: its rows in ``self.rows``, the annotator (state, tasks, viewer) as ``ctx``."""
+
+    def __init__(self, ctx):
+        super().__init__()
+        self.ctx = ctx
+        self.rows = QVBoxLayout(self)
+        self.rows.setContentsMargins(0, 0, 0, 0)
 
 
 def button(text: str, slot, tip: str = "") -> QPushButton:

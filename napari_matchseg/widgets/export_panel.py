@@ -5,29 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QFileDialog, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFileDialog, QLabel
 
 from ..errors import InputError, MatchsegError, name_list
 from ..image_io import write_mask, write_mask_tiff
 from . import slices
 from . import _qt
-from ._qt import button, row
+from ._qt import Panel, button, row
 
 FORMATS = {"png-255": (".png", 255), "png-labels": (".png", 1), "tif-255": (".tif", 255)}
 
 
-class ExportPanel(QWidget):
+class ExportPanel(Panel):
     def __init__(self, ctx):
-        super().__init__()
-        self.ctx = ctx
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
+        super().__init__(ctx)
         self.export_format = QComboBox()
         self.export_format.addItems(list(FORMATS))
         self.export_format.setToolTip("0/255 PNG, label values (0/1) PNG, or 0/255 TIFF")
         self.export_format.setCurrentText(ctx.state.settings.export_format)
         self.export_btn = button("Export accepted masks...", self._browse)
-        lay.addLayout(row(QLabel("export as"), self.export_format, self.export_btn))
+        self.rows.addLayout(row(QLabel("export as"), self.export_format, self.export_btn))
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export masks to")

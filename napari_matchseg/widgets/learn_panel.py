@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from qtpy.QtWidgets import QLabel, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QSpinBox
 
 from ..bank import ReferenceBank
 from ..proposers import PROPOSERS
 from ..retrieval import RETRIEVERS
 from . import _qt
-from ._qt import button, row, shows_errors
+from ._qt import Panel, button, row, shows_errors
 
 
-class LearnPanel(QWidget):
+class LearnPanel(Panel):
     def __init__(self, ctx):
-        super().__init__()
-        self.ctx = ctx
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
+        super().__init__(ctx)
         self.finetune_btn = button("Fine-tune on bank", self.finetune,
                                    "adapt MatchSeg to this bank in the background (a few minutes on a CPU)")
         self.semi_btn = button("Learn from unlabelled", self.learn_from_unlabelled,
@@ -31,8 +28,8 @@ class LearnPanel(QWidget):
         self.rounds_spin.setValue(ctx.state.settings.semi_rounds)
         self.rounds_spin.setToolTip("pseudo-label / fine-tune rounds of Learn from unlabelled; more than a finished "
                                     "run had goes on from it (its earlier result is kept)")
-        lay.addLayout(row(self.finetune_btn, self.semi_btn))
-        lay.addLayout(row(QLabel("learning rounds"), self.rounds_spin, self.download_btn))
+        self.rows.addLayout(row(self.finetune_btn, self.semi_btn))
+        self.rows.addLayout(row(QLabel("learning rounds"), self.rounds_spin, self.download_btn))
 
     @shows_errors
     def finetune(self) -> None:

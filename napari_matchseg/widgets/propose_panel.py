@@ -132,13 +132,16 @@ class ProposePanel(QGroupBox):
         self.checkpoint_label.setToolTip(path)
 
     # ------------------------------------------------------------------ propose / accept
+    def _ready_to_propose(self):
+        """(choices, task runner, state) once the bank has references; the choices are saved as the settings."""
+        self.ctx.state.need_references()
+        self.ctx.save_settings()
+        return self.choices(), self.ctx.tasks, self.ctx.state
+
     @shows_errors
     def propose_current(self) -> None:
-        ctx = self.ctx
-        ctx.state.need_references()
-        layer, idx, image = ctx.current_slice()
-        ctx.save_settings()
-        c, tasks, state = self.choices(), ctx.tasks, ctx.state
+        c, tasks, state = self._ready_to_propose()
+        layer, idx, image = self.ctx.current_slice()
 
         def work():
             tasks.report(0, 0, "loading the model...")
@@ -193,10 +196,9 @@ class ProposePanel(QGroupBox):
     @shows_errors
     def propose_all(self) -> None:
         ctx = self.ctx
-        ctx.state.need_references()
+        c, tasks, state = self._ready_to_propose()
         layer, images, todo = ctx.series()
-        ctx.save_settings()
-        c, tasks, state, stack = self.choices(), ctx.tasks, ctx.state, len(images) > 1
+        stack = len(images) > 1
 
         def work():
             bank = ReferenceBank.open(c.bank)
