@@ -121,27 +121,29 @@ class Pipeline:
         _ = self.proposer, self.refiner, self.retriever
         return self
 
-    def exclusions(self, bank: ReferenceBank, image: np.ndarray) -> list[str]:
+    def exclusions(self, bank: ReferenceBank | None, image: np.ndarray) -> list[str]:
         """A query that is itself a reference never uses that reference (unless ``allow_self``)."""
-        return [] if self.config.allow_self else [i for i in [bank.find_image(image)] if i]
+        return [] if self.config.allow_self or bank is None else [i for i in [bank.find_image(image)] if i]
 
-    def propose(self, bank: ReferenceBank, image, *, exclude: Iterable[str] | None = None,
+    def propose(self, bank: ReferenceBank | None, image, *, exclude: Iterable[str] | None = None,
                 rng: np.random.Generator | None = None, progress: Callable[[int, int], None] | None = None,
-                cancel: Callable[[], bool] | None = None) -> Proposal:
-        """A proposal for ``image`` from the bank; ``exclude`` defaults to :meth:`exclusions`, and k is clamped to
-        the references that are left."""
+                cancel: Callable[[], bool] | None = None, prompts: dict | None = None) -> Proposal:
+        """A proposal for ``image`` from the bank (None for a proposer that uses no references) and the user's
+        ``prompts`` (``{"boxes": [[x0, y0, x1, y1], ...], "points": [[x, y, 1 or 0], ...]}``, for proposers that
+        take them); ``exclude`` defaults to :meth:`exclusions`, and k is clamped to the references that are left."""
         img = check_image(image)
         exclude = list(self.exclusions(bank, img) if exclude is None else exclude)
-        k = max(1, min(self.config.k, len(bank) - len(exclude)))
+        k = max(1, min(self.config.k, (len(bank) if bank is not None else 0) - len(exclude)))
         c = self.config
         return propose(bank, img, retriever=self.retriever, predictor=self.proposer, k=k, exclude=exclude,
                        strategy=c.support, rng=rng, progress=progress, cancel=cancel, refiner=self.refiner,
-                       refine_threshold=c.refine_threshold, refine_margin=c.refine_margin)
+                       refine_threshold=c.refine_threshold, refine_margin=c.refine_margin, prompts=prompts)
 
-    def propose_file(self, bank: ReferenceBank, path: str | Path, rng: np.random.Generator | None = None):
+    def propose_file(self, bank: ReferenceBank | None, path: str | Path, rng: np.random.Generator | None = None,
+                     prompts: dict | None = None):
         """(image, proposal) for an image file."""
         image = read_image(path)
-        return image, self.propose(bank, image, rng=rng)
+        return image, self.propose(bank, image, rng=rng, prompts=prompts)
 
     def describe(self) -> dict[str, Any]:
         """What produced a result (recorded beside metrics)."""
@@ -150,15 +152,15 @@ class Pipeline:
                 "refine": self.config.refiner}
 
 
-def evaluate(pipeline: Pipeline, bank: ReferenceBank, pairs: Sequence[tuple[Path, Path]],
-             progress: Callable[[int, int], None] | None = None) -> dict:
+def evaluate(pipeline: Pipeline, bank: ReferenceBank | None, pairs: Sequence[tuple[Path, Path]],
+             progress: Callable[[int, int], None] | None = None, prompts: dict[str, dict] | None = None) -> dict:
     """Per-image Dice, IoU and HD95 of the proposals against true masks, and their summary (``matchseg eval``)."""
     from .metrics import all_metrics
 
     rng = np.random.default_rng(0)
     rows = []
     for i, (img_path, mask_path) in enumerate(pairs):
-        image, proposal = pipeline.propose_file(bank, img_path, rng)
+        image, proposal = pipeline.propose_file(bank, img_path, rng, (prompts or {}).get(Path(img_path).name))
         gt = read_mask(mask_path, image.shape, allow_full=True)
         m = all_metrics(proposal.mask(pipeline.config.threshold), gt)
         rows.append({"image": Path(img_path).name, **{k: round(v, 6) for k, v in m.items()},

@@ -53,18 +53,20 @@ def select_supports(bank: ReferenceBank, retriever: Retriever, image: np.ndarray
     raise InputError(f"support strategy must be 'retrieved' or 'random', not {strategy!r}")
 
 
-def propose(bank: ReferenceBank, image: np.ndarray, *, retriever: Retriever, predictor,
+def propose(bank: ReferenceBank | None, image: np.ndarray, *, retriever: Retriever, predictor,
             k: int = 8, exclude: Iterable[str] = (), strategy: str = "retrieved",
             rng: np.random.Generator | None = None, progress: Callable[[int, int], None] | None = None,
             cancel: Callable[[], bool] | None = None, refiner=None, refine_threshold: float = 0.95,
-            refine_margin: int = 30) -> Proposal:
+            refine_margin: int = 30, prompts: dict | None = None) -> Proposal:
     """A probability map for ``image`` from its ``k`` most similar references (``predictor``: any proposer),
     optionally refined by SAM 2 prompts (``refiner``: a :class:`~napari_matchseg.refiners.sam2.Sam2Refiner`)."""
     img = check_image(image)
     if not 1 <= k <= 32:
         raise InputError(f"k must be between 1 and 32, got {k}")
+    if bank is None and predictor.uses_supports:
+        raise InputError(f"the {predictor.name} proposer proposes from references: open a bank (--bank)")
     store = predictor.feature_store
-    if store is None or getattr(store, "bank_path", None) != bank.path:
+    if bank is not None and (store is None or getattr(store, "bank_path", None) != bank.path):
         attach_bank(predictor, bank)
     matches: list[Match] = []
     images: list[np.ndarray] = []
@@ -78,7 +80,7 @@ def propose(bank: ReferenceBank, image: np.ndarray, *, retriever: Retriever, pre
         except ReferenceNotFound:  # another process removed a support meanwhile: choose again, once
             if attempt:
                 raise
-    prob = predictor.predict(img, images, masks)
+    prob = predictor.predict(img, images, masks, prompts=prompts)
     proposal = Proposal(prob, matches)
     if refiner is not None:
         r = refiner.refine(img, prob, threshold=refine_threshold, margin=refine_margin)

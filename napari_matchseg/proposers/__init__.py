@@ -28,6 +28,11 @@ PROPOSERS.register(Entry(
     "SAM 2 memory attention: retrieved pairs become memories, the image is the next frame", title="SAM 2",
     options=(CHECKPOINT, SAM2_MODEL, SAM2_IMAGE_SIZE), weights=SAM2_WEIGHTS, shares_model="sam2"))
 
+PROPOSERS.register(Entry(
+    "litemedsam", "napari_matchseg.proposers.litemedsam:LiteMedSamProposer",
+    "LiteMedSAM (pretrained medical SAM) from a user's boxes and points alone (--prompts); needs no references",
+    weights=("litemedsam",), shares_model="litemedsam", title="LiteMedSAM"))
+
 DEFAULT_PROPOSER = "matchseg"
 
 __all__ = ["PROPOSERS", "DEFAULT_PROPOSER", "CHECKPOINT"]

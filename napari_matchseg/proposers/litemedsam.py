@@ -1,0 +1,44 @@
+"""The ``litemedsam`` proposer: a mask from a user's boxes and points alone (an empty bank is fine).
+
+With references, LiteMedSAM still needs a box to start from: that is the MatchSeg proposal refined by it
+(``--refine litemedsam``).
+"""
+
+from __future__ import annotations
+
+from ..errors import InputError
+from .base import Proposer
+
+
+class LiteMedSamProposer(Proposer):
+    name = "litemedsam"
+    uses_supports = False
+    takes_prompts = True
+
+    def __init__(self, device: str | None = "auto", model=None):
+        """``model``: a LiteMedSamPredictor to use (shared with a refiner, or built here)."""
+        from ..litemedsam import LiteMedSamPredictor
+
+        self.predictor = model if model is not None else LiteMedSamPredictor(device)
+        self.model_id = self.predictor.model_id
+
+    def attach_cache(self, store) -> None:
+        self.predictor.attach_cache(store)
+
+    @property
+    def feature_store(self):
+        return self.predictor.store
+
+    def shared_model(self, family: str):
+        return self.predictor if family == "litemedsam" else None
+
+    def predict_batch(self, images, supports, prompts=None):
+        out = []
+        for i, image in enumerate(images):
+            p = (prompts or [None] * len(images))[i] or {}
+            if not (p.get("boxes") or p.get("points")):
+                raise InputError("the litemedsam proposer segments from prompts: give each image a box or points "
+                                 '(--prompts FILE.json: {"image.png": {"boxes": [[x0, y0, x1, y1]], '
+                                 '"points": [[x, y, 1]]}})')
+            out.append(self.predictor.predict(image, boxes=p.get("boxes"), points=p.get("points"))[0])
+        return out
