@@ -77,7 +77,7 @@ def test_weights_commands(capsys):
     code, out, _ = run(capsys, "weights", "list", "--json")
     rows = json.loads(out)
     assert {r["name"] for r in rows} >= {"dinov2_vits14", "sam2.1_hiera_large"}
-    assert all(r["status"] == "missing" for r in rows)
+    assert all(r["status"] == ("bundled" if r["name"] == "litemedsam" else "missing") for r in rows)  # empty cache
     code, _, err = run(capsys, "weights", "download", "dinov2_vits14")  # offline in tests
     assert code == 2 and "dinov2_vits14_pretrain.pth" in err and "offline" in err
 
