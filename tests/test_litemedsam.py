@@ -94,10 +94,10 @@ def test_refinement_passes_empty_proposals_through_and_keeps_only_what_agrees(pr
     img, gt = load_real("busi", real_ids("busi", "test", n=1, groups=("benign",))[0])
     empty = refiner.refine(img, np.zeros(gt.shape, np.float32))
     assert not empty.refined and "empty proposal" in empty.reason and not empty.mask.any()
-    good = refiner.refine(img, np.where(gt, 0.99, 0.01).astype(np.float32), margin=5)
+    good = refiner.refine(img, np.where(gt, 0.99, 0.01).astype(np.float32))
     assert good.refined and dice(good.mask, gt) > 0.8
     strict = LiteMedSamRefiner(model=predictor, min_agreement=0.999)  # no mask agrees that well: kept as it was
-    r = strict.refine(img, np.where(gt, 0.99, 0.01).astype(np.float32), margin=5)
+    r = strict.refine(img, np.where(gt, 0.99, 0.01).astype(np.float32))
     assert not r.refined and "agrees with the proposal only" in r.reason and np.array_equal(r.mask, gt)
 
 

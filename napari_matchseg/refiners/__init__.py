@@ -21,7 +21,13 @@ REFINERS.register(Entry(
     "litemedsam", "napari_matchseg.refiners.litemedsam:LiteMedSamRefiner",
     "refine each proposal with LiteMedSAM (pretrained, installed with the package) prompted by its confident "
     "pixels; kept only where it agrees with the proposal", weights=("litemedsam",), shares_model="litemedsam",
-    title="LiteMedSAM"))
+    title="LiteMedSAM",
+    options=(Option("--litemedsam-min-agreement", "min_agreement", 0.85,
+                    "keep LiteMedSAM's mask only when its Dice with the proposal reaches this", type=float),
+             Option("--litemedsam-margin", "margin_fraction", 0.05,
+                    "box margin as a fraction of the image's longer side (instead of --refine-margin)", type=float),
+             Option("--litemedsam-points", "use_points", False,
+                    "add the positive/negative points to the box (lowered Dice on every val split)", type=bool))))
 
 NO_REFINER = "none"
 
