@@ -163,6 +163,6 @@ def _as_array(values, width: int, what: str) -> np.ndarray | None:
     if arr.ndim != 2 or arr.shape[1] != width or not np.isfinite(arr).all():
         example = "[[x0, y0, x1, y1], ...]" if width == 4 else "[[x, y, 1 or 0], ...]"
         raise InputError(f"{what} must be a list of {example}, got shape {arr.shape}")
-    if width == 4 and ((arr[:, 2] <= arr[:, 0]) | (arr[:, 3] <= arr[:, 1])).any():
-        raise InputError(f"a box must have x1 > x0 and y1 > y0, got {arr.tolist()}")
+    if width == 4 and ((arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])).any():  # inclusive: x1 == x0 is 1 px wide
+        raise InputError(f"a box must have x1 >= x0 and y1 >= y0, got {arr.tolist()}")
     return arr

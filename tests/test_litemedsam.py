@@ -82,7 +82,8 @@ def test_embeddings_are_cached_and_prompts_do_what_they_say(predictor, tmp_path)
     assert from_point.shape == gt.shape and np.isfinite(from_point).all()
     with pytest.raises(InputError, match="needs a prompt"):
         predictor.predict(img)
-    with pytest.raises(InputError, match="x1 > x0"):
+    assert predictor.predict(img, boxes=[[50, 50, 50, 60]])[0].shape == gt.shape  # a one-pixel-wide box is a box
+    with pytest.raises(InputError, match="x1 >= x0"):
         predictor.predict(img, boxes=[[50, 50, 10, 60]])
 
 
