@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_foundation import machine  # noqa: E402
+from eval_matchseg import train_bank  # noqa: E402
 
-from napari_matchseg.bank import ReferenceBank  # noqa: E402
 from napari_matchseg.image_io import read_image, read_mask  # noqa: E402
 from napari_matchseg.litemedsam import LiteMedSamPredictor  # noqa: E402
 from napari_matchseg.metrics import dice  # noqa: E402
@@ -59,16 +59,6 @@ def gt_boxes(mask: np.ndarray, loose: float = 0.0, min_pixels: int = 10) -> list
     labels, n = ndi.label(mask)
     boxes = [gt_box(labels == i, loose) for i in range(1, n + 1) if (labels == i).sum() >= min_pixels]
     return boxes or [gt_box(mask, loose)]
-
-
-def train_bank(data: Path, name: str, work: Path) -> ReferenceBank:
-    bank = ReferenceBank.open(work / f"bank-{name}", create=True)
-    ids = read_manifest(data, name, "train", GROUPS.get(name))
-    if len(bank) < len(ids):
-        bank.add_many(((read_image(data / name / "images" / f"{r}.png"),
-                        read_mask(data / name / "masks" / f"{r}.png", allow_full=True), f"{r}.png") for r in ids),
-                      on_duplicate="skip", allow_empty=True, commit_every=256)
-    return bank
 
 
 def run_dataset(data: Path, name: str, split: str, n: int, work: Path, predictor, pipeline, variants) -> dict:

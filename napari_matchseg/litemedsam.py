@@ -58,12 +58,16 @@ class Embedding:
     scaled: tuple[int, int]  # its (h, w) inside the 256 x 256 input
 
 
+def scaled_size(h: int, w: int) -> tuple[int, int]:
+    """The (h, w) an image of (h, w) pixels takes inside the 256 x 256 input (its longest side 256)."""
+    scale = SIZE / max(h, w)
+    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+
+
 def preprocess(image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
     """(1, 3, 256, 256) float input and the scaled (h, w) of the image inside it."""
     rgb = torch.from_numpy(to_float_rgb(reduce_for_model(check_image(image)))).permute(2, 0, 1)[None]
-    h, w = rgb.shape[-2:]
-    scale = SIZE / max(h, w)
-    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    nh, nw = scaled_size(*rgb.shape[-2:])
     x = F.interpolate(rgb, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
     x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-8)
     return F.pad(x, (0, SIZE - nw, 0, SIZE - nh)), (nh, nw)
@@ -96,8 +100,9 @@ class LiteMedSamPredictor:
         if feats is None and self.store is not None:
             cached = self.store.get(key)
             feats = None if cached is None else cached[0][None].to(self.device)
-        x, scaled = preprocess(img)
+        scaled = scaled_size(*reduce_for_model(img).shape[:2])  # (a view: no copy for ordinary images)
         if feats is None:
+            x, scaled = preprocess(img)
             with torch.inference_mode(), autocast(self.device, self.autocast):
                 feats = self.model.image_encoder(x.to(self.device)).float()
             self.encodings += 1

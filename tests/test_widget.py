@@ -109,7 +109,7 @@ def test_mirror_option_averages_both_views(annotator, qtbot, tmp_path):
 def test_cancel_and_bad_inputs_notify_instead_of_crashing(annotator, qtbot, monkeypatch):
     viewer, w = annotator
     errors = []
-    monkeypatch.setattr("napari_matchseg.widgets._qt.notify_error", errors.append)
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
     w.propose_current()
     assert errors and "bank is empty" in errors[-1]
     viewer.add_image(np.zeros((3, 4, 20, 20), np.uint8), name="volume4d")
@@ -276,7 +276,7 @@ def test_the_checkpoint_in_use_is_shown_chosen_and_reset(annotator, tmp_path, ti
 
     _, w = annotator
     errors = []
-    monkeypatch.setattr("napari_matchseg.widgets._qt.notify_error", errors.append)
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
     assert w.checkpoint_label.text() == "tiny.safetensors" and w.checkpoint_label.toolTip() == str(tiny_ckpt)
     tuned = save_checkpoint(tmp_path / "tuned.safetensors", build_matchseg(tiny_ckpt)[0],
                             {"finetuned_on": str(tmp_path / "bank")})
@@ -332,7 +332,7 @@ def test_learn_from_unlabelled_slices_in_the_background(annotator, qtbot, tmp_pa
 def test_missing_weights_offline_say_where_to_put_them(annotator, monkeypatch):
     _, w = annotator
     errors = []
-    monkeypatch.setattr("napari_matchseg.widgets._qt.notify_error", errors.append)
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
     w.retriever_combo.setCurrentText("dinov2")
     w.proposer_combo.setCurrentText("sam2")
     w.download_weights()  # MATCHSEG_OFFLINE=1 in the tests

@@ -92,14 +92,12 @@ def add_retriever_args(p: argparse.ArgumentParser) -> None:
 
 
 def retriever_from_args(args):
-    from ..pipeline import PipelineConfig, option_dest
+    from ..pipeline import option_dest
     from ..retrieval import RETRIEVERS, get_retriever
 
     entry = RETRIEVERS.get(args.retriever)
-    cfg = PipelineConfig(retriever=args.retriever, options={option_dest(o): getattr(args, option_dest(o))
-                                                            for o in entry.options})
-    return get_retriever(args.retriever, **cfg.values(entry), **({"device": args.device} if entry.takes_device
-                                                                 else {}))
+    values = {o.param: getattr(args, option_dest(o)) for o in entry.options}
+    return get_retriever(args.retriever, **values, **({"device": args.device} if entry.takes_device else {}))
 
 
 def dataclass_default(cls, name: str):

@@ -18,7 +18,7 @@ import torch
 from ..errors import InputError
 from ..image_io import read_image, read_mask
 from ..retrieval import get_retriever, l2_normalize
-from ..tensors import mask_to_working, to_working  # noqa: F401  (re-exported for training code)
+from ..tensors import mask_to_working, to_working
 
 
 @dataclasses.dataclass

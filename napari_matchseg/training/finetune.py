@@ -19,7 +19,8 @@ from ..bank import ReferenceBank
 from ..checkpoint import build_matchseg, save_checkpoint
 from ..errors import InputError
 from ..retrieval import get_retriever
-from .data import Split, mask_to_working, neighbours, to_working
+from ..tensors import mask_to_working, to_working
+from .data import Split, neighbours
 from .train import Task, TrainConfig, train
 
 

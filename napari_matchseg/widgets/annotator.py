@@ -13,12 +13,12 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QProgressB
 
 from ..errors import InputError
 from ..settings import Settings
-from . import slices
 from ._qt import button, row
 from .bank_panel import BankPanel
 from .export_panel import ExportPanel
 from .learn_panel import LearnPanel
 from .propose_panel import ProposePanel
+from .slices import all_slices, get_layer, slice_at_cursor
 from .state import AnnotatorState
 from .tasks import TaskRunner
 
@@ -87,13 +87,13 @@ class ReferenceAnnotator(QWidget):
     # ------------------------------------------------------------------ shared by the panels
     def current_slice(self):
         """(image layer, slice index or None, the image) the user is looking at."""
-        layer = slices.layer(self.viewer, self.image_combo.currentText(), "image")
-        return (layer, *slices.current_slice(self.viewer, layer))
+        layer = get_layer(self.viewer, self.image_combo.currentText(), "image")
+        return (layer, *slice_at_cursor(self.viewer, layer))
 
     def series(self):
         """(layer, [slice images], indices not yet in the bank nor accepted) of the current image layer."""
-        layer = slices.layer(self.viewer, self.image_combo.currentText(), "image")
-        images = slices.all_slices(layer)
+        layer = get_layer(self.viewer, self.image_combo.currentText(), "image")
+        images = all_slices(layer)
         bank = self.state.need_bank()
         done = self.state.accepted.get(layer.name, set())
         todo = [i for i, im in enumerate(images) if bank.find_image(im) is None
@@ -130,20 +130,9 @@ class ReferenceAnnotator(QWidget):
 
     def __getattr__(self, name: str):
         """Controls and actions of the panels as the widget's own (``widget.k_spin``, ``widget.propose_current``)."""
-        for panel in ("bank_panel", "propose", "learn", "export"):
-            owner = self.__dict__.get(panel)
-            if owner is not None and name in _PANEL_ATTRIBUTES.get(panel, ()):
-                return getattr(owner, name)
+        if not name.startswith("_"):
+            for panel in ("bank_panel", "propose", "learn", "export"):
+                owner = self.__dict__.get(panel)
+                if owner is not None and (name in vars(owner) or name in vars(type(owner))):
+                    return getattr(owner, name)
         raise AttributeError(name)
-
-
-_PANEL_ATTRIBUTES = {
-    "bank_panel": ("bank_path", "bank_label", "references", "add_btn", "open_bank", "add_current_as_reference",
-                   "remove_selected"),
-    "propose": ("retriever_combo", "k_spin", "proposer_combo", "refine_check", "mirror_check", "device_combo",
-                "threshold", "checkpoint_label", "propose_btn", "accept_btn", "propose_all_btn", "suggest_btn",
-                "matches", "use_checkpoint", "propose_current", "accept_current", "propose_all", "suggest_next"),
-    "learn": ("finetune_btn", "semi_btn", "download_btn", "rounds_spin", "finetune", "learn_from_unlabelled",
-              "download_weights"),
-    "export": ("export_format", "export_btn", "export_accepted"),
-}

@@ -5,9 +5,8 @@ from __future__ import annotations
 from qtpy.QtWidgets import QFileDialog, QGroupBox, QLabel, QLineEdit, QListWidget, QVBoxLayout
 
 from ..errors import MatchsegError
-from . import slices
-from . import _qt
-from ._qt import button, reference_item, row, shows_errors, typed_path
+from ._qt import button, notify_error, reference_item, row, shows_errors, typed_path
+from .slices import get_layer, labels_slice, slice_name
 
 
 class BankPanel(QGroupBox):
@@ -40,12 +39,12 @@ class BankPanel(QGroupBox):
         """Open (or create) the bank at ``path`` as typed: ``~`` is the home folder and a relative path is taken
         from where napari was started, then kept absolute (settings and checkpoints must mean the same next time)."""
         if not path.strip():
-            _qt.notify_error("choose a folder for the reference bank first")
+            notify_error("choose a folder for the reference bank first")
             return
         try:
             bank = self.ctx.state.open_bank(typed_path(path))
         except MatchsegError as exc:
-            _qt.notify_error(str(exc))
+            notify_error(str(exc))
             return
         self.bank_path.setText(str(bank.path))
         self.ctx.save_settings()
@@ -72,8 +71,8 @@ class BankPanel(QGroupBox):
         ctx = self.ctx
         bank = ctx.state.need_bank()
         layer, idx, image = ctx.current_slice()
-        labels = slices.layer(ctx.viewer, ctx.labels_combo.currentText(), "labels")
-        self.store(bank, image, slices.labels_slice(labels, idx, image), slices.slice_name(layer, idx), "manual")
+        labels = get_layer(ctx.viewer, ctx.labels_combo.currentText(), "labels")
+        self.store(bank, image, labels_slice(labels, idx, image), slice_name(layer, idx), "manual")
 
     def store(self, bank, image, mask, name: str, source: str) -> None:
         ref, added = bank.add_or_update(image, mask, name=name, source=source)
@@ -86,5 +85,5 @@ class BankPanel(QGroupBox):
             for item in self.references.selectedItems():
                 bank.remove(item.text().split()[0])
         except MatchsegError as exc:
-            _qt.notify_error(str(exc))
+            notify_error(str(exc))
         self.refresh_references()

@@ -9,9 +9,8 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QLabel
 
 from ..errors import InputError, MatchsegError, name_list
 from ..image_io import write_mask, write_mask_tiff
-from . import slices
-from . import _qt
-from ._qt import Panel, button, row
+from ._qt import Panel, button, notify_error, row
+from .slices import get_layer, slice_name
 
 FORMATS = {"png-255": (".png", 255), "png-labels": (".png", 1), "tif-255": (".tif", 255)}
 
@@ -37,11 +36,11 @@ class ExportPanel(Panel):
         suffix, value = FORMATS[self.export_format.currentText()]
         try:
             layer, _, _ = ctx.current_slice()
-            labels = np.asarray(slices.layer(ctx.viewer, f"{layer.name} proposal", "labels").data)
+            labels = np.asarray(get_layer(ctx.viewer, f"{layer.name} proposal", "labels").data)
             indices = sorted(ctx.state.accepted.get(layer.name, set()), key=lambda i: -1 if i is None else i)
             if not indices:
                 raise InputError("nothing accepted yet for this image layer: Accept a proposal first")
-            targets = [(Path(folder) / f"{slices.slice_name(layer, i)}{suffix}", labels if i is None else labels[i])
+            targets = [(Path(folder) / f"{slice_name(layer, i)}{suffix}", labels if i is None else labels[i])
                        for i in indices]
             existing = [str(t.name) for t, _ in targets if t.exists()]
             if existing:
@@ -50,7 +49,7 @@ class ExportPanel(Panel):
             written = [(write_mask if suffix == ".png" else write_mask_tiff)(t, m != 0, overwrite=False, value=value)
                        for t, m in targets]
         except (MatchsegError, OSError) as exc:
-            _qt.notify_error(str(exc))
+            notify_error(str(exc))
             return []
         ctx.status.setText(f"exported {len(written)} masks to {folder}")
         return written

@@ -9,8 +9,7 @@ from qtpy.QtWidgets import QLabel, QSpinBox
 from ..bank import ReferenceBank
 from ..proposers import PROPOSERS
 from ..retrieval import RETRIEVERS
-from . import _qt
-from ._qt import Panel, button, row, shows_errors
+from ._qt import Panel, button, notify_error, notify_info, row, shows_errors
 
 
 class LearnPanel(Panel):
@@ -99,10 +98,10 @@ class LearnPanel(Panel):
 
         missing = [n for n in self.needed_weights() if weights.status(n) in ("missing", "partial download")]
         if not missing:
-            _qt.notify_info("every checkpoint the current choices need is on this machine")
+            notify_info("every checkpoint the current choices need is on this machine")
             return
         if weights.is_offline():
-            _qt.notify_error("offline: " + "; ".join(
+            notify_error("offline: " + "; ".join(
                 f"put {weights.get_entry(n).url} at {weights.where(n)}" for n in missing))
             return
         tasks = self.ctx.tasks

@@ -14,9 +14,8 @@ from ..errors import MatchsegError
 from ..fsutil import same_folder
 from ..proposers import PROPOSERS
 from ..retrieval import RETRIEVERS
-from . import slices
-from . import _qt
-from ._qt import button, row, shows_errors, typed_path
+from ._qt import button, notify_error, row, shows_errors, typed_path
+from .slices import get_layer, labels_slice, slice_name, spatial_shape
 from .state import Choices
 
 
@@ -98,7 +97,7 @@ class ProposePanel(QGroupBox):
             try:
                 build_matchseg(path)
             except MatchsegError as exc:
-                _qt.notify_error(str(exc))
+                notify_error(str(exc))
                 return
         self.set_checkpoint(path)
 
@@ -155,7 +154,7 @@ class ProposePanel(QGroupBox):
 
     def _proposal_layers(self, layer):
         """The proposal (labels) and probability (image) layers of ``layer``, made when missing or resized."""
-        viewer, shape = self.ctx.viewer, slices.spatial_shape(layer)
+        viewer, shape = self.ctx.viewer, spatial_shape(layer)
         made = {}
         for name, add in ((f"{layer.name} proposal", lambda n: viewer.add_labels(np.zeros(shape, np.uint8), name=n,
                                                                                     opacity=0.5)),
@@ -268,8 +267,8 @@ class ProposePanel(QGroupBox):
         bank = ctx.state.need_bank()
         layer, idx, image = ctx.current_slice()
         name = f"{layer.name} proposal"
-        labels = slices.layer(ctx.viewer, name if name in ctx.viewer.layers else ctx.labels_combo.currentText(),
+        labels = get_layer(ctx.viewer, name if name in ctx.viewer.layers else ctx.labels_combo.currentText(),
                               "labels")
-        ctx.bank_panel.store(bank, image, slices.labels_slice(labels, idx, image), slices.slice_name(layer, idx),
+        ctx.bank_panel.store(bank, image, labels_slice(labels, idx, image), slice_name(layer, idx),
                              "accepted_proposal")
         ctx.state.accepted.setdefault(layer.name, set()).add(idx)

@@ -10,7 +10,7 @@ from ..errors import InputError
 from ..image_io import check_image, check_mask
 
 
-def layer(viewer, name: str, kind: str):
+def get_layer(viewer, name: str, kind: str):
     if not name or name not in viewer.layers:
         raise InputError(f"choose a {kind} layer first")
     return viewer.layers[name]
@@ -21,7 +21,7 @@ def spatial_shape(image_layer) -> tuple[int, ...]:
     return data.shape[: data.ndim - (1 if image_layer.rgb else 0)]
 
 
-def current_slice(viewer, image_layer) -> tuple[int | None, np.ndarray]:
+def slice_at_cursor(viewer, image_layer) -> tuple[int | None, np.ndarray]:
     """(slice index or None for a 2D image, the checked image) at the viewer's current position."""
     data = np.asarray(image_layer.data)
     spatial = data.ndim - (1 if image_layer.rgb else 0)

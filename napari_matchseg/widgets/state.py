@@ -64,7 +64,6 @@ class AnnotatorState:
         can take a while), and reused with new choices of k, retriever or mirror."""
         from ..pipeline import Pipeline, PipelineConfig
         from ..proposers import PROPOSERS
-        from ..refiners import REFINERS
 
         options = {"checkpoint": c.checkpoint or None, "sam2_image_size": c.sam2_image_size,
                    "mirror_tta": c.mirror_tta and c.proposer == "matchseg"}
@@ -77,13 +76,7 @@ class AnnotatorState:
         proposer = self._proposers[key]
         if hasattr(proposer, "mirror_tta"):  # a per-proposal choice: same model, same cached support features
             proposer.mirror_tta = options["mirror_tta"]
-        refiner = None
-        if c.refine:
-            entry = REFINERS.get("sam2")
-            shared = proposer.shared_model(entry.shares_model)
-            refiner = entry.build(config.values(entry), device=c.device,
-                                  **({"model": shared} if shared is not None else {}))
-        return Pipeline(config, proposer=proposer, refiner=refiner)
+        return Pipeline(config, proposer=proposer)  # it builds the refiner, sharing the proposer's model
 
     def thumbnail(self, ref_id: str) -> np.ndarray:
         bank = self.need_bank()

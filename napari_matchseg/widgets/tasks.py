@@ -7,7 +7,7 @@ import threading
 from qtpy.QtCore import QObject, Signal
 
 from ..errors import Cancelled, MatchsegError
-from . import _qt
+from ._qt import notify_error, notify_info
 
 
 class _Signals(QObject):
@@ -28,7 +28,7 @@ class TaskRunner:
 
     def run(self, fn, on_done, label: str) -> None:
         if self.busy:
-            _qt.notify_info("busy: wait for the current task or cancel it")
+            notify_info("busy: wait for the current task or cancel it")
             return
         from napari.qt.threading import create_worker
 
@@ -68,7 +68,7 @@ class TaskRunner:
         if isinstance(exc, Cancelled):
             self.status.setText(f"cancelled: {exc}")
             return
-        _qt.notify_error(str(exc) if isinstance(exc, MatchsegError) else f"{type(exc).__name__}: {exc}")
+        notify_error(str(exc) if isinstance(exc, MatchsegError) else f"{type(exc).__name__}: {exc}")
         self.status.setText(f"error: {exc}")
 
     def _on_finished(self) -> None:
