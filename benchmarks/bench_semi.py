@@ -14,9 +14,10 @@ In one run, evaluated on the test split with the labelled images as the bank (k 
   the targets; same compute as (b2));  (c3) as (c2) with a mean teacher (a moving average of the network
   labels every weak view as it is drawn), what ``matchseg semi`` does by default;
   (c4), (c5) as (c2), (c3) with CutMix between the strong views (``--cutmix``, probability ``--cutmix-p``);
-  (d) the SAM 2 refinement path, from (b). No SAM 2 weights can be downloaded on the development machines,
-  so (d) runs with a randomly initialised SAM 2 (tiny, at ``--sam2-image-size``) unless the real checkpoint
-  is in the weights cache: it shows the path runs, not what SAM 2 is worth. ``--rows`` picks the rows (default
+  (d) the SAM-Match refinement path, from (b), with the round teacher (paired with (c2) for the pseudo-labels'
+  Dice before and after refinement): ``--d-refiner litemedsam`` (default; real pretrained weights) or
+  ``sam2``: no SAM 2 weights can be downloaded on the development machines, so that runs with a randomly
+  initialised SAM 2 (tiny, at ``--sam2-image-size``) unless the real checkpoint is in the weights cache. ``--rows`` picks the rows (default
   a,b,b2,c3,d: the issue's four with the default loop as (c), and the equal-compute control; any of
   a,b,c,b2,c2,c3,c4,c5,d). ``--b-steps`` sets (b)'s steps apart from the loop's; run again with more
   ``--rounds`` (and ``--b-steps`` at (b)'s steps) the loop rows go on from their last round. Also reported:
@@ -85,7 +86,7 @@ def pseudo_label_quality(run: Path, truth: dict[str, np.ndarray]) -> list[dict]:
         out.append({"round": folder.name, "dice_vs_truth": round(float(np.mean(d_all)), 4),
                     "selected": len(chosen), "selected_dice_vs_truth": round(float(np.mean(d_sel)), 4),
                     "confident_pixel_accuracy": round(float(np.nanmean(acc)), 4),
-                    "sam2_refined": sum(r["method"] == "sam2" for r in store.records()), "images": len(store)})
+                    "refined": sum(r["method"] != "confident" for r in store.records()), "images": len(store)})
     return out
 
 
@@ -108,6 +109,9 @@ def main() -> None:
     ap.add_argument("--select", default="agreement", choices=("agreement", "confidence"),
                     help="how the loop scores pseudo-label reliability (SemiConfig.select)")
     ap.add_argument("--cutmix-p", type=float, default=0.5, help="CutMix probability of rows (c4) and (c5)")
+    ap.add_argument("--d-refiner", default="litemedsam", choices=("litemedsam", "sam2"),
+                    help="the refiner of row (d): LiteMedSAM's real weights, or SAM 2 (random unless its "
+                    "checkpoint is in the weights cache)")
     ap.add_argument("--sam2-image-size", type=int, default=256)
     ap.add_argument("--skip-sam2", action="store_true", help="leave out row (d)")
     ap.add_argument("--rows", default=",".join(DEFAULT_ROWS),
@@ -211,7 +215,10 @@ def main() -> None:
     if "c5" in rows:
         semi_row("(c5) semi, mean teacher + CutMix", LOOP_FOLDERS["c5"], ft,
                  dataclasses.replace(cfg, teacher="ema", cutmix=args.cutmix_p))
-    if "d" in rows:
+    if "d" in rows and args.d_refiner == "litemedsam":
+        semi_row("(d) semi, LiteMedSAM refined, from (b)", "semi-litemedsam", ft,
+                 dataclasses.replace(cfg, refine="litemedsam"), {"refiner": "litemedsam (pretrained)"})
+    elif "d" in rows:
         from napari_matchseg.sam2_model import build_sam2_model
         from napari_matchseg.refiners.sam2 import Sam2Refiner
 

@@ -103,7 +103,8 @@ class Pipeline:
     def proposer(self):
         if self._proposer is None:
             entry = PROPOSERS.get(self.config.proposer)
-            self._proposer = entry.build(self.config.values(entry), device=self.config.device)
+            self._proposer = entry.build(self.config.values(entry), device=self.config.device,
+                                         **self._shared(entry, [self._retriever_if_shares(entry)]))
         return self._proposer
 
     @property
@@ -111,10 +112,24 @@ class Pipeline:
         c = self.config
         if self._refiner is None and c.refiner != NO_REFINER:
             entry = REFINERS.get(c.refiner)
-            shared = self.proposer.shared_model(entry.shares_model) if entry.shares_model else None
-            extra = {"model": shared} if shared is not None else {}
-            self._refiner = entry.build(c.values(entry), device=c.device, **extra)
+            self._refiner = entry.build(c.values(entry), device=c.device,
+                                        **self._shared(entry, [self.proposer, self._retriever_if_shares(entry)]))
         return self._refiner
+
+    def _retriever_if_shares(self, entry: Entry):
+        """The retriever when it is of ``entry``'s model family (building it then: it is needed anyway)."""
+        same = entry.shares_model and RETRIEVERS.get(self.config.retriever).shares_model == entry.shares_model
+        return self.retriever if same else None
+
+    @staticmethod
+    def _shared(entry: Entry, owners) -> dict[str, Any]:
+        """``{"model": m}`` when one of ``owners`` already holds a model of ``entry``'s family: one copy in memory,
+        and one image embedding per image when retriever, proposer and refiner share an encoder."""
+        for owner in owners:
+            shared = owner.shared_model(entry.shares_model) if owner is not None and entry.shares_model else None
+            if shared is not None:
+                return {"model": shared}
+        return {}
 
     def load(self) -> Pipeline:
         """Build every model now (a worker thread calls this so that the first proposal is not the slow one)."""

@@ -2,7 +2,7 @@
 
 A pseudo-label is a mask plus a *confidence* map: the pixels that may count in a loss. From a MatchSeg
 probability map ``p`` a pixel is confident when ``max(p, 1 - p) >= confidence`` (FixMatch's rule, per pixel).
-With SAM 2 refinement (SAM-Match) the confident pixels become prompts and SAM 2's mask is the label;
+With refinement (SAM-Match: SAM 2 or LiteMedSAM) the confident pixels become prompts and the SAM's mask is the label;
 pixels where SAM 2 contradicts a confident prediction are left out.
 
 A :class:`PseudoLabelStore` is a folder that says what it is (``info.json``), with ``masks/<name>.png`` and
@@ -38,15 +38,16 @@ def confident_pseudo_label(prob: np.ndarray, confidence: float = 0.9) -> tuple[n
 
 def refined_pseudo_label(refiner, image: np.ndarray, prob: np.ndarray, confidence: float = 0.9,
                          prompt_threshold: float = 0.95, margin: int = 30) -> tuple[np.ndarray, np.ndarray, str, str]:
-    """(mask, confident, method, note) with SAM 2 refinement; falls back to the confident prediction when
-    there is nothing to prompt with (no confident foreground)."""
+    """(mask, confident, method, note) with a refiner's mask (SAM 2 or LiteMedSAM; ``method`` is the refiner's
+    name); falls back to the confident prediction when there is nothing to prompt with (no confident
+    foreground) or the refiner declined (its mask disagreed with the prediction)."""
     mask, confident = confident_pseudo_label(prob, confidence)
     r = refiner.refine(image, prob, threshold=prompt_threshold, margin=margin)
     if not r.refined:
         return mask, confident, "confident", r.reason
     sam = np.asarray(r.mask, bool)
     conflict = ((prob >= confidence) & ~sam) | ((prob <= 1 - confidence) & sam)
-    return sam, ~conflict, "sam2", r.reason
+    return sam, ~conflict, getattr(refiner, "name", "refined"), r.reason
 
 
 class PseudoLabelStore:

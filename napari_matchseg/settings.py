@@ -22,7 +22,7 @@ class Settings:
     k: int = 8
     device: str = "auto"
     threshold: float = 0.5
-    refine: bool = False
+    refiner: str = "none"  # a name in refiners.REFINERS, or "none"
     mirror_tta: bool = False  # MatchSeg: average with the mirror image's probabilities
     checkpoint: str = ""  # empty = the shipped MatchSeg checkpoint
     export_format: str = "png-255"  # png-255 (0/255), png-labels (0/1), tif-255

@@ -135,3 +135,43 @@ def test_segment_with_prompts_and_with_litemedsam_refinement(tmp_path, tiny_ckpt
     assert code == 0, capsys.readouterr().err
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert rows and all(r["refinement"].startswith(("refined", "not refined")) for r in rows)
+
+
+@pytest.mark.slow
+def test_the_medsam_retriever_finds_mirrored_and_brightened_real_images_top1(predictor, tmp_path):
+    # (not pixel noise: sigma-10 Gaussian noise on an ultrasound image moves LiteMedSAM's embedding as far as
+    # another image does; docs/litemedsam.md, "Retrieval")
+    from test_retrieval import _perturb
+
+    from napari_matchseg.bank import ReferenceBank
+    from napari_matchseg.litemedsam import LiteMedSamPredictor
+    from napari_matchseg.retrieval import retrieve
+    from napari_matchseg.retrieval.medsam import POOLINGS, MedSamRetriever
+
+    shared = LiteMedSamPredictor("cpu", model=predictor.model, memory_cache=64)  # one encoding per image for all
+    ids = real_ids("busi", "train", n=16, stride=7) + real_ids("kvasir", "train", n=8, stride=11)
+    pairs = [load_real("busi" if i < 16 else "kvasir", rid) for i, rid in enumerate(ids)]
+    bank = ReferenceBank.create(tmp_path / "b")
+    bank.add_many(((img, m, rid) for rid, (img, m) in zip(ids, pairs)), allow_empty=True)
+    rng = np.random.default_rng(0)
+    queries = [(rid, _perturb(img, kind, rng)) for rid, (img, _) in list(zip(ids, pairs))[::6]
+               for kind in ("fliplr", "brightness")]
+    for pooling in POOLINGS:
+        r = MedSamRetriever(pooling, model=shared)
+        assert r.shared_model("litemedsam") is shared and r.model_id.endswith(pooling)
+        misses = [(rid, top.id) for rid, q in queries for top in [retrieve(bank, r, q, k=1)[0]] if top.id != rid]
+        assert misses == [], (pooling, misses)
+    assert shared.encodings == len(ids) + len(queries)  # the three poolings shared every embedding
+
+
+def test_a_pipeline_of_medsam_retrieval_and_litemedsam_refinement_loads_one_network(predictor, monkeypatch):
+    from napari_matchseg.pipeline import Pipeline, PipelineConfig
+    from napari_matchseg.retrieval import medsam
+
+    built = []
+    monkeypatch.setattr("napari_matchseg.litemedsam.build_litemedsam",
+                        lambda device="auto": built.append(device) or predictor.model)
+    monkeypatch.setattr("napari_matchseg.retrieval._instances", {})
+    p = Pipeline(PipelineConfig(retriever="medsam", proposer="litemedsam", refiner="litemedsam", device="cpu"))
+    assert isinstance(p.retriever, medsam.MedSamRetriever)
+    assert p.proposer.predictor is p.retriever.predictor is p.refiner.predictor and len(built) == 1

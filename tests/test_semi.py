@@ -188,6 +188,10 @@ def test_a_mean_teacher_labels_the_weak_view_and_only_its_confident_pixels_count
     # the default: the mean teacher, or the round teacher when SAM 2 refines the round's pseudo-labels
     assert SemiConfig().resolved().teacher == "ema" and SemiConfig(refine="sam2").resolved().teacher == "round"
     assert SemiConfig(teacher="round").resolved().teacher == "round"
+    SemiConfig(refine="litemedsam").resolved().check()
+    assert SemiConfig(refine="litemedsam").resolved().teacher == "round"
+    with pytest.raises(InputError, match="refine must be one of none, sam2, litemedsam"):
+        SemiConfig(refine="medsam").check()
     with pytest.raises(InputError, match="teacher must be"):
         SemiConfig(teacher="mean").check()
 
@@ -254,6 +258,26 @@ def test_loop_runs_changes_the_weights_and_leaves_the_bank_alone(semi_setup):
         run_semi(bank, unlabelled, tmp / "run", base=base, cfg=SemiConfig(**dict(FAST, rounds=3)))
     with pytest.raises(InputError, match=r"\(semi.refine, semi.teacher differ\)"):  # the default now
         run_semi(bank, unlabelled, tmp / "run", base=base, cfg=SemiConfig(**dict(FAST, teacher="auto")))
+
+
+@pytest.mark.slow
+def test_litemedsam_refines_the_pseudo_labels_with_one_encoding_per_image(semi_setup):
+    from napari_matchseg.litemedsam import LiteMedSamPredictor
+    from napari_matchseg.refiners.litemedsam import LiteMedSamRefiner
+
+    bank, unlabelled, _, tmp = semi_setup
+    refiner = LiteMedSamRefiner(model=LiteMedSamPredictor("cpu"), min_agreement=0.0)  # keep every refined mask
+    cfg = SemiConfig(**FAST, refine="litemedsam")
+    # from the shipped checkpoint: the tiny test one is never confident enough to give a prompt
+    run_semi(bank, unlabelled, tmp / "run", base=None, cfg=cfg, refiner=refiner, log=lambda m: None)
+    records = [r for k in range(2) for r in PseudoLabelStore(tmp / "run" / "pseudo" / f"round-{k}").records()]
+    assert len(records) == 2 * len(unlabelled)
+    refined = [r for r in records if r["method"] == "litemedsam"]
+    assert refined and all(r["note"].startswith("refined with") for r in refined)
+    assert all(r["note"].startswith("not refined") for r in records if r["method"] != "litemedsam")
+    # one embedding per unlabelled image, kept in the run folder for the next round (and a resumed run)
+    assert refiner.predictor.encodings == len(unlabelled)
+    assert len(list((tmp / "run" / "features").glob("*/*.npy"))) == len(unlabelled)
 
 
 @pytest.mark.slow

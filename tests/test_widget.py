@@ -235,6 +235,19 @@ def test_whole_loop_on_real_images_with_the_shipped_checkpoint(make_napari_viewe
     qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
     proposal = viewer.layers["wbc proposal"].data[8]
     assert dice(proposal > 0, pairs[8][1]) > 0.7  # a real proposal, not noise
+    w.refiner_combo.setCurrentText("litemedsam")  # SAM-Match with LiteMedSAM's real weights
+    assert w.needed_weights() == ["litemedsam"]
+    for _ in range(2):
+        w.propose_current()
+        qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+        assert "refined with" in w.status.text() or "not refined" in w.status.text(), w.status.text()
+    assert len(w.state._refiners) == 1  # built once, kept for the next proposal
+    refined = viewer.layers["wbc proposal"].data[8]
+    assert dice(refined > 0, pairs[8][1]) > 0.7
+    w.refiner_combo.setCurrentText("none")
+    w.propose_current()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    np.testing.assert_array_equal(viewer.layers["wbc proposal"].data[8], proposal)
     w.accept_current()
     assert len(ReferenceBank.open(tmp_path / "bank")) == 7
     (out,) = w.export_accepted(str(tmp_path / "export"))

@@ -89,7 +89,7 @@ SEMI_HELP = {
               "confidence over the pixels predicted foreground",
     "k": "supports when pseudo-labelling",
     "teacher": "targets of the unlabelled views: a mean teacher's prediction at every step (ema), or the round's "
-               "stored pseudo-labels (round); auto = ema, or round with --refine sam2",
+               "stored pseudo-labels (round); auto = ema, or round with --refine",
     "ema_decay": "the mean teacher's decay per step",
     "cutmix": "probability that a strongly augmented unlabelled view gets a box of another one pasted in, with its "
               "pseudo-label (CutMix); 0 = off",

@@ -30,6 +30,13 @@ RETRIEVERS.register(Entry(
              Option("--dinov2-checkpoint", "checkpoint", None, "local DINOv2 weights file (nothing is downloaded)")),
     weights=_DINOV2))
 
+RETRIEVERS.register(Entry(
+    "medsam", "napari_matchseg.retrieval.medsam:MedSamRetriever",
+    "LiteMedSAM's pretrained medical image encoder (installed with the package), pooled", title="LiteMedSAM",
+    options=(Option("--medsam-pooling", "pooling", "mean", "how the 256 x 64 x 64 embedding becomes a vector",
+                    choices=("mean", "meanstd", "gem")),),
+    weights=("litemedsam",), shares_model="litemedsam"))
+
 DEFAULT_RETRIEVER = "handcrafted"
 _instances: dict[tuple, Retriever] = {}
 

@@ -55,6 +55,10 @@ class Retriever(ABC):
     def embed_one(self, image: np.ndarray) -> np.ndarray:
         return self.embed([image])[0]
 
+    def shared_model(self, family: str):
+        """A loaded model a proposer or refiner of ``family`` may reuse (None: there is none)."""
+        return None
+
 
 def top_k(vectors: np.ndarray, query: np.ndarray, k: int,
           exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

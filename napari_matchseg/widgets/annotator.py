@@ -106,7 +106,7 @@ class ReferenceAnnotator(QWidget):
         s, p = self.settings, self.propose
         s.retriever, s.k = p.retriever_combo.currentText(), p.k_spin.value()
         s.proposer, s.device = p.proposer_combo.currentText(), p.device_combo.currentText()
-        s.refine, s.threshold = p.refine_check.isChecked(), p.threshold.value() / 100
+        s.refiner, s.threshold = p.refiner_combo.currentText(), p.threshold.value() / 100
         s.mirror_tta, s.semi_rounds = p.mirror_check.isChecked(), self.learn.rounds_spin.value()
         s.export_format = self.export.export_format.currentText()
         s.bank = str(self.bank.path) if self.bank is not None else s.bank  # an empty bank is falsy

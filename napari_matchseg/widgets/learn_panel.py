@@ -18,7 +18,7 @@ class LearnPanel(Panel):
         self.finetune_btn = button("Fine-tune on bank", self.finetune,
                                    "adapt MatchSeg to this bank in the background (a few minutes on a CPU)")
         self.semi_btn = button("Learn from unlabelled", self.learn_from_unlabelled,
-                               "pseudo-label this layer's unlabelled slices (SAM 2 refined when chosen above) "
+                               "pseudo-label this layer's unlabelled slices (refined when a refiner is chosen above) "
                                "and fine-tune MatchSeg on them with the bank, in the background")
         self.download_btn = button("Download weights", self.download_weights,
                                    "fetch the checkpoints the chosen retriever/proposer need")
@@ -60,7 +60,7 @@ class LearnPanel(Panel):
         bank = ctx.state.need_references(2, "learning from unlabelled images")
         layer, images, todo = ctx.series()
         c = ctx.propose.choices()
-        cfg = dataclasses.replace(ctx.state.semi_config or SemiConfig(), refine="sam2" if c.refine else "none",
+        cfg = dataclasses.replace(ctx.state.semi_config or SemiConfig(), refine=c.refiner,
                                   device=c.device, k=c.k, sam2_image_size=c.sam2_image_size,
                                   rounds=self.rounds_spin.value())
         stack = len(images) > 1
@@ -89,8 +89,8 @@ class LearnPanel(Panel):
 
         p = self.ctx.propose
         entries = [RETRIEVERS.get(p.retriever_combo.currentText()), PROPOSERS.get(p.proposer_combo.currentText())]
-        if p.refine_check.isChecked():
-            entries.append(REFINERS.get("sam2"))
+        if p.refiner_combo.currentText() in REFINERS:
+            entries.append(REFINERS.get(p.refiner_combo.currentText()))
         return list(dict.fromkeys(e.weights[0] for e in entries if e.weights))
 
     def download_weights(self) -> None:

@@ -13,6 +13,7 @@ from ..bank import ReferenceBank
 from ..errors import MatchsegError
 from ..fsutil import same_folder
 from ..proposers import PROPOSERS
+from ..refiners import refiner_choices
 from ..retrieval import RETRIEVERS
 from ._qt import button, notify_error, row, shows_errors, typed_path
 from .slices import get_layer, labels_slice, slice_name, spatial_shape
@@ -34,8 +35,12 @@ class ProposePanel(QGroupBox):
         self.proposer_combo = QComboBox()
         self.proposer_combo.addItems(PROPOSERS.names())
         self.proposer_combo.setCurrentText(s.proposer)
-        self.refine_check = QCheckBox("refine with SAM 2 prompts")
-        self.refine_check.setChecked(s.refine)
+        self.refiner_combo = QComboBox()
+        self.refiner_combo.addItems(refiner_choices())
+        self.refiner_combo.setCurrentText(s.refiner)
+        self.refiner_combo.setToolTip("SAM-Match: the proposal's confident pixels become a box (and points) for a "
+                                      "pretrained SAM, whose mask is kept where it agrees with the proposal. "
+                                      "LiteMedSAM is installed with the plugin; SAM 2 needs its weights")
         self.mirror_check = QCheckBox("average with the mirror image")
         self.mirror_check.setToolTip("MatchSeg: also segment the left-right mirror image and average the two "
                                      "(steadier proposals, about 1.5x the time)")
@@ -52,7 +57,7 @@ class ProposePanel(QGroupBox):
         form.addRow("retriever", self.retriever_combo)
         form.addRow("k", self.k_spin)
         form.addRow("proposer", self.proposer_combo)
-        form.addRow("", self.refine_check)
+        form.addRow("refine", self.refiner_combo)
         form.addRow("", self.mirror_check)
         form.addRow("device", self.device_combo)
         form.addRow("MatchSeg", row(
@@ -77,7 +82,7 @@ class ProposePanel(QGroupBox):
         s = self.ctx.state.settings
         return Choices(proposer=self.proposer_combo.currentText(), retriever=self.retriever_combo.currentText(),
                        k=self.k_spin.value(), device=self.device_combo.currentText(),
-                       refine=self.refine_check.isChecked(),
+                       refiner=self.refiner_combo.currentText(),
                        mirror_tta=self.mirror_check.isChecked(), checkpoint=s.checkpoint,
                        sam2_image_size=s.sam2_image_size, bank=self.ctx.state.need_bank().path)
 

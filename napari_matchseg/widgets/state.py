@@ -23,7 +23,7 @@ class Choices:
     retriever: str
     k: int
     device: str
-    refine: bool
+    refiner: str  # "none" or a name in refiners.REFINERS
     mirror_tta: bool
     checkpoint: str
     sam2_image_size: int
@@ -40,6 +40,7 @@ class AnnotatorState:
         self.suggestions: list = []
         self.semi_config = None  # a SemiConfig for "Learn from unlabelled" (None: its defaults)
         self._proposers: dict[tuple, object] = {}
+        self._refiners: dict[tuple, object] = {}
         self._thumbs: dict[tuple, np.ndarray] = {}
 
     def open_bank(self, path: str) -> ReferenceBank:
@@ -68,7 +69,7 @@ class AnnotatorState:
         options = {"checkpoint": c.checkpoint or None, "sam2_image_size": c.sam2_image_size,
                    "mirror_tta": c.mirror_tta and c.proposer == "matchseg"}
         config = PipelineConfig(retriever=c.retriever, proposer=c.proposer, k=c.k, device=c.device,
-                                refiner="sam2" if c.refine else "none", options=options)
+                                refiner=c.refiner, options=options)
         key = (c.proposer, c.checkpoint, c.device, c.sam2_image_size)
         if key not in self._proposers:
             entry = PROPOSERS.get(c.proposer)
@@ -76,7 +77,11 @@ class AnnotatorState:
         proposer = self._proposers[key]
         if hasattr(proposer, "mirror_tta"):  # a per-proposal choice: same model, same cached support features
             proposer.mirror_tta = options["mirror_tta"]
-        return Pipeline(config, proposer=proposer)  # it builds the refiner, sharing the proposer's model
+        refiner_key = (c.refiner, c.retriever, *key)  # a refiner may share the proposer's or retriever's model
+        pipeline = Pipeline(config, proposer=proposer, refiner=self._refiners.get(refiner_key))
+        if c.refiner != "none":
+            self._refiners[refiner_key] = pipeline.refiner  # built once (sharing a model where it can), then kept
+        return pipeline
 
     def thumbnail(self, ref_id: str) -> np.ndarray:
         bank = self.need_bank()

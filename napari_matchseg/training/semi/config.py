@@ -28,10 +28,10 @@ class SemiConfig:
     select: str = "agreement"
     unlabelled_weight: float = 1.0
     synthetic_fraction: float = 0.3  # as in finetune: keeps the model using its supports
-    refine: str = "none"  # or "sam2"
+    refine: str = "none"  # or a refiner: "litemedsam" (pretrained, installed) or "sam2" (needs its weights)
     # "round": the round's stored pseudo-labels are the targets; "ema": a mean teacher (an exponential moving
     # average of the network, updated every step) labels each weak view as it is drawn; "auto": "ema", or
-    # "round" with refine="sam2" (SAM 2 refines a round's stored pseudo-labels). Measured on draws of 30
+    # "round" with a refiner (it refines a round's stored pseudo-labels). Measured on draws of 30
     # labelled images (docs/benchmarks.md): "ema" was ahead of labelled-only fine-tuning in all 20
     # dataset/draw/split cells of five draws, "round" fell behind it by up to 0.048 Dice on BUSI in two of three.
     teacher: str = "auto"
@@ -50,17 +50,19 @@ class SemiConfig:
         """This configuration with ``teacher="auto"`` made concrete (what a run records and resumes by)."""
         if self.teacher != "auto":
             return self
-        return dataclasses.replace(self, teacher="round" if self.refine == "sam2" else "ema")
+        return dataclasses.replace(self, teacher="ema" if self.refine == "none" else "round")
 
     def check(self) -> None:
-        if self.refine not in ("none", "sam2"):
-            raise InputError(f"refine must be 'none' or 'sam2', not {self.refine!r}")
+        from ...refiners import refiner_choices
+
+        if self.refine not in refiner_choices():
+            raise InputError(f"refine must be one of {', '.join(refiner_choices())}, not {self.refine!r}")
         if self.teacher not in ("auto", "round", "ema"):
             raise InputError(f"teacher must be 'auto', 'round' or 'ema', not {self.teacher!r}")
-        if self.teacher == "ema" and self.refine == "sam2":
-            raise InputError("SAM 2 refines the stored pseudo-labels of a round; with teacher 'ema' the targets "
-                             "come from the moving-average network at every step instead. Use teacher 'round' "
-                             "with refine 'sam2'")
+        if self.teacher == "ema" and self.refine != "none":
+            raise InputError(f"refine {self.refine!r} refines the stored pseudo-labels of a round; with teacher "
+                             "'ema' the targets come from the moving-average network at every step instead. Use "
+                             f"teacher 'round' with refine {self.refine!r}")
         if not 0 <= self.cutmix <= 1:
             raise InputError(f"cutmix must be a probability in [0, 1], got {self.cutmix}")
         if not 0 < self.ema_decay < 1:

@@ -7,8 +7,8 @@ below plain fine-tuning). Then each round (``matchseg semi``, or "Learn from unl
 
 1. **Pseudo-label** every unlabelled image with the current MatchSeg, supports retrieved from the bank, on
    the weak view (the image and its mirror image, averaged). Confident pixels (``max(p, 1 - p) >=
-   confidence``) are kept; with ``refine="sam2"`` they become SAM 2 prompts and SAM 2's mask is the label
-   (SAM-Match). Without SAM 2 weights the confident prediction itself is the label. Pseudo-labels go to
+   confidence``) are kept; with ``refine="litemedsam"`` (or ``"sam2"``) they become prompts and the SAM's
+   mask is the label (SAM-Match). Without the refiner's weights the confident prediction itself is the label. Pseudo-labels go to
    ``RUN/pseudo/round-<r>/`` (:class:`~napari_matchseg.pseudo_labels.PseudoLabelStore`), never to the bank.
 2. **Fine-tune** on batches of labelled episodes (query and supports from the bank, as ``finetune`` does)
    plus unlabelled episodes in FixMatch style: the pseudo-label from the weak view supervises a strongly
@@ -85,7 +85,7 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
     run = open_run(run, settings, new_run_if_different, log)
     if (run / FINAL_NAME).exists():
         return run / FINAL_NAME
-    loop = _Loop(bank, items, run, cfg, model.config.image_size, progress, cancel, log, SamRefiner(cfg, log, refiner))
+    loop = _Loop(bank, items, run, cfg, model.config.image_size, progress, cancel, log, SamRefiner(cfg, log, refiner, features_dir=run))
     previous = loop.warm_up(base)  # the teacher: its pseudo-labels are only as good as what it learnt from the bank
     for r in range(cfg.rounds):
         previous = loop.round(r, previous)  # pseudo-label with the previous model, then fine-tune on them

@@ -18,25 +18,40 @@ from .config import SELECT_SCORES, SemiConfig
 
 
 class SamRefiner:
-    """Builds the SAM 2 refiner once, on first use; without its weights, says so once and returns None."""
+    """Builds the configured refiner (``cfg.refine``) once, on first use; without its weights, says so once and
+    returns None. A LiteMedSAM refiner keeps its image embeddings in the run folder (``features_dir``), so later
+    rounds and a resumed run do not encode the unlabelled images again."""
 
-    def __init__(self, cfg: SemiConfig, log, refiner=None):
-        self.cfg, self.log, self.refiner, self.tried = cfg, log, refiner, refiner is not None
+    def __init__(self, cfg: SemiConfig, log, refiner=None, features_dir=None):
+        self.cfg, self.log, self.refiner, self.tried = cfg, log, refiner, False
+        self.features_dir = features_dir
 
     def get(self):
-        if self.cfg.refine != "sam2":
+        if self.cfg.refine == "none":
             return None
         if not self.tried:
             self.tried = True
-            from ...refiners import REFINERS
+            if self.refiner is None:
+                self.refiner = self._build()
+            predictor = getattr(self.refiner, "predictor", None)
+            if self.features_dir is not None and hasattr(predictor, "attach_cache"):
+                from ...feature_cache import FeatureCache
 
-            try:
-                self.refiner = REFINERS.get("sam2").build(
-                    {"model_name": self.cfg.sam2_model, "checkpoint": self.cfg.sam2_checkpoint,
-                     "image_size": self.cfg.sam2_image_size}, device=self.cfg.device)
-            except WeightsError as exc:
-                self.log(f"SAM 2 refinement unavailable ({exc}); the confident predictions are the pseudo-labels")
+                predictor.attach_cache(FeatureCache(self.features_dir, predictor.model_id))
         return self.refiner
+
+    def _build(self):
+        from ...refiners import REFINERS
+
+        entry = REFINERS.get(self.cfg.refine)
+        options = {"model_name": self.cfg.sam2_model, "checkpoint": self.cfg.sam2_checkpoint,
+                   "image_size": self.cfg.sam2_image_size} if self.cfg.refine == "sam2" else {}
+        try:
+            return entry.build(options, device=self.cfg.device)
+        except WeightsError as exc:
+            self.log(f"{entry.label} refinement unavailable ({exc}); the confident predictions are the "
+                     "pseudo-labels")
+            return None
 
 
 def pseudo_label_round(predictor: MatchSegPredictor, bank: ReferenceBank, bank_ids: list[str],
@@ -109,7 +124,7 @@ def load_pseudo(store: PseudoLabelStore, names: list[str], size: int) -> tuple[t
 
 def round_stats(store: PseudoLabelStore) -> dict:
     recs = store.records()
-    return {"images": len(recs), "sam2_refined": sum(r["method"] == "sam2" for r in recs),
+    return {"images": len(recs), "refined": sum(r["method"] != "confident" for r in recs),
             "mean_confident_fraction": round(float(np.mean([r["confident_fraction"] for r in recs])), 4),
             "mean_foreground_fraction": round(float(np.mean([r["foreground_fraction"] for r in recs])), 4),
             "selected": len(json.loads((store.folder / "selected.json").read_text()))}
