@@ -69,10 +69,14 @@ class Reference:
     source: str
     added: str
     updated: str
+    # a slice of a volume: {"volume": its name, "slice": index, "axis": "z"}; None for a 2D image
+    origin: dict[str, Any] | None = dataclasses.field(default=None, hash=False)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["shape"] = list(self.shape)
+        if self.origin is None:
+            del d["origin"]  # records of 2D images stay as they were
         return d
 
     @classmethod
@@ -82,14 +86,14 @@ class Reference:
             raise BankError(f"{where}: a reference record is a {type(d).__name__}, not an object; "
                             f"{_CHANGED_OUTSIDE}")
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing = fields - d.keys()
+        missing = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING} - d.keys()
         label = repr(d.get("id", "?"))
         if missing:
             raise BankError(f"{where}: reference record {label} lacks {sorted(missing)}; {_CHANGED_OUTSIDE}")
         problem = _record_problem(d)
         if problem:
             raise BankError(f"{where}: reference record {label} is refused: {problem}. {_CHANGED_OUTSIDE}")
-        return cls(**{k: (tuple(int(s) for s in d[k]) if k == "shape" else d[k]) for k in fields})
+        return cls(**{k: (tuple(int(s) for s in d[k]) if k == "shape" else d[k]) for k in fields if k in d})
 
 
 _CHANGED_OUTSIDE = ("the bank was changed outside napari-matchseg, so nothing in it was read, written or deleted. "
@@ -120,6 +124,25 @@ def _record_problem(d: dict[str, Any]) -> str | None:
     for key in ("original_name", "dtype", "added", "updated"):
         if not isinstance(d[key], str):
             return f"its {key} is not a string"
+    return origin_problem(d.get("origin"))
+
+
+ORIGIN_AXES = ("z", "y", "x")
+
+
+def origin_problem(origin: Any) -> str | None:
+    """What is wrong with a reference's ``origin`` (None: a 2D image). The volume's name is only shown, never
+    opened: a shared bank cannot point the program at a file through it."""
+    if origin is None:
+        return None
+    if not isinstance(origin, dict) or set(origin) != {"volume", "slice", "axis"}:
+        return "its origin must be {\"volume\": name, \"slice\": index, \"axis\": \"z\" | \"y\" | \"x\"}"
+    if not isinstance(origin["volume"], str) or not 0 < len(origin["volume"]) <= 255:
+        return "its origin's volume is not a name of 1 to 255 characters"
+    if isinstance(origin["slice"], bool) or not isinstance(origin["slice"], int) or origin["slice"] < 0:
+        return f"its origin's slice {origin['slice']!r} is not a slice index (0 or more)"
+    if origin["axis"] not in ORIGIN_AXES:
+        return f"its origin's axis {origin['axis']!r} is not one of {', '.join(ORIGIN_AXES)}"
     return None
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import filelock
 
 from .bank_files import check_no_links, disk_error_message, journal, tidy
-from .bank_format import SOURCES, BANK_FILE, Reference, format_bank_json, image_file_for, mask_file_for, slug
+from .bank_format import (SOURCES, BANK_FILE, Reference, format_bank_json, image_file_for, mask_file_for,
+                          origin_problem, slug)
 from .errors import BankError, Cancelled, DuplicateReference, InputError
 from .fsutil import atomic_write_bytes, atomic_write_text
 from .image_io import check_image, check_mask, content_hash, encode_image, encode_mask_png
@@ -119,18 +120,21 @@ class BankWrites:
         return any((self.path / image_file_for(rid, s)).exists() for s in (".png", ".tif")) or \
             (self.path / mask_file_for(rid)).exists()
 
-    def _prepare(self, image, mask, name, source, allow_empty):
+    def _prepare(self, image, mask, name, source, allow_empty, origin=None):
         if source not in SOURCES:
             raise InputError(f"source must be one of {SOURCES}, not {source!r}")
+        problem = origin_problem(origin)
+        if problem:
+            raise InputError(f"origin of {name or 'the reference'}: {problem.replace('its origin', 'the origin')}")
         label = name or "image"
         img = check_image(image, name=label)
         m = check_mask(mask, img.shape, name=f"mask of {label}", allow_empty=allow_empty)
         img_bytes, suffix = encode_image(img)
-        return img, m, content_hash(img), img_bytes, suffix, encode_mask_png(m)
+        return img, m, content_hash(img), img_bytes, suffix, encode_mask_png(m), origin
 
     def _plan(self, prepared, name, source, on_duplicate) -> tuple[Reference, bytes, bytes] | Reference:
         """The record of a new reference and its files' bytes (nothing written yet), or the existing one."""
-        img, m, h, img_bytes, suffix, mask_bytes = prepared
+        img, m, h, img_bytes, suffix, mask_bytes, origin = prepared
         existing = self._by_hash.get(h)
         if existing is not None:
             if on_duplicate == "skip":
@@ -142,7 +146,7 @@ class BankWrites:
         ref = Reference(id=rid, original_name=str(name or ""), image_file=image_file_for(rid, suffix),
                         mask_file=mask_file_for(rid), shape=tuple(int(s) for s in img.shape), dtype=str(img.dtype),
                         image_sha256=h, mask_sha256=content_hash(m), foreground_fraction=round(float(m.mean()), 6),
-                        source=source, added=now, updated=now)
+                        source=source, added=now, updated=now, origin=dict(origin) if origin else None)
         self._refs[rid] = ref
         self._by_hash[h] = rid
         return ref, img_bytes, mask_bytes
@@ -160,13 +164,14 @@ class BankWrites:
         return [p[0] if isinstance(p, tuple) else p for p in planned], len(new)
 
     def add(self, image, mask, *, name: str | None = None, source: str = "manual",
-            allow_empty: bool = False, on_duplicate: str = "error") -> Reference:
+            allow_empty: bool = False, on_duplicate: str = "error", origin: dict | None = None) -> Reference:
         """Add one image/mask pair; returns its record once it is safely on disk.
 
         ``name`` (e.g. the original file name) gives the id; ``on_duplicate`` is ``"error"`` or
-        ``"skip"`` (return the existing reference) when the same image is already in the bank.
+        ``"skip"`` (return the existing reference) when the same image is already in the bank. ``origin``: for a
+        slice of a volume, ``{"volume": its name, "slice": index, "axis": "z"}`` (kept in the record).
         """
-        prepared = self._prepare(image, mask, name, source, allow_empty)
+        prepared = self._prepare(image, mask, name, source, allow_empty, origin)
         with self._writing("add a reference"):
             return self._insert_batch([(prepared, name)], source, on_duplicate)[0][0]
 
@@ -174,8 +179,9 @@ class BankWrites:
                  allow_empty: bool = False, on_duplicate: str = "skip", commit_every: int = 64,
                  total: int | None = None, progress: ProgressFn | None = None,
                  cancel: Callable[[], bool] | None = None) -> Added:
-        """Add ``(image, mask, name)`` items (arrays or zero-argument callables that load them),
-        committing every ``commit_every`` items so an interruption keeps what was committed.
+        """Add ``(image, mask, name)`` items (arrays or zero-argument callables that load them; a fourth element,
+        the slice's ``origin``, is optional), committing every ``commit_every`` items so an interruption keeps
+        what was committed.
         """
         out = Added()
         batch: list[tuple] = []
@@ -189,13 +195,13 @@ class BankWrites:
             out.created += created
             batch.clear()
 
-        for i, (image, mask, name) in enumerate(items):
+        for i, (image, mask, name, *origin) in enumerate(items):
             if cancel is not None and cancel():
                 flush()
                 raise Cancelled(f"cancelled after adding {len(out)} references (kept)")
             image = image() if callable(image) else image
             mask = mask() if callable(mask) else mask
-            batch.append((self._prepare(image, mask, name, source, allow_empty), name))
+            batch.append((self._prepare(image, mask, name, source, allow_empty, *origin[:1]), name))
             if len(batch) >= commit_every:
                 flush()
             if progress is not None:
@@ -203,10 +209,11 @@ class BankWrites:
         flush()
         return out
 
-    def add_or_update(self, image, mask, *, name: str | None = None, source: str = "manual") -> tuple[Reference, bool]:
+    def add_or_update(self, image, mask, *, name: str | None = None, source: str = "manual",
+                      origin: dict | None = None) -> tuple[Reference, bool]:
         """Add a pair, or give the reference that already holds this image the new mask; (reference, added)."""
         try:
-            return self.add(image, mask, name=name, source=source), True
+            return self.add(image, mask, name=name, source=source, origin=origin), True
         except DuplicateReference as exc:
             return self.update_mask(exc.existing_id, mask, source=source), False
 

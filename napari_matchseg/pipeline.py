@@ -8,6 +8,7 @@ names on first use, keeps them, and proposes for one image or a whole folder of 
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,18 @@ class Pipeline:
         _ = self.proposer, self.refiner, self.retriever
         return self
 
+    def prepare(self, bank: ReferenceBank | None, progress: Callable[[int, int], None] | None = None) -> Pipeline:
+        """Embed the bank's references for retrieval and compute the proposer's per-reference features now, into
+        the bank's caches: what a batch does once before its workers start (they then only read them)."""
+        if bank is None or not len(bank) or not self.proposer.uses_supports:
+            return self
+        from .propose import attach_bank
+
+        bank.embeddings(self.retriever, progress=progress)
+        attach_bank(self.proposer, bank)
+        self.proposer.prepare_references(bank, progress)
+        return self
+
     def exclusions(self, bank: ReferenceBank | None, image: np.ndarray) -> list[str]:
         """A query that is itself a reference never uses that reference (unless ``allow_self``)."""
         return [] if self.config.allow_self or bank is None else [i for i in [bank.find_image(image)] if i]
@@ -167,22 +180,38 @@ class Pipeline:
                 "refine": self.config.refiner}
 
 
+def image_rng(name: str) -> np.random.Generator:
+    """The random generator of one image (random supports): seeded by its file name, so that a proposal does not
+    depend on which images came before it, or on which worker of a batch made it."""
+    return np.random.default_rng(zlib.crc32(name.encode()))
+
+
+def evaluate_pair(pipeline: Pipeline, bank: ReferenceBank | None, img_path: str | Path, mask_path: str | Path,
+                  prompts: dict | None = None) -> dict[str, Any]:
+    """One row of :func:`evaluate`: an image's proposal scored against its true mask."""
+    from .metrics import all_metrics
+
+    name = Path(img_path).name
+    image, proposal = pipeline.propose_file(bank, img_path, image_rng(name), prompts)
+    gt = read_mask(mask_path, image.shape, allow_full=True)
+    m = all_metrics(proposal.mask(pipeline.config.threshold), gt)
+    return {"image": name, **{k: round(v, 6) for k, v in m.items()}, "gt_empty": not gt.any(),
+            "supports": " ".join(s.id for s in proposal.supports), "refinement": proposal.note}
+
+
 def evaluate(pipeline: Pipeline, bank: ReferenceBank | None, pairs: Sequence[tuple[Path, Path]],
              progress: Callable[[int, int], None] | None = None, prompts: dict[str, dict] | None = None) -> dict:
     """Per-image Dice, IoU and HD95 of the proposals against true masks, and their summary (``matchseg eval``)."""
-    from .metrics import all_metrics
-
-    rng = np.random.default_rng(0)
     rows = []
     for i, (img_path, mask_path) in enumerate(pairs):
-        image, proposal = pipeline.propose_file(bank, img_path, rng, (prompts or {}).get(Path(img_path).name))
-        gt = read_mask(mask_path, image.shape, allow_full=True)
-        m = all_metrics(proposal.mask(pipeline.config.threshold), gt)
-        rows.append({"image": Path(img_path).name, **{k: round(v, 6) for k, v in m.items()},
-                     "gt_empty": not gt.any(), "supports": " ".join(s.id for s in proposal.supports),
-                     "refinement": proposal.note})
+        rows.append(evaluate_pair(pipeline, bank, img_path, mask_path, (prompts or {}).get(Path(img_path).name)))
         if progress:
             progress(i + 1, len(pairs))
+    return {**summarize(rows), **pipeline.describe(), "rows": rows}
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Means and standard deviations of :func:`evaluate_pair` rows (HD95 where it is defined)."""
     summary: dict[str, Any] = {"n": len(rows), "n_gt_empty": sum(r["gt_empty"] for r in rows)}
     for key in ("dice", "iou", "hd95"):
         vals = np.array([r[key] for r in rows], float)
@@ -190,7 +219,8 @@ def evaluate(pipeline: Pipeline, bank: ReferenceBank | None, pairs: Sequence[tup
         summary[f"{key}_mean"] = float(vals.mean()) if len(vals) else float("nan")
         summary[f"{key}_std"] = float(vals.std()) if len(vals) else float("nan")
     summary["n_hd95_undefined"] = int(sum(not np.isfinite(r["hd95"]) for r in rows))
-    return {**summary, **pipeline.describe(), "rows": rows}
+    return summary
 
 
-__all__ = ["Pipeline", "PipelineConfig", "Proposal", "evaluate", "option_dest"]
+__all__ = ["Pipeline", "PipelineConfig", "Proposal", "evaluate", "evaluate_pair", "image_rng", "option_dest",
+           "summarize"]

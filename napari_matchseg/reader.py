@@ -1,7 +1,9 @@
-"""npe2 reader: a folder of images opened as a series (one image = one slice).
+"""npe2 reader: a folder of images opened as a series (one image = one slice), or a volume.
 
 Images of one size become one stack layer (the file names are kept in ``metadata["files"]`` so exports reuse
-their stems); a folder of mixed sizes becomes one layer per image, named by its stem.
+their stems); a folder of mixed sizes becomes one layer per image, named by its stem. A volume (NIfTI file,
+DICOM series folder, multi-page TIFF) becomes one (Z, Y, X) layer with its voxel spacing as napari's ``scale``
+and what the writer needs to write a mask like it in ``metadata["volume"]``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from .image_io import list_images, read_image
 
 
 def get_folder_reader(path):
-    if isinstance(path, list) or not Path(path).is_dir():
+    if isinstance(path, list):
+        return None
+    from .volume_io import is_volume_path
+
+    if is_volume_path(path):
+        return read_volume_layer
+    if not Path(path).is_dir():
         return None
     try:
         files = list_images(path)
@@ -34,3 +42,20 @@ def read_folder(path) -> list[tuple]:
                  "image")]
     return [(im, {"name": f.stem, "rgb": im.ndim == 3, "metadata": {"files": [str(f)]}}, "image")
             for f, im in zip(files, images)]
+
+
+def read_volume_layer(path) -> list[tuple]:
+    from .volume_io import read_volume
+
+    vol = read_volume(path)
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".tiff", ".tif", ".dcm"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    kwargs = {"name": name, "scale": vol.spacing, "rgb": vol.data.ndim == 4,
+              "metadata": {"volume": {"source": vol.source, "kind": vol.kind, "spacing": vol.spacing,
+                                      "affine": vol.affine.tolist(), "header": vol.header}}}
+    if vol.contrast_limits is not None:
+        kwargs["contrast_limits"] = vol.contrast_limits
+    return [(vol.data, kwargs, "image")]

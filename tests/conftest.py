@@ -76,3 +76,11 @@ def tiny_ckpt(tmp_path):
 
     torch.manual_seed(0)
     return save_checkpoint(tmp_path / "tiny.safetensors", MatchSeg(MatchSegConfig(**TINY_MATCHSEG)), {"note": "random"})
+
+
+def sphere(n=24, size=96, r=8.5, seed=0):
+    """A bright ellipsoid in noise: 18 slices with foreground, 3 empty ones above and below."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:n, :size, :size]
+    gt = ((z - (n - 1) / 2) ** 2 + ((y - size / 2 - 5) / 2.2) ** 2 + ((x - size / 2 + 7) / 2.2) ** 2) <= r ** 2
+    return np.clip(60 + 120 * gt + rng.normal(0, 12, gt.shape), 0, 255).astype(np.uint8), gt

@@ -56,12 +56,14 @@ def test_sam_refined_pseudo_label_drops_contradicted_pixels():
     _, gt = load_real("busi", real_ids("busi", n=1, groups=("benign",))[0])
     prob = soft(gt)
 
-    class Refiner:  # stands in for SAM 2: returns a mask that is the truth shifted by 5 px
+    class Refiner:  # stands in for SAM 2 / LiteMedSAM: returns a mask that is the truth shifted by 5 px
+        name = "stand-in"
+
         def refine(self, image, p, threshold, margin):
             return Refinement(np.roll(gt, 5, axis=1), None, True, "refined")
 
     mask, confident, method, _ = refined_pseudo_label(Refiner(), np.zeros(gt.shape, np.uint8), prob, 0.9)
-    assert method == "sam2" and np.array_equal(mask, np.roll(gt, 5, axis=1))
+    assert method == "stand-in" and np.array_equal(mask, np.roll(gt, 5, axis=1))
     sure_fg, sure_bg = prob >= 0.9, prob <= 0.1
     assert not confident[(sure_fg & ~mask) | (sure_bg & mask)].any()
     assert confident[sure_fg & mask].all()

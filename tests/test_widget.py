@@ -350,3 +350,32 @@ def test_missing_weights_offline_say_where_to_put_them(annotator, monkeypatch):
     w.proposer_combo.setCurrentText("sam2")
     w.download_weights()  # MATCHSEG_OFFLINE=1 in the tests
     assert errors and "dinov2_vits14_pretrain.pth" in errors[-1] and "sam2.1_hiera_tiny.pt" in errors[-1]
+
+
+def test_propagate_a_volume_from_one_painted_slice_never_replacing_painted_pixels(make_napari_viewer, qtbot,
+                                                                                  tmp_path):
+    import nibabel as nib
+
+    from napari_matchseg.metrics import dice
+    from conftest import sphere
+
+    img, gt = sphere()
+    nib.save(nib.Nifti1Image(img.transpose(2, 1, 0), np.diag([0.8, 0.8, 3.0, 1])), str(tmp_path / "ball.nii.gz"))
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(tmp_path / "ball.nii.gz"), plugin="napari-matchseg")
+    assert layer.data.shape == img.shape and tuple(layer.scale) == pytest.approx((3.0, 0.8, 0.8))
+    painted = np.zeros(gt.shape, np.uint8)
+    painted[12] = gt[12] * 2  # the user's label value is kept
+    painted[3, 0, 0] = 2  # a stray painted pixel on a slice of its own: that slice is "labelled" and kept as is
+    viewer.add_labels(painted.copy(), name="mine", scale=layer.scale)
+    w = ReferenceAnnotator(viewer)  # no bank: the volume's own slices are the references
+    w.image_combo.setCurrentText("ball")
+    w.labels_combo.setCurrentText("mine")
+    w.propagate_volume()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    out = viewer.layers["mine"].data
+    assert "propagated to" in w.status.text(), w.status.text()
+    np.testing.assert_array_equal(out[12], painted[12])
+    np.testing.assert_array_equal(out[3], painted[3])
+    assert set(np.unique(out)) <= {0, 2} and dice(out[4:21] > 0, gt[4:21]) > 0.9
+    assert not out[22:].any()

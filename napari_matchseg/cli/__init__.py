@@ -10,10 +10,10 @@ import sys
 
 from .. import __version__
 from ..errors import MatchsegError
-from . import bank, propose, train, weights
+from . import bank, propose, train, volume, weights
 from .common import Parser, add_device_args, progress_bar
 
-COMMAND_GROUPS = (bank, weights, propose, train)  # each module registers its commands on the parser
+COMMAND_GROUPS = (bank, weights, propose, volume, train)  # each module registers its commands on the parser
 
 
 def build_parser() -> Parser:

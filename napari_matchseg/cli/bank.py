@@ -78,8 +78,9 @@ def cmd_bank_list(args) -> int:
         print_json([r.to_json() for r in refs])
         return 0
     for r in refs:
+        origin = f"\t{r.origin['volume']} slice {r.origin['slice']}" if r.origin else ""
         print(f"{r.id}\t{'x'.join(map(str, r.shape))}\t{r.dtype}\t{r.source}\t"
-              f"fg {r.foreground_fraction:.3f}\t{r.original_name}")
+              f"fg {r.foreground_fraction:.3f}\t{r.original_name}{origin}")
     return 0
 
 

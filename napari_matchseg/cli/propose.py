@@ -16,72 +16,9 @@ import numpy as np
 
 from ..errors import InputError, MatchsegError, name_list
 from ..fsutil import atomic_write_text
-from .common import (add_device_args, add_option, add_registry_options, add_retriever_args, check_output_file,
-                     progress_bar)
-
-
-def add_proposal_args(p) -> None:
-    """The options of one proposal: the bank, k, the models (from their registries), thresholds."""
-    from ..pipeline import PipelineConfig
-    from ..proposers import DEFAULT_PROPOSER, PROPOSERS
-    from ..refiners import NO_REFINER, REFINERS, refiner_choices
-
-    d = PipelineConfig()
-    p.add_argument("--bank", help="reference bank folder (not needed by a proposer that uses no references, e.g. "
-                                  "litemedsam with --prompts)")
-    p.add_argument("--prompts", help='JSON file: {"image.png": {"boxes": [[x0, y0, x1, y1], ...], "points": '
-                                     '[[x, y, 1 or 0], ...]}}, in each image\'s pixels (for proposers that take them)')
-    p.add_argument("-k", type=int, default=d.k, help="number of supports (1-32)")
-    p.add_argument("--proposer", default=DEFAULT_PROPOSER, choices=PROPOSERS.names(),
-                   help="; ".join(f"{e.name}: {e.description}" for e in PROPOSERS))
-    flags = add_registry_options(p, PROPOSERS)
-    p.add_argument("--refine", default=NO_REFINER, choices=refiner_choices(),
-                   help="; ".join(f"{e.name}: {e.description}" for e in REFINERS))
-    p.add_argument("--refine-threshold", type=float, default=d.refine_threshold,
-                   help="refinement prompts come from pixels whose probability reaches this")
-    p.add_argument("--refine-margin", type=int, default=d.refine_margin, help="box margin in pixels")
-    add_registry_options(p, REFINERS, skip=flags)
-    p.add_argument("--threshold", type=float, default=d.threshold,
-                   help="probability above which a pixel is foreground")
-    p.add_argument("--support", default=d.support, choices=("retrieved", "random"),
-                   help="how supports are chosen (random is the ablation)")
-    p.add_argument("--allow-self", action="store_true",
-                   help="let a query that is itself in the bank use its own reference as support")
-    add_retriever_args(p)
-
-
-def pipeline_from_args(args):
-    """The bank and the :class:`Pipeline` that a command's options describe (options checked before loading)."""
-    from ..bank import ReferenceBank
-    from ..pipeline import Pipeline, PipelineConfig, option_dest
-    from ..proposers import PROPOSERS
-    from ..refiners import REFINERS
-    from ..retrieval import RETRIEVERS
-
-    options = {option_dest(o): getattr(args, option_dest(o))
-               for reg in (PROPOSERS, REFINERS, RETRIEVERS) for o in reg.options()}
-    config = PipelineConfig(retriever=args.retriever, proposer=args.proposer, refiner=args.refine, options=options,
-                            k=args.k, threshold=args.threshold, refine_threshold=args.refine_threshold,
-                            refine_margin=args.refine_margin, support=args.support, allow_self=args.allow_self,
-                            device=args.device).check()
-    if args.bank is None and PROPOSERS.get(args.proposer).load().uses_supports:
-        raise InputError(f"--bank is needed: the {PROPOSERS.get(args.proposer).label} proposer proposes from "
-                         "references")
-    bank = ReferenceBank.open(args.bank) if args.bank else None
-    return bank, Pipeline(config).load()
-
-
-def prompts_from_args(args, images) -> dict[str, dict] | None:
-    """The prompts file's entries for ``images`` (checked before any work), or None without ``--prompts``."""
-    if not args.prompts:
-        return None
-    from ..proposers import PROPOSERS
-    from ..prompt_file import read_prompts
-
-    if not PROPOSERS.get(args.proposer).load().takes_prompts:
-        raise InputError(f"--prompts: the {PROPOSERS.get(args.proposer).label} proposer takes no box or point "
-                         "prompts (litemedsam does)")
-    return read_prompts(args.prompts, images)
+from .common import add_device_args, add_option, check_output_file, progress_bar
+from .dask_args import add_dask_args, check_dask_args
+from .proposal_args import add_proposal_args, config_from_args, pipeline_from_args, prompts_from_args
 
 
 def _mask_targets(images: list[Path], out: Path) -> list[Path]:
@@ -98,14 +35,22 @@ def _mask_targets(images: list[Path], out: Path) -> list[Path]:
 
 
 def cmd_segment(args) -> int:
-    from ..image_io import list_images, write_mask
+    from ..batch import segment_chunk, segment_one
+    from ..image_io import list_images
+    from .volume import list_volumes, segment_volumes
 
+    out = Path(args.out)
+    volumes = list_volumes(args.images)
+    if volumes:
+        if args.dask or args.prompts or args.skip_existing:
+            raise InputError("--dask, --prompts and --skip-existing are for folders of 2D images; segment volumes "
+                             "without them")
+        return segment_volumes(args, volumes, out)
     images = list_images(args.images)
     if not images:
         raise InputError(f"no images in {args.images}")
     if args.overwrite and args.skip_existing:
         raise InputError("--overwrite replaces existing masks and --skip-existing keeps them: choose one")
-    out = Path(args.out)
     targets = _mask_targets(images, out)
     existing = [t.name for t in targets if t.exists()]
     if existing and not (args.overwrite or args.skip_existing):
@@ -113,40 +58,78 @@ def cmd_segment(args) -> int:
                             "written. Use --skip-existing to segment only the other images, --overwrite to replace "
                             "them, or another --out folder")
     todo = [(p, t) for p, t in zip(images, targets) if not (args.skip_existing and t.exists())]
+    check_dask_args(args)
     prompts = prompts_from_args(args, images) or {}
-    bank, pipeline = pipeline_from_args(args)
+    config = config_from_args(args)
+    items = [(str(p), str(t), prompts.get(p.name)) for p, t in todo]
+    results: list = []
+    if not args.dask:
+        bank, pipeline = pipeline_from_args(args, config)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    failed: list[str] = []
-    written = 0
     try:
-        with progress_bar("segmenting") as update:
-            for i, (path, target) in enumerate(todo):
-                try:
-                    _, proposal = pipeline.propose_file(bank, path, rng, prompts.get(path.name))
-                except InputError as exc:  # this image cannot be used: say so at the end, go on with the others
-                    failed.append(f"{path.name}: {exc}")
-                    continue
-                write_mask(target, proposal.mask(args.threshold), overwrite=args.overwrite)
-                written += 1
-                update(i + 1, len(todo))
+        if args.dask:
+            results, _ = _on_dask(args, config, segment_chunk, items, "segmenting")
+        else:
+            job = _job(args, config)
+            with progress_bar("segmenting") as update:
+                for i, (path, target, prompt) in enumerate(items):
+                    results.append(segment_one(bank, pipeline, job, path, target, prompt))
+                    update(i + 1, len(items))
     except (MatchsegError, OSError):
-        print(f"stopped after writing {written} masks to {out}; they are complete. Run the same command with "
-              "--skip-existing to go on from there", file=sys.stderr)
+        written = sum(t.exists() for _, t in todo)
+        print(f"stopped with {written} of {len(todo)} masks written to {out}; they are complete. Run the same "
+              "command with --skip-existing to go on from there", file=sys.stderr)
         raise
+    written = sum(r.status in ("written", "kept") for r in results)
     skipped = len(images) - len(todo)
     print(f"wrote {written} masks (0/255 PNG, same size as each image) to {out}"
           + (f"; {skipped} already there were kept" if skipped else ""))
-    for line in failed:
-        print(f"error: not segmented: {line}", file=sys.stderr)
+    return _report_failures(results, "segmented")
+
+
+def _job(args, config, threads: int | None = None):
+    from ..batch import BatchJob
+
+    return BatchJob(config, str(Path(args.bank).resolve()) if args.bank else None, threshold=args.threshold,
+                    overwrite=getattr(args, "overwrite", False), threads=threads)
+
+
+def _on_dask(args, config, fn, items, what: str) -> tuple[list, dict]:
+    """(results, what made them) of ``items`` in chunks on the Dask workers of ``--dask``. The workers build their
+    pipelines while this process builds its own and fills the bank's caches (once, for all of them)."""
+    if not items:
+        return [], {}
+    items = [(str(Path(a).resolve()), str(Path(b).resolve()), prompt) for a, b, prompt in items]  # for remote workers
+    from ..batch import chunks, default_chunk_size
+    from ..dask_batch import dask_client, n_workers, run_chunks, warm_up
+
+    with dask_client(args.dask) as (client, threads):
+        job = _job(args, config, threads)
+        warm_up(client, job)
+        bank, pipeline = pipeline_from_args(args, config)
+        with progress_bar("embedding the references") as update:
+            pipeline.prepare(bank, update)
+        size = args.chunk_size or default_chunk_size(len(items), n_workers(client))
+        parts = list(chunks(items, size))
+        print(f"{what} {len(items)} images in {len(parts)} chunks on {n_workers(client)} Dask workers "
+              f"({client.scheduler.address})", file=sys.stderr)
+        with progress_bar(what) as update:
+            return run_chunks(client, fn, job, parts, update), pipeline.describe()
+
+
+def _report_failures(results, what: str) -> int:
+    failed = [r for r in results if r.failed]
+    for r in failed:
+        print(f"error: not {what}: {r.name}: {r.message}", file=sys.stderr)
     if failed:
-        print(f"{len(failed)} of {len(todo)} images could not be segmented (listed above)", file=sys.stderr)
+        print(f"{len(failed)} of {len(results)} images could not be {what} (listed above)", file=sys.stderr)
     return 1 if failed else 0
 
 
 def cmd_eval(args) -> int:
+    from ..batch import evaluate_chunk, evaluate_one
     from ..image_io import list_images
-    from ..pipeline import evaluate
+    from ..pipeline import summarize
 
     images = list_images(args.images)
     masks = {p.stem: p for p in list_images(args.masks)}
@@ -156,10 +139,25 @@ def cmd_eval(args) -> int:
     csv_path = args.csv or (str(Path(args.json).with_suffix(".csv")) if args.json else None)
     check_output_file(args.json, args.overwrite, "--json")
     check_output_file(csv_path, args.overwrite, "--csv")
-    prompts = prompts_from_args(args, [p for p, _ in pairs])
-    bank, pipeline = pipeline_from_args(args)
-    with progress_bar("evaluating") as update:
-        result = evaluate(pipeline, bank, pairs, update, prompts)
+    check_dask_args(args)
+    prompts = prompts_from_args(args, [p for p, _ in pairs]) or {}
+    config = config_from_args(args)
+    items = [(str(p), str(m), prompts.get(p.name)) for p, m in pairs]
+    if args.dask:
+        results, made_by = _on_dask(args, config, evaluate_chunk, items, "evaluating")
+    else:
+        bank, pipeline = pipeline_from_args(args, config)
+        made_by = pipeline.describe()
+        with progress_bar("evaluating") as update:
+            results = []
+            for i, item in enumerate(items):
+                results.append(evaluate_one(bank, pipeline, *item))
+                update(i + 1, len(items))
+    rows = [r.row for r in results if not r.failed]
+    if not rows:
+        _report_failures(results, "scored")
+        raise InputError("no image could be scored (see above)")
+    result = {**summarize(rows), **made_by, "rows": rows}
     print(f"n = {result['n']} (empty ground truth: {result['n_gt_empty']}), k = {args.k}, supports {args.support}")
     for key in ("dice", "iou", "hd95"):
         print(f"{key:>5}: {result[f'{key}_mean']:.4f} +- {result[f'{key}_std']:.4f}")
@@ -172,7 +170,7 @@ def cmd_eval(args) -> int:
         w.writerows(result["rows"])
         atomic_write_text(csv_path, buf.getvalue())
         print(f"per-image metrics: {csv_path}")
-    return 0
+    return _report_failures(results, "scored")
 
 
 def _overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray | None) -> np.ndarray:
@@ -228,12 +226,14 @@ def cmd_demo(args) -> int:
 
 def register(sub) -> None:
     c = sub.add_parser("segment", help="propose a mask for every image of a folder")
-    c.add_argument("--images", required=True, help="folder of images to segment")
+    c.add_argument("--images", required=True, help="folder of images to segment, or a volume (NIfTI file, DICOM "
+                                                    "series folder, TIFF stack) or a folder of volumes")
     c.add_argument("--out", required=True, help="folder for the masks (0/255 PNG, one per image, same file stem)")
     c.add_argument("--overwrite", action="store_true", help="replace masks already in --out")
     c.add_argument("--skip-existing", action="store_true",
                    help="keep masks already in --out and segment only the other images (to resume a run)")
     add_proposal_args(c)
+    add_dask_args(c)
     c.set_defaults(func=cmd_segment)
 
     c = sub.add_parser("eval", help="Dice, IoU and HD95 of the proposals against reference masks")
@@ -243,6 +243,7 @@ def register(sub) -> None:
     c.add_argument("--csv", help="per-image CSV (default: beside --json)")
     c.add_argument("--overwrite", action="store_true", help="replace --json and --csv files that exist")
     add_proposal_args(c)
+    add_dask_args(c)
     c.set_defaults(func=cmd_eval)
 
     from ..proposers import CHECKPOINT

@@ -34,6 +34,10 @@ class Proposer:
     def attach_cache(self, store) -> None:
         """Read and write per-reference features through ``store`` too (a no-op for proposers without any)."""
 
+    def prepare_references(self, bank, progress=None) -> None:
+        """Compute now what depends only on the references, into the attached cache (a batch does this once, on
+        the client, so that its workers read it instead of each computing it); a no-op without such features."""
+
     def shared_model(self, family: str):
         """A loaded model a refiner of ``family`` may reuse instead of loading its own (None: there is none)."""
         return None
@@ -43,6 +47,13 @@ class Proposer:
         """Foreground probability (H, W) float32 at the image's own size; threshold it yourself."""
         return self.predict_batch([image], [(support_images, support_masks)],
                                   None if prompts is None else [prompts])[0]
+
+    def predict_with_quality(self, image: np.ndarray, support_images: Sequence[np.ndarray] = (),
+                             support_masks: Sequence[np.ndarray] = (),
+                             prompts: dict[str, Any] | None = None) -> tuple[np.ndarray, float | None]:
+        """(probability, the model's own estimate of its mask's quality in [0, 1], or None where it has none:
+        SAM-style decoders predict their mask's IoU). Propagation stops where this estimate drops."""
+        return self.predict(image, support_images, support_masks, prompts), None
 
     def predict_batch(self, images: Sequence[np.ndarray], supports: Sequence[Supports],
                       prompts: Sequence[dict[str, Any] | None] | None = None) -> list[np.ndarray]:

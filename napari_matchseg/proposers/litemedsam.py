@@ -33,12 +33,18 @@ class LiteMedSamProposer(Proposer):
         return self.predictor if family == "litemedsam" else None
 
     def predict_batch(self, images, supports, prompts=None):
-        out = []
-        for i, image in enumerate(images):
-            p = (prompts or [None] * len(images))[i] or {}
-            if not (p.get("boxes") or p.get("points")):
-                raise InputError("the litemedsam proposer segments from prompts: give each image a box or points "
-                                 '(--prompts FILE.json: {"image.png": {"boxes": [[x0, y0, x1, y1]], '
-                                 '"points": [[x, y, 1]]}})')
-            out.append(self.predictor.predict(image, boxes=p.get("boxes"), points=p.get("points"))[0])
-        return out
+        prompts = prompts or [None] * len(images)
+        return [self._predict(image, p)[0] for image, p in zip(images, prompts)]
+
+    def predict_with_quality(self, image, support_images=(), support_masks=(), prompts=None):
+        """The probability and the decoder's predicted IoU of its mask."""
+        prob, iou = self._predict(image, prompts)
+        return prob, float(iou)
+
+    def _predict(self, image, prompts):
+        p = prompts or {}
+        if not (p.get("boxes") or p.get("points")):
+            raise InputError("the litemedsam proposer segments from prompts: give each image a box or points "
+                             '(--prompts FILE.json: {"image.png": {"boxes": [[x0, y0, x1, y1]], '
+                             '"points": [[x, y, 1]]}})')
+        return self.predictor.predict(image, boxes=p.get("boxes"), points=p.get("points"))

@@ -65,6 +65,13 @@ class MatchSegPredictor(Proposer):
         with torch.inference_mode(), autocast(self.device, self.autocast):
             return fn(*args)
 
+    def prepare_references(self, bank, progress=None) -> None:
+        ids = bank.ids()
+        for i, ref_id in enumerate(ids):
+            self.image_features(bank.load_image(ref_id))
+            if progress is not None:
+                progress(i + 1, len(ids))
+
     def image_features(self, image: np.ndarray) -> list[torch.Tensor]:
         """Coarse encoder features of one support image (cached by content hash)."""
         img = check_image(image)

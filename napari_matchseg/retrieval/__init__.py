@@ -33,7 +33,7 @@ RETRIEVERS.register(Entry(
 RETRIEVERS.register(Entry(
     "medsam", "napari_matchseg.retrieval.medsam:MedSamRetriever",
     "LiteMedSAM's pretrained medical image encoder (installed with the package), pooled", title="LiteMedSAM",
-    options=(Option("--medsam-pooling", "pooling", "mean", "how the 256 x 64 x 64 embedding becomes a vector",
+    options=(Option("--medsam-pooling", "pooling", "meanstd", "how the 256 x 64 x 64 embedding becomes a vector",
                     choices=("mean", "meanstd", "gem")),),
     weights=("litemedsam",), shares_model="litemedsam"))
 

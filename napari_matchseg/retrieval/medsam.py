@@ -41,7 +41,7 @@ class MedSamRetriever(Retriever):
     name = "medsam"
     batch_size = 4
 
-    def __init__(self, pooling: str = "mean", device: str | None = "auto", model=None):
+    def __init__(self, pooling: str = "meanstd", device: str | None = "auto", model=None):
         if pooling not in POOLINGS:
             raise InputError(f"unknown --medsam-pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         self.pooling, self.device, self._predictor = pooling, device, model

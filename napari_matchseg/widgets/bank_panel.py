@@ -6,7 +6,7 @@ from qtpy.QtWidgets import QFileDialog, QGroupBox, QLabel, QLineEdit, QListWidge
 
 from ..errors import MatchsegError
 from ._qt import button, notify_error, reference_item, row, shows_errors, typed_path
-from .slices import get_layer, labels_slice, slice_name
+from .slices import get_layer, labels_slice, slice_name, slice_origin
 
 
 class BankPanel(QGroupBox):
@@ -72,10 +72,11 @@ class BankPanel(QGroupBox):
         bank = ctx.state.need_bank()
         layer, idx, image = ctx.current_slice()
         labels = get_layer(ctx.viewer, ctx.labels_combo.currentText(), "labels")
-        self.store(bank, image, labels_slice(labels, idx, image), slice_name(layer, idx), "manual")
+        self.store(bank, image, labels_slice(labels, idx, image), slice_name(layer, idx), "manual",
+                   slice_origin(layer, idx))
 
-    def store(self, bank, image, mask, name: str, source: str) -> None:
-        ref, added = bank.add_or_update(image, mask, name=name, source=source)
+    def store(self, bank, image, mask, name: str, source: str, origin: dict | None = None) -> None:
+        ref, added = bank.add_or_update(image, mask, name=name, source=source, origin=origin)
         self.refresh_references()
         self.ctx.status.setText(f"added {ref.id} to the bank" if added else f"updated the mask of {ref.id}")
 

@@ -16,7 +16,7 @@ from ..proposers import PROPOSERS
 from ..refiners import refiner_choices
 from ..retrieval import RETRIEVERS
 from ._qt import button, notify_error, row, shows_errors, typed_path
-from .slices import get_layer, labels_slice, slice_name, spatial_shape
+from .slices import get_layer, labels_slice, slice_name, slice_origin, spatial_shape
 from .state import Choices
 
 
@@ -73,18 +73,23 @@ class ProposePanel(QGroupBox):
         self.propose_all_btn = button("Propose all unlabelled", self.propose_all)
         self.suggest_btn = button("Suggest next", self.suggest_next,
                                   "go to the unlabelled slice the bank covers worst (N)")
-        form.addRow(row(self.propose_all_btn, self.suggest_btn))
+        self.propagate_btn = button("Propagate", self.propagate_volume,
+                                    "fill the empty slices of the labels layer from its labelled ones, slice to "
+                                    "slice, until the structure ends (a volume or stack)")
+        form.addRow(row(self.propose_all_btn, self.suggest_btn, self.propagate_btn))
         self.matches = QListWidget()
         self.matches.setMaximumHeight(100)
         form.addRow("retrieved", self.matches)
 
-    def choices(self) -> Choices:
-        s = self.ctx.state.settings
+    def choices(self, need_bank: bool = True) -> Choices:
+        """The current choices; ``need_bank=False`` for an action that works without a bank (Propagate)."""
+        s, state = self.ctx.state.settings, self.ctx.state
+        bank = state.need_bank().path if need_bank or state.bank is not None else None
         return Choices(proposer=self.proposer_combo.currentText(), retriever=self.retriever_combo.currentText(),
                        k=self.k_spin.value(), device=self.device_combo.currentText(),
                        refiner=self.refiner_combo.currentText(),
                        mirror_tta=self.mirror_check.isChecked(), checkpoint=s.checkpoint,
-                       sam2_image_size=s.sam2_image_size, bank=self.ctx.state.need_bank().path)
+                       sam2_image_size=s.sam2_image_size, bank=bank)
 
     # ------------------------------------------------------------------ checkpoint
     def _browse_checkpoint(self) -> None:
@@ -249,6 +254,44 @@ class ProposePanel(QGroupBox):
 
         tasks.run(work, show, "ranking unlabelled slices...")
 
+    @shows_errors
+    def propagate_volume(self) -> None:
+        """The labels layer's labelled slices propagated through the image stack (docs/volumes.md). Only slices that
+        are empty in the labels layer are written: nothing painted there is ever replaced."""
+        from ..propagation import propagate
+
+        ctx = self.ctx
+        layer = get_layer(ctx.viewer, ctx.image_combo.currentText(), "image")
+        labels_layer = get_layer(ctx.viewer, ctx.labels_combo.currentText(), "labels")
+        volume, labels = np.asarray(layer.data), np.asarray(labels_layer.data)
+        if len(spatial_shape(layer)) != 3 or labels.shape != spatial_shape(layer):
+            raise MatchsegError(f"Propagate works on a stack or volume and a labels layer of its shape; "
+                                f"{layer.name!r} is {spatial_shape(layer)}, {labels_layer.name!r} is {labels.shape}")
+        ctx.save_settings()
+        c, tasks, state = self.choices(need_bank=False), ctx.tasks, ctx.state
+        bank_path = state.bank.path if state.bank is not None and len(state.bank) else None
+        before = labels.copy()
+
+        def work():
+            tasks.report(0, 0, "loading the model...")
+            bank = ReferenceBank.open(bank_path) if bank_path is not None else None
+            return propagate(state.pipeline(c), volume, before, bank=bank,
+                             progress=tasks.progress_callback("propagating..."), cancel=tasks.cancel_event.is_set)
+
+        def show(result):
+            data = labels_layer.data
+            written = [z for z, st in enumerate(result.status)
+                       if st == "proposed" and not np.any(data[z]) and not np.any(before[z])]
+            value = int(before[before > 0].max()) if before.any() else 1
+            for z in written:
+                data[z] = np.where(result.mask[z], value, 0).astype(data.dtype)
+            labels_layer.refresh()
+            stops = "; ".join(n for n in result.notes if "stopped" in n or "cancelled" in n)
+            ctx.status.setText(f"propagated to {len(written)} slices of {labels_layer.name!r}"
+                               + (f" ({stops})" if stops else "") + ". Correct any slice and Propagate again")
+
+        tasks.run(work, show, "propagating...")
+
     def _rethreshold(self, value: int) -> None:
         try:
             layer, idx, _ = self.ctx.current_slice()
@@ -275,5 +318,5 @@ class ProposePanel(QGroupBox):
         labels = get_layer(ctx.viewer, name if name in ctx.viewer.layers else ctx.labels_combo.currentText(),
                               "labels")
         ctx.bank_panel.store(bank, image, labels_slice(labels, idx, image), slice_name(layer, idx),
-                             "accepted_proposal")
+                             "accepted_proposal", slice_origin(layer, idx))
         ctx.state.accepted.setdefault(layer.name, set()).add(idx)

@@ -48,7 +48,16 @@ def slice_name(image_layer, idx: int | None) -> str:
         return Path(files[0 if idx is None else idx]).stem
     src = getattr(getattr(image_layer, "source", None), "path", None)
     stem = Path(src).stem if src and not Path(src).is_dir() else image_layer.name
+    stem = stem[:-4] if stem.lower().endswith(".nii") else stem  # brain.nii.gz -> brain
     return stem if idx is None else f"{stem}_{idx:04d}"
+
+
+def slice_origin(image_layer, idx: int | None) -> dict | None:
+    """For a slice of a volume the plugin's reader opened: its source volume and index, kept in the bank."""
+    volume = (getattr(image_layer, "metadata", None) or {}).get("volume")
+    if idx is None or not volume:
+        return None
+    return {"volume": Path(volume["source"]).name or image_layer.name, "slice": int(idx), "axis": "z"}
 
 
 def labels_slice(labels_layer, idx: int | None, image: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ class Choices:
     mirror_tta: bool
     checkpoint: str
     sam2_image_size: int
-    bank: Path
+    bank: Path | None  # None only for actions that need no bank
 
 
 class AnnotatorState:
