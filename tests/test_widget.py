@@ -379,3 +379,71 @@ def test_propagate_a_volume_from_one_painted_slice_never_replacing_painted_pixel
     np.testing.assert_array_equal(out[3], painted[3])
     assert set(np.unique(out)) <= {0, 2} and dice(out[4:21] > 0, gt[4:21]) > 0.9
     assert not out[22:].any()
+
+
+def test_clicks_and_a_box_segment_an_image_with_an_empty_bank(make_napari_viewer, qtbot):
+    from conftest import load_real, real_ids
+    from napari_matchseg.metrics import dice
+
+    image, gt = load_real("busi", real_ids("busi", "test", n=1, groups=("benign",))[0])
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="us")
+    w = ReferenceAnnotator(viewer)  # no bank at all: prompts alone make the first masks
+    w.image_combo.setCurrentText("us")
+    w.start_prompts()
+    clicks, boxes = viewer.layers["us clicks"], viewer.layers["us box"]
+    assert viewer.layers.selection.active is clicks and clicks.mode == "pan_zoom"
+    ys, xs = np.nonzero(gt)
+    boxes.add_rectangles(np.array([[ys.min(), xs.min()], [ys.max(), xs.max()]], float))
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    first = viewer.layers["us proposal"].data > 0
+    assert dice(first, gt) > 0.85, w.status.text()
+    assert "1 box(es)" in w.status.text() and viewer.layers.selection.active is clicks  # clicks stay active
+
+    class Click:  # what napari hands a mouse callback: a press, then a release without moving
+        type, position, button, modifiers = "mouse_press", (float(ys.mean()), float(xs.mean())), 1, ["Shift"]
+
+    event = Click()
+    callback = w.prompts._on_click(clicks, event)
+    next(callback)
+    event.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(callback)
+    assert len(clicks.data) == 1 and not clicks.features["positive"][0]  # Shift+click: "not the object"
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    second = viewer.layers["us proposal"].data > 0
+    assert second.sum() < first.sum() and "1 negative" in w.status.text()
+    w.add_click(clicks, (float(ys.min()), float(xs.min())), positive=True)
+    w.add_click(clicks, (float(ys.max()), float(xs.max())), positive=False)  # while the first one runs
+    qtbot.waitUntil(lambda: not w.busy and not w.prompts._dirty, timeout=60_000)
+    assert "1 positive and 2 negative" in w.status.text(), w.status.text()  # the later change was not lost
+    w.clear_prompts()
+    assert len(clicks.data) == 0 and len(boxes.data) == 0
+
+
+def test_the_dock_fits_a_1366x768_window_with_every_button_reachable(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QPushButton
+
+    viewer = make_napari_viewer(show=True)
+    w = ReferenceAnnotator(viewer)
+    viewer.window.add_dock_widget(w, area="right", name="Segment by reference")
+    window = viewer.window._qt_window
+    window.resize(1366, 768)
+    qtbot.wait(200)
+    assert window.height() <= 768 and w.height() < 768
+    hint = w.minimumSizeHint()
+    w.status.setText("error: " + "a very long message that would wrap to many lines " * 12)
+    assert w.minimumSizeHint() == hint and w.status.toolTip().startswith("error: a very long")
+    assert w.status.text().endswith("many lines ")  # the full text, not the elided one
+    buttons = w.scroll.widget().findChildren(QPushButton)
+    assert len(buttons) >= 15
+    viewport = w.scroll.viewport()
+    for b in buttons:
+        w.scroll.ensureWidgetVisible(b)
+        qtbot.wait(1)
+        top_left = b.mapTo(viewport, b.rect().topLeft())
+        assert viewport.rect().contains(top_left) or not b.isVisibleTo(w), b.text()
+    assert not w.cancel_btn.isAncestorOf(w.scroll) and w.scroll.isAncestorOf(w.propose_btn)
+    assert w.threshold_value.text() == f"{w.threshold.value() / 100:.2f}"
+    w.threshold.setValue(37)
+    assert w.threshold_value.text() == "0.37"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import os
 
-from qtpy.QtWidgets import QHBoxLayout, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ..errors import MatchsegError
 
@@ -18,6 +19,45 @@ class Panel(QWidget):
         self.ctx = ctx
         self.rows = QVBoxLayout(self)
         self.rows.setContentsMargins(0, 0, 0, 0)
+
+
+class StatusLine(QLabel):
+    """One line that never grows the dock: long text is elided to the width, the full text is the tooltip and
+    what :meth:`text` returns."""
+
+    def __init__(self, text: str = ""):
+        super().__init__()
+        self._full = ""
+        self.setWordWrap(False)
+        self.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.setText(text)
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt's name
+        self._full = str(text)
+        self.setToolTip(self._full if len(self._full) > 40 else "")
+        self._elide()
+
+    def text(self) -> str:
+        return self._full
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        width = max(self.width() - 4, 60)
+        QLabel.setText(self, self.fontMetrics().elidedText(self._full, Qt.ElideRight, width))
+
+    def minimumSizeHint(self):  # noqa: N802 - Qt's name
+        hint = super().minimumSizeHint()
+        hint.setWidth(60)
+        hint.setHeight(self.fontMetrics().height() + 2)  # one line, whatever the text
+        return hint
+
+    def sizeHint(self):  # noqa: N802 - Qt's name
+        hint = super().sizeHint()
+        hint.setHeight(self.fontMetrics().height() + 2)
+        return hint
 
 
 def button(text: str, slot, tip: str = "") -> QPushButton:

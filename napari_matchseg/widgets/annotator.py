@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QProgressBar, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QProgressBar, QScrollArea, QVBoxLayout, QWidget
 
 from ..errors import InputError
 from ..settings import Settings
-from ._qt import button, row
+from ._qt import StatusLine, button, row
 from .bank_panel import BankPanel
 from .export_panel import ExportPanel
 from .learn_panel import LearnPanel
+from .prompt_panel import PromptPanel
 from .propose_panel import ProposePanel
 from .slices import all_slices, get_layer, slice_at_cursor
 from .state import AnnotatorState
@@ -30,25 +31,33 @@ class ReferenceAnnotator(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.state = AnnotatorState(Settings.load())
-        root = QVBoxLayout(self)
+        outer = QVBoxLayout(self)
+        content = QWidget()  # the panels scroll; progress, Cancel and the status line stay in view
+        root = QVBoxLayout(content)
         self.bank_panel = BankPanel(self)
         root.addWidget(self.bank_panel)
         root.addWidget(self._layers_box())
         self.propose = ProposePanel(self)
         root.addWidget(self.propose)
+        self.prompts = PromptPanel(self)
+        root.addWidget(self.prompts)
         self.export = ExportPanel(self)
         root.addWidget(self.export)
         self.learn = LearnPanel(self)
         root.addWidget(self.learn)
+        root.addStretch()
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QScrollArea.NoFrame)
+        self.scroll.setWidget(content)
+        outer.addWidget(self.scroll)
         self.progress = QProgressBar()
         self.progress.setVisible(False)
         self.cancel_btn = button("Cancel", self.cancel)
         self.cancel_btn.setEnabled(False)
-        root.addLayout(row(self.progress, self.cancel_btn))
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        root.addWidget(self.status)
-        root.addStretch()
+        outer.addLayout(row(self.progress, self.cancel_btn))
+        self.status = StatusLine("")
+        outer.addWidget(self.status)
         self.tasks = TaskRunner(self.progress, self.cancel_btn, self.status)
         self.propose.show_checkpoint()
         self._bind_keys()
@@ -131,7 +140,7 @@ class ReferenceAnnotator(QWidget):
     def __getattr__(self, name: str):
         """Controls and actions of the panels as the widget's own (``widget.k_spin``, ``widget.propose_current``)."""
         if not name.startswith("_"):
-            for panel in ("bank_panel", "propose", "learn", "export"):
+            for panel in ("bank_panel", "propose", "prompts", "learn", "export"):
                 owner = self.__dict__.get(panel)
                 if owner is not None and (name in vars(owner) or name in vars(type(owner))):
                     return getattr(owner, name)

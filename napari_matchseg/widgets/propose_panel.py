@@ -66,7 +66,9 @@ class ProposePanel(QGroupBox):
         self.checkpoint_label = QLabel()  # the one in use, on a line of its own: file names are long
         self.checkpoint_label.setWordWrap(True)
         form.addRow("", self.checkpoint_label)
-        form.addRow("threshold", self.threshold)
+        self.threshold_value = QLabel(f"{s.threshold:.2f}")
+        self.threshold.valueChanged.connect(lambda v: self.threshold_value.setText(f"{v / 100:.2f}"))
+        form.addRow("threshold", row(self.threshold, self.threshold_value))
         self.propose_btn = button("Propose", self.propose_current, "propose a mask for the current image/slice (P)")
         self.accept_btn = button("Accept", self.accept_current, "add the (edited) proposal to the bank (A)")
         form.addRow(row(self.propose_btn, self.accept_btn))
@@ -178,10 +180,13 @@ class ProposePanel(QGroupBox):
             made[name] = viewer.layers[name]
         return made[f"{layer.name} proposal"], made[f"{layer.name} probability"]
 
-    def show_proposal(self, payload) -> None:
+    def show_proposal(self, payload, select: bool = True) -> None:
+        """Put a proposal into ``<image> proposal``; ``select``: make that layer the active one (prompt tools keep
+        their clicks layer active instead)."""
         layer, idx, image, result = payload
         ctx = self.ctx
         ctx.state.probabilities[(layer.name, idx)] = result.probability
+        active = ctx.viewer.layers.selection.active
         labels, prob_layer = self._proposal_layers(layer)
         mask = result.mask(self.threshold.value() / 100).astype(np.uint8)
         if idx is None:
@@ -193,7 +198,7 @@ class ProposePanel(QGroupBox):
             prob_layer.refresh()
             labels.refresh()
         ctx.labels_combo.setCurrentText(labels.name)
-        ctx.viewer.layers.selection.active = labels
+        ctx.viewer.layers.selection.active = labels if select or active is None else active
         ctx.state.last_matches = result.supports
         self.matches.clear()
         for m in result.supports:

@@ -42,6 +42,7 @@ class AnnotatorState:
         self._proposers: dict[tuple, object] = {}
         self._refiners: dict[tuple, object] = {}
         self._thumbs: dict[tuple, np.ndarray] = {}
+        self._prompt_model = None
 
     def open_bank(self, path: str) -> ReferenceBank:
         self.bank = ReferenceBank.open(path, create=True)
@@ -82,6 +83,23 @@ class AnnotatorState:
         if c.refiner != "none":
             self._refiners[refiner_key] = pipeline.refiner  # built once (sharing a model where it can), then kept
         return pipeline
+
+    @property
+    def prompt_model_loaded(self) -> bool:
+        return self._prompt_model is not None
+
+    def prompt_model(self):
+        """LiteMedSAM for the prompt tools (call it in a worker): the litemedsam proposer's network when that is
+        built already (one network, one embedding per image), else its own, built once and kept."""
+        if self._prompt_model is None:
+            shared = [m for p in self._proposers.values() if (m := p.shared_model("litemedsam")) is not None]
+            if shared:
+                self._prompt_model = shared[0]
+            else:
+                from ..litemedsam import LiteMedSamPredictor
+
+                self._prompt_model = LiteMedSamPredictor(self.settings.device)
+        return self._prompt_model
 
     def thumbnail(self, ref_id: str) -> np.ndarray:
         bank = self.need_bank()
