@@ -1,10 +1,12 @@
 """Regenerate the walk-through screenshots in docs/images from the real plugin.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python scripts/screenshots.py
 
-Opens napari, docks "Segment by reference" from the plugin menu, labels four slices of the generated sample
-series, proposes a mask for a fifth with the shipped MatchSeg checkpoint, accepts it, asks what to label next,
-then learns from the unlabelled slices in the background, and saves each step.
+Opens napari at 1366 x 768 (a laptop screen), docks "Segment by reference" from the plugin menu, labels four slices
+of the generated sample series, proposes a mask for a fifth with the shipped MatchSeg checkpoint, accepts it, asks
+what to label next, then learns from the unlabelled slices in the background; corrects a slice with a box and
+clicks (LiteMedSAM); propagates one painted slice through a generated volume; and saves each step. The first
+picture is also taken at 1920 x 1080.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ def without_toasts(viewer) -> None:
 
 
 def main() -> None:
+    import os
+
+    os.environ["MATCHSEG_CONFIG_DIR"] = tempfile.mkdtemp()  # the plugin's defaults, not this machine's settings
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer()
-    viewer.window.resize(1500, 900)
+    viewer.window.resize(1920, 1080)
     viewer.open_sample("napari-matchseg", "ultrasound")
     _, w = viewer.window.add_plugin_dock_widget("napari-matchseg", "Segment by reference")
     w.image_combo.setCurrentText("sample ultrasound")
@@ -47,6 +52,9 @@ def main() -> None:
         viewer.dims.set_current_step(0, i)
         w.add_current_as_reference()
     without_toasts(viewer)
+    viewer.screenshot(str(OUT / "1-references-1920x1080.png"), canvas_only=False)
+    viewer.window.resize(1366, 768)
+    QApplication.processEvents()
     viewer.screenshot(str(OUT / "1-references.png"), canvas_only=False)
     viewer.dims.set_current_step(0, 6)
     viewer.layers["sample ultrasound labels"].visible = False
@@ -66,8 +74,59 @@ def main() -> None:
         QApplication.processEvents()
     viewer.screenshot(str(OUT / "4-learn-from-unlabelled.png"), canvas_only=False)
     wait(w)
+    prompts(viewer, w)
+    propagation(viewer, w)
     print(f"screenshots written to {OUT}", file=sys.stderr)
     viewer.close()
+
+
+def prompts(viewer, w) -> None:
+    """A box and a "not this" click on slice 7 of the sample series: LiteMedSAM's mask."""
+    import numpy as np
+
+    viewer.dims.set_current_step(0, 7)
+    w.start_prompts()
+    truth = np.asarray(viewer.layers["sample ultrasound labels"].data[7]) > 0
+    ys, xs = np.nonzero(truth)
+    y0, y1, x0, x1 = ys.min() - 4, ys.max() + 4, xs.min() - 4, xs.max() + 4  # a 3D rectangle: four corners
+    viewer.layers["sample ultrasound box"].add_rectangles(
+        np.array([[7, y0, x0], [7, y0, x1], [7, y1, x1], [7, y1, x0]], float))
+    wait(w)
+    w.add_click(viewer.layers["sample ultrasound clicks"], (7, float(ys.max()) + 2, float(xs.max()) + 2), False)
+    wait(w)
+    while w.prompts._dirty or w.busy:
+        QApplication.processEvents()
+    without_toasts(viewer)
+    viewer.screenshot(str(OUT / "5-prompts.png"), canvas_only=False)
+
+
+def propagation(viewer, w) -> None:
+    """One painted slice of a generated volume, propagated with LiteMedSAM."""
+    import numpy as np
+
+    z, y, x = np.mgrid[:24, :128, :128]
+    ball = ((z - 11.5) ** 2 + ((y - 70) / 3) ** 2 + ((x - 58) / 3) ** 2) <= 10 ** 2
+    rng = np.random.default_rng(0)
+    volume = np.clip(60 + 110 * ball + rng.normal(0, 14, ball.shape), 0, 255).astype(np.uint8)
+    for layer in list(viewer.layers):
+        layer.visible = False
+    viewer.add_image(volume, name="volume", scale=(3, 1, 1))
+    painted = np.zeros(ball.shape, np.uint8)
+    painted[12] = ball[12]
+    viewer.add_labels(painted, name="volume labels", scale=(3, 1, 1))
+    w.image_combo.setCurrentText("volume")
+    w.labels_combo.setCurrentText("volume labels")
+    w.proposer_combo.setCurrentText("litemedsam")
+    viewer.dims.set_current_step(0, 8)
+    w.propagate_volume()
+    wait(w)
+    viewer.dims.ndisplay = 3
+    viewer.camera.angles = (10, -35, 60)
+    viewer.camera.zoom *= 0.8
+    viewer.layers["volume"].visible = False
+    without_toasts(viewer)
+    viewer.screenshot(str(OUT / "6-propagate.png"), canvas_only=False)
+    viewer.dims.ndisplay = 2
 
 
 if __name__ == "__main__":

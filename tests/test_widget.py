@@ -15,6 +15,16 @@ pytestmark = pytest.mark.gui
 
 
 
+def label_then_propose(viewer, w, qtbot, references: int, at: int) -> None:
+    """Add the first slices as references, then propose for slice ``at`` and wait for it."""
+    for i in range(references):
+        viewer.dims.set_current_step(0, i)
+        w.add_current_as_reference()
+    viewer.dims.set_current_step(0, at)
+    w.propose_current()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+
+
 @pytest.fixture
 def annotator(make_napari_viewer, tmp_path, tiny_ckpt):
     viewer = make_napari_viewer()
@@ -227,12 +237,7 @@ def test_whole_loop_on_real_images_with_the_shipped_checkpoint(make_napari_viewe
     w.image_combo.setCurrentText("wbc")
     w.labels_combo.setCurrentText("truth")
     w.open_bank(str(tmp_path / "bank"))
-    for i in range(6):
-        viewer.dims.set_current_step(0, i)
-        w.add_current_as_reference()
-    viewer.dims.set_current_step(0, 8)
-    w.propose_current()
-    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    label_then_propose(viewer, w, qtbot, references=6, at=8)
     proposal = viewer.layers["wbc proposal"].data[8]
     assert dice(proposal > 0, pairs[8][1]) > 0.7  # a real proposal, not noise
     w.refiner_combo.setCurrentText("litemedsam")  # SAM-Match with LiteMedSAM's real weights
@@ -379,6 +384,8 @@ def test_propagate_a_volume_from_one_painted_slice_never_replacing_painted_pixel
     np.testing.assert_array_equal(out[3], painted[3])
     assert set(np.unique(out)) <= {0, 2} and dice(out[4:21] > 0, gt[4:21]) > 0.9
     assert not out[22:].any()
+    viewer.layers["mine"].undo()  # Ctrl+Z takes the whole propagation back, the painted slices stay
+    np.testing.assert_array_equal(viewer.layers["mine"].data, painted)
 
 
 def test_clicks_and_a_box_segment_an_image_with_an_empty_bank(make_napari_viewer, qtbot):
@@ -447,3 +454,42 @@ def test_the_dock_fits_a_1366x768_window_with_every_button_reachable(make_napari
     assert w.threshold_value.text() == f"{w.threshold.value() / 100:.2f}"
     w.threshold.setValue(37)
     assert w.threshold_value.text() == "0.37"
+
+
+def test_an_edit_survives_a_threshold_change_and_a_new_proposal_and_ctrl_z_undoes(annotator, qtbot):
+    viewer, w = annotator
+    label_then_propose(viewer, w, qtbot, references=3, at=5)
+    proposal = viewer.layers["sample ultrasound proposal"]
+    proposed = proposal.data[5].copy()
+    w.threshold.setValue(30)  # not edited yet: re-thresholded live, as one undoable step
+    prob = viewer.layers["sample ultrasound probability"].data[5]
+    assert ((prob >= 0.3) != (prob >= 0.5)).any()  # so the new threshold does change pixels
+    np.testing.assert_array_equal(proposal.data[5], prob >= 0.3)
+    proposal.undo()
+    np.testing.assert_array_equal(proposal.data[5], proposed)  # Ctrl+Z brings the previous mask back
+    w.threshold.setValue(50)
+    # the user paints a square and erases a corner (napari's brush writes through data_setitem, as here)
+    ys, xs = np.mgrid[20:50, 20:50]
+    proposal.data_setitem((np.full(ys.size, 5), ys.ravel(), xs.ravel()), 1)
+    edited = proposal.data[5].copy()
+    w.threshold.setValue(80)
+    np.testing.assert_array_equal(proposal.data[5], edited)
+    assert "your edits" in w.status.text()
+    w.propose_current()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    np.testing.assert_array_equal(proposal.data[5], edited)  # the first Propose keeps them and says so
+    assert "has your edits, kept" in w.status.text()
+    w.propose_current()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert not np.array_equal(proposal.data[5], edited)  # asked twice: replaced...
+    proposal.undo()
+    np.testing.assert_array_equal(proposal.data[5], edited)  # ...and Ctrl+Z restores the edit
+
+
+def test_a_tuned_matchseg_checkpoint_does_not_stop_another_proposer(annotator, tiny_ckpt):
+    viewer, w = annotator  # its settings hold a MatchSeg checkpoint (as after Fine-tune or Learn)
+    w.proposer_combo.setCurrentText("litemedsam")
+    pipeline = w.state.pipeline(w.choices())
+    assert pipeline.proposer.name == "litemedsam" and "checkpoint" not in pipeline.config.options
+    w.proposer_combo.setCurrentText("matchseg")
+    assert w.state.pipeline(w.choices()).config.options["checkpoint"] == str(tiny_ckpt)

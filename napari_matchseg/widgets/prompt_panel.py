@@ -128,7 +128,7 @@ class PromptPanel(QGroupBox):
         def show(result):
             prob, iou, how = result
             ctx.propose.show_proposal((layer, idx, image, Proposal(prob, [], note=f"predicted IoU {iou:.2f}")),
-                                      select=False)
+                                      select=False, over_edits="replace")  # the user's prompt is the action
             ctx.status.setText(f"LiteMedSAM from {how}; predicted IoU {iou:.2f}. Edit, then Accept")
 
         tasks.run(work, show, "segmenting from your prompts...")

@@ -24,6 +24,7 @@ class ProposePanel(QGroupBox):
     def __init__(self, ctx):
         super().__init__("Propose")
         self.ctx = ctx
+        self._confirm_overwrite = None  # (labels layer, slice) whose edits the next Propose may replace
         s = ctx.state.settings
         form = QFormLayout(self)
         self.retriever_combo = QComboBox()
@@ -180,23 +181,30 @@ class ProposePanel(QGroupBox):
             made[name] = viewer.layers[name]
         return made[f"{layer.name} proposal"], made[f"{layer.name} probability"]
 
-    def show_proposal(self, payload, select: bool = True) -> None:
-        """Put a proposal into ``<image> proposal``; ``select``: make that layer the active one (prompt tools keep
-        their clicks layer active instead)."""
+    def show_proposal(self, payload, select: bool = True, over_edits: str = "ask") -> bool:
+        """Put a proposal into ``<image> proposal`` (one undoable step); False when the slice holds the user's edits
+        and they were kept. ``over_edits``: "ask" (keep them; the same Propose again replaces them), "keep", or
+        "replace" (a prompt the user just gave). ``select``: make that layer the active one."""
         layer, idx, image, result = payload
         ctx = self.ctx
         ctx.state.probabilities[(layer.name, idx)] = result.probability
         active = ctx.viewer.layers.selection.active
         labels, prob_layer = self._proposal_layers(layer)
-        mask = result.mask(self.threshold.value() / 100).astype(np.uint8)
         if idx is None:
             prob_layer.data = result.probability
-            labels.data = mask
         else:
             prob_layer.data[idx] = result.probability
-            labels.data[idx] = mask
             prob_layer.refresh()
-            labels.refresh()
+        key = (labels.name, idx)
+        if over_edits != "replace" and ctx.state.edits.edited(labels, idx) and \
+                (over_edits == "keep" or self._confirm_overwrite != key):
+            self._confirm_overwrite = key
+            if over_edits == "ask":
+                ctx.status.setText(f"{'this slice' if idx is None else f'slice {idx}'} has your edits, kept: press "
+                                   "Propose again to replace them (Ctrl+Z undoes that)")
+            return False
+        self._confirm_overwrite = None
+        ctx.state.edits.write(labels, idx, result.mask(self.threshold.value() / 100).astype(np.uint8))
         ctx.labels_combo.setCurrentText(labels.name)
         ctx.viewer.layers.selection.active = labels if select or active is None else active
         ctx.state.last_matches = result.supports
@@ -206,6 +214,7 @@ class ProposePanel(QGroupBox):
         note = f"; {result.note}" if result.note else ""
         ctx.status.setText(f"proposal from {len(result.supports)} references{note}. Edit it with the brush/eraser, "
                            "then Accept")
+        return True
 
     @shows_errors
     def propose_all(self) -> None:
@@ -225,10 +234,10 @@ class ProposePanel(QGroupBox):
             return results
 
         def show(results):
-            for payload in results:
-                self.show_proposal(payload)
+            kept = sum(not self.show_proposal(payload, over_edits="keep") for payload in results)
             ctx.status.setText(f"proposed {len(results)} of {len(todo)} unlabelled slices"
-                               + (" (cancelled)" if len(results) < len(todo) else ""))
+                               + (" (cancelled)" if len(results) < len(todo) else "")
+                               + (f"; {kept} slices with your edits were kept as they are" if kept else ""))
 
         tasks.run(work, show, "proposing all unlabelled slices...")
 
@@ -288,9 +297,9 @@ class ProposePanel(QGroupBox):
             written = [z for z, st in enumerate(result.status)
                        if st == "proposed" and not np.any(data[z]) and not np.any(before[z])]
             value = int(before[before > 0].max()) if before.any() else 1
-            for z in written:
-                data[z] = np.where(result.mask[z], value, 0).astype(data.dtype)
-            labels_layer.refresh()
+            where = np.nonzero(result.mask[written]) if written else ()
+            if written and where[0].size:  # one step of napari's undo for the whole propagation
+                labels_layer.data_setitem((np.asarray(written)[where[0]], *where[1:]), value)
             stops = "; ".join(n for n in result.notes if "stopped" in n or "cancelled" in n)
             ctx.status.setText(f"propagated to {len(written)} slices of {labels_layer.name!r}"
                                + (f" ({stops})" if stops else "") + ". Correct any slice and Propagate again")
@@ -307,12 +316,10 @@ class ProposePanel(QGroupBox):
         if prob is None or name not in self.ctx.viewer.layers:
             return
         labels = self.ctx.viewer.layers[name]
-        mask = (prob >= value / 100).astype(np.uint8)
-        if idx is None:
-            labels.data = mask
-        else:
-            labels.data[idx] = mask
-            labels.refresh()
+        if self.ctx.state.edits.edited(labels, idx):
+            self.ctx.status.setText("this slice has your edits: the threshold applies to new proposals only")
+            return
+        self.ctx.state.edits.write(labels, idx, (prob >= value / 100).astype(np.uint8))
 
     @shows_errors
     def accept_current(self) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 from ..bank import ReferenceBank
 from ..errors import InputError
 from ..settings import Settings
+from .edits import MaskWriter
 
 
 @dataclasses.dataclass
@@ -43,6 +44,7 @@ class AnnotatorState:
         self._refiners: dict[tuple, object] = {}
         self._thumbs: dict[tuple, np.ndarray] = {}
         self._prompt_model = None
+        self.edits = MaskWriter()  # what the plugin wrote on each slice: the user's edits are never overwritten
 
     def open_bank(self, path: str) -> ReferenceBank:
         self.bank = ReferenceBank.open(path, create=True)
@@ -64,13 +66,15 @@ class AnnotatorState:
     def pipeline(self, c: Choices):
         """The core pipeline for these choices; its models are built once and kept (call it in a worker: loading
         can take a while), and reused with new choices of k, retriever or mirror."""
-        from ..pipeline import Pipeline, PipelineConfig
+        from ..pipeline import Pipeline, PipelineConfig, option_dest
         from ..proposers import PROPOSERS
 
         options = {"checkpoint": c.checkpoint or None, "sam2_image_size": c.sam2_image_size,
                    "mirror_tta": c.mirror_tta and c.proposer == "matchseg"}
         config = PipelineConfig(retriever=c.retriever, proposer=c.proposer, k=c.k, device=c.device,
-                                refiner=c.refiner, options=options)
+                                refiner=c.refiner)
+        used = {option_dest(o) for _, e in config.entries() for o in e.options}  # e.g. no checkpoint for litemedsam
+        config = dataclasses.replace(config, options={k: v for k, v in options.items() if k in used})
         key = (c.proposer, c.checkpoint, c.device, c.sam2_image_size)
         if key not in self._proposers:
             entry = PROPOSERS.get(c.proposer)
