@@ -1,6 +1,7 @@
 """The "Segment by reference" widget driven in a real napari viewer (xvfb-run)."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -85,10 +86,16 @@ def test_label_propose_edit_accept_export(annotator, qtbot, tmp_path):
     assert len(bank) == 5
     accepted = [r for r in bank if r.source == "accepted_proposal"]
     assert len(accepted) == 1 and bank.load_mask(accepted[0].id)[40:80, 40:80].all()
-    written = w.export_accepted(str(tmp_path / "export"))
-    assert [p.name for p in written] == ["sample ultrasound_0006.png"]
-    assert set(np.unique(np.array(Image.open(written[0])))) == {0, 255}
-    assert w.export_accepted(str(tmp_path / "export")) == []  # never overwritten silently
+    written = w.export_labelled(str(tmp_path / "export"))  # the hand-labelled slices and the accepted one
+    assert [p.name for p in written] == [f"sample ultrasound_{i:04d}.png" for i in (0, 1, 2, 3, 6)]
+    assert set(np.unique(np.array(Image.open(written[-1])))) == {0, 255}
+    assert np.array_equal(np.array(Image.open(written[-1])) > 0, bank.load_mask(accepted[0].id) > 0)
+    log = (tmp_path / "export" / "annotations.csv").read_text().splitlines()
+    assert log[0] == "file,slice,source,reference,edited_before_accept" and len(log) == 6
+    assert log[1].startswith("sample ultrasound_0000.png,0,manual,") and log[5].endswith(",accepted_proposal,"
+                                                                                          f"{accepted[0].id},1")
+    assert w.export_labelled(str(tmp_path / "export")) == []  # never overwritten silently
+    assert w.status.text().startswith("export failed:")  # and the status says so
 
 
 def test_mirror_option_averages_both_views(annotator, qtbot, tmp_path):
@@ -194,10 +201,10 @@ def test_export_formats(annotator, qtbot, tmp_path):
     qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
     w.accept_current()
     w.export_format.setCurrentText("png-labels")
-    (png,) = w.export_accepted(str(tmp_path / "labels"))
+    png, _ = w.export_labelled(str(tmp_path / "labels"))
     assert set(np.unique(np.array(Image.open(png)))) <= {0, 1}
     w.export_format.setCurrentText("tif-255")
-    (tif,) = w.export_accepted(str(tmp_path / "tif"))
+    tif, _ = w.export_labelled(str(tmp_path / "tif"))
     assert tif.suffix == ".tif" and set(np.unique(tifffile.imread(tif))) <= {0, 255}
 
 
@@ -255,7 +262,7 @@ def test_whole_loop_on_real_images_with_the_shipped_checkpoint(make_napari_viewe
     np.testing.assert_array_equal(viewer.layers["wbc proposal"].data[8], proposal)
     w.accept_current()
     assert len(ReferenceBank.open(tmp_path / "bank")) == 7
-    (out,) = w.export_accepted(str(tmp_path / "export"))
+    *_, out = w.export_labelled(str(tmp_path / "export"))  # six references, then the accepted slice
     assert out.name == "wbc_0008.png"
     np.testing.assert_array_equal(np.array(Image.open(out)) > 0, proposal > 0)
 
@@ -280,9 +287,13 @@ def test_finetune_in_the_background_switches_checkpoint(annotator, qtbot, tmp_pa
     for i in range(3):
         viewer.dims.set_current_step(0, i)
         w.add_current_as_reference()
+    seen = []
+    w.tasks._signals.progress.connect(lambda d, t, text: seen.append(text))
     w.finetune()
     assert w.busy and w.cancel_btn.isEnabled()
     qtbot.waitUntil(lambda: not w.busy, timeout=180_000)
+    assert any(re.search(r"fine-tuning\.\.\. \d+/200 steps, [\d.]+ steps/s, about \d+ (s|min) left", t)
+               for t in seen), seen[-3:]  # the rate and the time left
     tuned = tmp_path / "bank" / "finetuned" / "matchseg_finetuned.safetensors"
     assert w.settings.checkpoint == str(tuned) and tuned.is_file(), w.status.text()
     assert w.checkpoint_label.text() == "matchseg_finetuned.safetensors"  # which MatchSeg proposes is shown
@@ -493,3 +504,42 @@ def test_a_tuned_matchseg_checkpoint_does_not_stop_another_proposer(annotator, t
     assert pipeline.proposer.name == "litemedsam" and "checkpoint" not in pipeline.config.options
     w.proposer_combo.setCurrentText("matchseg")
     assert w.state.pipeline(w.choices()).config.options["checkpoint"] == str(tiny_ckpt)
+
+
+def test_the_plugins_keys_collide_with_no_napari_key_and_run_their_actions(make_napari_viewer, monkeypatch):
+    from napari.layers import Image, Labels, Points, Shapes
+    from napari.settings import get_settings
+    from napari.utils.key_bindings import coerce_keybinding
+
+    viewer = make_napari_viewer()
+    w = ReferenceAnnotator(viewer)
+    taken = {coerce_keybinding(k) for cls in (Image, Labels, Points, Shapes) for k in cls.class_keymap}
+    taken |= {coerce_keybinding(str(b)) for binds in get_settings().shortcuts.shortcuts.values() for b in binds}
+    called = []
+    for key, action in w.KEYS.items():
+        assert coerce_keybinding(key) not in taken, key
+        monkeypatch.setattr(w.propose, action, lambda a=action: called.append(a))
+        viewer.keymap[coerce_keybinding(key)](viewer)
+    assert called == list(w.KEYS.values())
+
+
+def test_propagate_follows_the_axis_the_viewer_steps_through(make_napari_viewer, qtbot):
+    from conftest import sphere
+    from napari_matchseg.metrics import dice
+
+    img, gt = sphere()
+    img, gt = np.moveaxis(img, 0, 2), np.moveaxis(gt, 0, 2)  # the 24 "slices" are now the last axis
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="ball")
+    painted = np.zeros(gt.shape, np.uint8)
+    painted[:, :, 12] = gt[:, :, 12]
+    viewer.add_labels(painted.copy(), name="mine")
+    viewer.dims.order = (2, 0, 1)  # the slider steps through the last axis
+    w = ReferenceAnnotator(viewer)
+    w.image_combo.setCurrentText("ball")
+    w.labels_combo.setCurrentText("mine")
+    w.propagate_volume()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    out = viewer.layers["mine"].data
+    assert "axis 2" in w.status.text(), w.status.text()
+    assert dice(out > 0, gt) > 0.9 and not out[:, :, :2].any()

@@ -75,13 +75,16 @@ class ReferenceAnnotator(QWidget):
         form.addRow("labels", self.labels_combo)
         return box
 
+    KEYS = {"Alt-P": "propose_current", "Alt-A": "accept_current", "Alt-N": "suggest_next"}  # docs/plugin.md
+
     def _bind_keys(self) -> None:
-        try:
-            self.viewer.bind_key("p", lambda v: self.propose_current(), overwrite=True)
-            self.viewer.bind_key("a", lambda v: self.accept_current(), overwrite=True)
-            self.viewer.bind_key("n", lambda v: self.suggest_next(), overwrite=True)
-        except Exception:  # key bindings are a convenience
-            pass
+        """Viewer keys that no napari layer uses (P is paint in a Labels layer, A and N are taken too), so they
+        work whichever layer is selected."""
+        for key, action in self.KEYS.items():
+            try:
+                self.viewer.bind_key(key, lambda v, a=action: getattr(self, a)(), overwrite=True)
+            except Exception:  # noqa: BLE001 - key bindings are a convenience
+                pass
 
     def _refresh_layers(self, *_) -> None:
         from napari.layers import Image, Labels

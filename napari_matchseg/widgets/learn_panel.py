@@ -41,9 +41,11 @@ class LearnPanel(Panel):
         def work():
             from ..training.finetune import finetune
 
+            tasks.report(0, 0, "loading MatchSeg...")
+            rate = tasks.rate_callback("steps")
             return finetune(ReferenceBank.open(bank.path), out, base=base, steps=INTERACTIVE_STEPS, overwrite=True,
                             log=lambda m: None, cancel=tasks.cancel_event.is_set,
-                            progress=lambda s, t, info: tasks.progress_callback("fine-tuning...")(s, t))
+                            progress=lambda s, t, info: rate(s, t, "fine-tuning..."))
 
         def done(path):
             ctx.propose.set_checkpoint(str(path))
@@ -72,7 +74,7 @@ class LearnPanel(Panel):
 
         def work():
             return run_semi(ReferenceBank.open(bank.path), unlabelled, run, base=base, cfg=cfg, log=lambda m: None,
-                            progress=lambda d, t, text: tasks.progress_callback(text)(d, t),
+                            progress=lambda d, t, text: tasks.progress_callback(text)(d, t),  # the loop's own phases
                             cancel=tasks.cancel_event.is_set, new_run_if_different=True)
 
         def done(path):

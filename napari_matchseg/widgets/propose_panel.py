@@ -70,12 +70,12 @@ class ProposePanel(QGroupBox):
         self.threshold_value = QLabel(f"{s.threshold:.2f}")
         self.threshold.valueChanged.connect(lambda v: self.threshold_value.setText(f"{v / 100:.2f}"))
         form.addRow("threshold", row(self.threshold, self.threshold_value))
-        self.propose_btn = button("Propose", self.propose_current, "propose a mask for the current image/slice (P)")
-        self.accept_btn = button("Accept", self.accept_current, "add the (edited) proposal to the bank (A)")
+        self.propose_btn = button("Propose", self.propose_current, "propose a mask for the current image/slice (Alt+P)")
+        self.accept_btn = button("Accept", self.accept_current, "add the (edited) proposal to the bank (Alt+A)")
         form.addRow(row(self.propose_btn, self.accept_btn))
         self.propose_all_btn = button("Propose all unlabelled", self.propose_all)
         self.suggest_btn = button("Suggest next", self.suggest_next,
-                                  "go to the unlabelled slice the bank covers worst (N)")
+                                  "go to the unlabelled slice the bank covers worst (Alt+N)")
         self.propagate_btn = button("Propagate", self.propagate_volume,
                                     "fill the empty slices of the labels layer from its labelled ones, slice to "
                                     "slice, until the structure ends (a volume or stack)")
@@ -284,27 +284,37 @@ class ProposePanel(QGroupBox):
         ctx.save_settings()
         c, tasks, state = self.choices(need_bank=False), ctx.tasks, ctx.state
         bank_path = state.bank.path if state.bank is not None and len(state.bank) else None
-        before = labels.copy()
+        axis = self._slice_axis()  # the axis the viewer steps through: slices are the planes on screen
+        before = np.moveaxis(labels.copy(), axis, 0)
+        planes = np.moveaxis(volume, axis, 0)
 
         def work():
             tasks.report(0, 0, "loading the model...")
             bank = ReferenceBank.open(bank_path) if bank_path is not None else None
-            return propagate(state.pipeline(c), volume, before, bank=bank,
+            return propagate(state.pipeline(c), planes, before, bank=bank,
                              progress=tasks.progress_callback("propagating..."), cancel=tasks.cancel_event.is_set)
 
         def show(result):
-            data = labels_layer.data
+            now = np.moveaxis(np.asarray(labels_layer.data), axis, 0)  # painted meanwhile: left alone too
             written = [z for z, st in enumerate(result.status)
-                       if st == "proposed" and not np.any(data[z]) and not np.any(before[z])]
+                       if st == "proposed" and not np.any(now[z]) and not np.any(before[z])]
             value = int(before[before > 0].max()) if before.any() else 1
-            where = np.nonzero(result.mask[written]) if written else ()
-            if written and where[0].size:  # one step of napari's undo for the whole propagation
-                labels_layer.data_setitem((np.asarray(written)[where[0]], *where[1:]), value)
+            where = list(np.nonzero(result.mask[written])) if written else []
+            if where and where[0].size:  # one step of napari's undo for the whole propagation
+                where[0] = np.asarray(written)[where[0]]
+                where.insert(axis, where.pop(0))  # back to the layer's own axis order
+                labels_layer.data_setitem(tuple(where), value)
             stops = "; ".join(n for n in result.notes if "stopped" in n or "cancelled" in n)
-            ctx.status.setText(f"propagated to {len(written)} slices of {labels_layer.name!r}"
+            ctx.status.setText(f"propagated to {len(written)} slices (axis {axis}) of {labels_layer.name!r}"
                                + (f" ({stops})" if stops else "") + ". Correct any slice and Propagate again")
 
         tasks.run(work, show, "propagating...")
+
+    def _slice_axis(self) -> int:
+        """The volume axis that is not on screen (the one the slider steps through); 0 in a 3D view."""
+        dims = self.ctx.viewer.dims
+        hidden = [a - (dims.ndim - 3) for a in dims.not_displayed if a >= dims.ndim - 3]
+        return hidden[-1] if dims.ndisplay == 2 and len(hidden) == 1 else 0
 
     def _rethreshold(self, value: int) -> None:
         try:
@@ -329,6 +339,7 @@ class ProposePanel(QGroupBox):
         name = f"{layer.name} proposal"
         labels = get_layer(ctx.viewer, name if name in ctx.viewer.layers else ctx.labels_combo.currentText(),
                               "labels")
+        ctx.state.edited_on_accept.setdefault(layer.name, {})[idx] = ctx.state.edits.edited(labels, idx)
         ctx.bank_panel.store(bank, image, labels_slice(labels, idx, image), slice_name(layer, idx),
                              "accepted_proposal", slice_origin(layer, idx))
         ctx.state.accepted.setdefault(layer.name, set()).add(idx)

@@ -44,6 +44,7 @@ class AnnotatorState:
         self._refiners: dict[tuple, object] = {}
         self._thumbs: dict[tuple, np.ndarray] = {}
         self._prompt_model = None
+        self.edited_on_accept: dict[str, dict] = {}  # layer -> {slice: the user edited the proposal first}
         self.edits = MaskWriter()  # what the plugin wrote on each slice: the user's edits are never overwritten
 
     def open_bank(self, path: str) -> ReferenceBank:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from qtpy.QtCore import QObject, Signal
 
@@ -54,6 +55,23 @@ class TaskRunner:
             self.report(done, total, text)
         return cb
 
+    def rate_callback(self, unit: str = "steps"):
+        """A ``(done, total, text)`` callback that adds the rate and the time left: "12/200 steps, 3.1 steps/s,
+        about 1 min left" (from the first report on, so loading time does not distort the rate)."""
+        first: list[tuple[float, int]] = []
+
+        def cb(done: int, total: int, text: str = "") -> None:
+            now = time.monotonic()
+            if not first:
+                first.append((now, done))
+            t0, d0 = first[0]
+            rate = (done - d0) / (now - t0) if now > t0 and done > d0 else 0.0
+            extra = f"{done}/{total} {unit}"
+            if rate > 0 and total > done:
+                extra += f", {rate:.1f} {unit}/s, about {eta_text((total - done) / rate)} left"
+            self.progress_callback(f"{text or 'working...'} {extra}")(done, total)
+        return cb
+
     def cancel(self) -> None:
         self.cancel_event.set()
         self.status.setText("cancelling...")
@@ -76,3 +94,11 @@ class TaskRunner:
         self.progress.setVisible(False)
         self.cancel_button.setEnabled(False)
         self._worker = None
+
+
+def eta_text(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
