@@ -26,6 +26,16 @@ def label_then_propose(viewer, w, qtbot, references: int, at: int) -> None:
     qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
 
 
+def propagate_in(viewer, qtbot, image: str, labels: str):
+    """A new widget on ``image`` and ``labels`` presses Propagate; (widget, the labels afterwards)."""
+    w = ReferenceAnnotator(viewer)
+    w.image_combo.setCurrentText(image)
+    w.labels_combo.setCurrentText(labels)
+    w.propagate_volume()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    return w, viewer.layers[labels].data
+
+
 @pytest.fixture
 def annotator(make_napari_viewer, tmp_path, tiny_ckpt):
     viewer = make_napari_viewer()
@@ -384,12 +394,7 @@ def test_propagate_a_volume_from_one_painted_slice_never_replacing_painted_pixel
     painted[12] = gt[12] * 2  # the user's label value is kept
     painted[3, 0, 0] = 2  # a stray painted pixel on a slice of its own: that slice is "labelled" and kept as is
     viewer.add_labels(painted.copy(), name="mine", scale=layer.scale)
-    w = ReferenceAnnotator(viewer)  # no bank: the volume's own slices are the references
-    w.image_combo.setCurrentText("ball")
-    w.labels_combo.setCurrentText("mine")
-    w.propagate_volume()
-    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
-    out = viewer.layers["mine"].data
+    w, out = propagate_in(viewer, qtbot, "ball", "mine")  # no bank: the volume's own slices are the references
     assert "propagated to" in w.status.text(), w.status.text()
     np.testing.assert_array_equal(out[12], painted[12])
     np.testing.assert_array_equal(out[3], painted[3])
@@ -535,11 +540,6 @@ def test_propagate_follows_the_axis_the_viewer_steps_through(make_napari_viewer,
     painted[:, :, 12] = gt[:, :, 12]
     viewer.add_labels(painted.copy(), name="mine")
     viewer.dims.order = (2, 0, 1)  # the slider steps through the last axis
-    w = ReferenceAnnotator(viewer)
-    w.image_combo.setCurrentText("ball")
-    w.labels_combo.setCurrentText("mine")
-    w.propagate_volume()
-    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
-    out = viewer.layers["mine"].data
+    w, out = propagate_in(viewer, qtbot, "ball", "mine")
     assert "axis 2" in w.status.text(), w.status.text()
     assert dice(out > 0, gt) > 0.9 and not out[:, :, :2].any()
