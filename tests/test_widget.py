@@ -543,3 +543,23 @@ def test_propagate_follows_the_axis_the_viewer_steps_through(make_napari_viewer,
     w, out = propagate_in(viewer, qtbot, "ball", "mine")
     assert "axis 2" in w.status.text(), w.status.text()
     assert dice(out > 0, gt) > 0.9 and not out[:, :, :2].any()
+
+
+def test_remove_reference_can_be_undone(annotator, tmp_path):
+    viewer, w = annotator
+    for i in range(3):
+        viewer.dims.set_current_step(0, i)
+        w.add_current_as_reference()
+    bank = ReferenceBank.open(tmp_path / "bank")
+    before = {r.original_name: (bank.load_mask(r.id), r.source) for r in bank}
+    w.references.item(1).setSelected(True)
+    w.references.item(2).setSelected(True)
+    w.remove_selected()
+    assert len(ReferenceBank.open(tmp_path / "bank")) == 1 and w.undo_remove_btn.isEnabled()
+    assert "Undo remove brings them back" in w.status.text()
+    w.undo_remove()
+    bank = ReferenceBank.open(tmp_path / "bank")
+    assert len(bank) == 3 and w.references.count() == 3 and not w.undo_remove_btn.isEnabled()
+    for r in bank:
+        mask, source = before[r.original_name]
+        assert np.array_equal(bank.load_mask(r.id), mask) and r.source == source

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QFileDialog, QGroupBox, QLabel, QLineEdit, QListWidget, QVBoxLayout
+from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QGroupBox, QLabel, QLineEdit, QListWidget, QVBoxLayout
 
 from ..errors import MatchsegError
 from ._qt import button, notify_error, reference_item, row, shows_errors, typed_path
@@ -23,11 +23,17 @@ class BankPanel(QGroupBox):
         self.bank_label = QLabel("no bank open")
         lay.addWidget(self.bank_label)
         self.references = QListWidget()
+        self.references.setSelectionMode(QAbstractItemView.ExtendedSelection)  # Shift / Ctrl+click: several
         self.references.setMaximumHeight(120)
         lay.addWidget(self.references)
         self.add_btn = button("Add as reference", self.add_current_as_reference,
                               "the current image/slice with its current labels")
-        lay.addLayout(row(self.add_btn, button("Remove selected", self.remove_selected)))
+        self.undo_remove_btn = button("Undo remove", self.undo_remove, "put the references removed last back")
+        self.undo_remove_btn.setEnabled(False)
+        lay.addLayout(row(self.add_btn, button("Remove selected", self.remove_selected,
+                                               "remove the selected references from the bank (Undo remove "
+                                               "brings them back)"), self.undo_remove_btn))
+        self._removed: list[tuple] = []  # (image, mask, record) of the last removal, for Undo remove
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Bank folder")
@@ -81,10 +87,31 @@ class BankPanel(QGroupBox):
         self.ctx.status.setText(f"added {ref.id} to the bank" if added else f"updated the mask of {ref.id}")
 
     def remove_selected(self) -> None:
+        """Remove the selected references; their pixels and records are kept in memory for Undo remove."""
+        removed = []
         try:
             bank = self.ctx.state.need_bank()
             for item in self.references.selectedItems():
-                bank.remove(item.text().split()[0])
+                ref = bank.get(item.text().split()[0])
+                kept = (bank.load_image(ref.id), bank.load_mask(ref.id), ref)
+                bank.remove(ref.id)
+                removed.append(kept)
         except MatchsegError as exc:
             notify_error(str(exc))
+        if removed:
+            self._removed = removed
+            self.undo_remove_btn.setEnabled(True)
+            self.ctx.status.setText(f"removed {', '.join(r.id for _, _, r in removed)}; Undo remove brings "
+                                    f"{'it' if len(removed) == 1 else 'them'} back")
         self.refresh_references()
+
+    @shows_errors
+    def undo_remove(self) -> None:
+        """Add the last removed references again (same image, mask, name, source and slice origin)."""
+        bank = self.ctx.state.need_bank()
+        back = [bank.add(image, mask, name=ref.original_name or ref.id, source=ref.source, origin=ref.origin,
+                         allow_empty=True, on_duplicate="skip") for image, mask, ref in self._removed]
+        self._removed = []
+        self.undo_remove_btn.setEnabled(False)
+        self.refresh_references()
+        self.ctx.status.setText(f"put back {', '.join(r.id for r in back)}")
