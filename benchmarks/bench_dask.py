@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/bench_dask.py --json benchmarks/results/dask_batch.json
 
-A bank of ``--bank`` BUSI train images (benign and malignant: their masks are not empty); ``--images`` real BUSI images to segment (the 155 of the test split, then
-val images up to the number), linked into a work folder. Each variant is one ``matchseg segment`` command, timed
-from start to exit (imports, model loading, the cluster's start-up included, as a user sees it):
+A bank of ``--bank`` BUSI train images (benign and malignant: their masks are not empty); ``--images`` real BUSI
+images to segment (the 155 of the test split, then val images up to the number), linked into a work folder. Each
+variant is one ``matchseg segment`` command, timed from start to exit (imports, model loading, the cluster's
+start-up included, as a user sees it):
   * plain: the loop in one process (torch on every core);
   * ``--dask local:1`` (one worker process with every core's threads: the fair comparison for Dask's overhead);
   * ``--dask local:2`` (two worker processes of one thread each);

@@ -123,4 +123,5 @@ def _name(item) -> str:
     return os.path.basename(str(item[0]))
 
 
-__all__ = ["check_dask_installed", "dask_client", "parse_scheduler", "run_chunks", "n_workers", "warm_up", "CONNECT_TIMEOUT_S"]
+__all__ = ["check_dask_installed", "dask_client", "parse_scheduler", "run_chunks", "n_workers", "warm_up",
+           "CONNECT_TIMEOUT_S"]

@@ -222,4 +222,5 @@ def segment_volume(pipeline, volume: np.ndarray, *, bank=None, progress: Callabl
     return out
 
 
-__all__ = ["segment_volume", "Propagation", "PropagationSettings", "propagate", "labelled_slices", "mask_boxes", "STATUSES"]
+__all__ = ["segment_volume", "Propagation", "PropagationSettings", "propagate", "labelled_slices", "mask_boxes",
+           "STATUSES"]

@@ -45,15 +45,10 @@ def read_folder(path) -> list[tuple]:
 
 
 def read_volume_layer(path) -> list[tuple]:
-    from .volume_io import read_volume
+    from .volume_io import read_volume, volume_stem
 
     vol = read_volume(path)
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".tiff", ".tif", ".dcm"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    kwargs = {"name": name, "scale": vol.spacing, "rgb": vol.data.ndim == 4,
+    kwargs = {"name": volume_stem(path), "scale": vol.spacing, "rgb": vol.data.ndim == 4,
               "metadata": {"volume": {"source": vol.source, "kind": vol.kind, "spacing": vol.spacing,
                                       "affine": vol.affine.tolist(), "header": vol.header}}}
     if vol.contrast_limits is not None:

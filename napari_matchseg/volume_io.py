@@ -63,6 +63,15 @@ def is_volume_path(path: str | Path) -> bool:
     return False
 
 
+def volume_stem(path: str | Path) -> str:
+    """A volume file's name without its format's suffix (``brain.nii.gz`` -> ``brain``)."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".tiff", ".tif", ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def read_volume(path: str | Path) -> Volume:
     path = Path(path)
     if not path.exists():
@@ -308,4 +317,4 @@ def _finite(data: np.ndarray, path: Path) -> np.ndarray:
 
 
 __all__ = ["Volume", "read_volume", "read_nifti", "read_dicom", "read_tiff_stack", "write_mask_volume",
-           "is_volume_path"]
+           "is_volume_path", "volume_stem"]

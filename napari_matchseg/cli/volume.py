@@ -65,7 +65,7 @@ def segment_volumes(args, volumes: list[Path], out: Path) -> int:
 
 
 def cmd_propagate(args) -> int:
-    from ..propagation import PropagationSettings, propagate
+    from ..propagation import STATUSES, PropagationSettings, propagate
     from ..volume_io import read_volume, write_mask_volume
 
     vol, labels = read_volume(args.volume), read_volume(args.labels)
@@ -88,7 +88,7 @@ def cmd_propagate(args) -> int:
     write_mask_volume(out, mask, like=vol, overwrite=args.overwrite)
     for note in result.notes:
         print(note, file=sys.stderr)
-    counts = {s: result.status.count(s) for s in ("given", "proposed", "stopped", "not reached")}
+    counts = {s: result.status.count(s) for s in STATUSES}
     print(f"wrote {out}: {counts['given']} slices given, {counts['proposed']} proposed, "
           f"{counts['not reached'] + counts['stopped']} left empty (along {args.axis})",
           file=sys.stderr if args.json else sys.stdout)

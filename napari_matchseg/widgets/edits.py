@@ -35,7 +35,3 @@ class MaskWriter:
                 (np.full(changed[0].shape, idx), *changed)
             labels.data_setitem(where, mask[changed])
         self._shown[(labels.name, idx)] = mask.copy()
-
-    def forget(self, labels_name: str) -> None:
-        for key in [k for k in self._shown if k[0] == labels_name]:
-            del self._shown[key]

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..image_io import check_image, check_mask
+from ..volume_io import volume_stem
 
 
 def get_layer(viewer, name: str, kind: str):
@@ -47,8 +48,7 @@ def slice_name(image_layer, idx: int | None) -> str:
     if files and (idx is None and len(files) == 1 or idx is not None and idx < len(files)):
         return Path(files[0 if idx is None else idx]).stem
     src = getattr(getattr(image_layer, "source", None), "path", None)
-    stem = Path(src).stem if src and not Path(src).is_dir() else image_layer.name
-    stem = stem[:-4] if stem.lower().endswith(".nii") else stem  # brain.nii.gz -> brain
+    stem = Path(volume_stem(src)).stem if src and not Path(src).is_dir() else image_layer.name  # a.nii.gz -> a
     return stem if idx is None else f"{stem}_{idx:04d}"
 
 
