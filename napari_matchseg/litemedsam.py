@@ -104,7 +104,7 @@ class LiteMedSamPredictor:
         if feats is None:
             x, scaled = preprocess(img)
             with torch.inference_mode(), autocast(self.device, self.autocast):
-                feats = self.model.image_encoder(x.to(self.device)).float()
+                feats = self.model.image_encoder(x.to(self.device)).half().float()  # as the disk cache keeps it
             self.encodings += 1
             if self.store is not None:
                 self.store.put(key, [feats[0].cpu()])
@@ -124,19 +124,35 @@ class LiteMedSamPredictor:
         ``mask_input``: a previous probability map of this image (a mask prompt, e.g. the neighbouring slice's).
         """
         emb = image if isinstance(image, Embedding) else self.embedding(image)
-        h, w = emb.size
-        scale = SIZE / max(h, w)
         box_t = _as_array(boxes, 4, "boxes")
         pt = _as_array(points, 3, "points")
         if box_t is None and pt is None and mask_input is None:
             raise InputError("LiteMedSAM needs a prompt: a box, a point or a mask")
         n = 1 if box_t is None else len(box_t)
+        probs, iou = self.predict_each(emb, box_t, None if pt is None else [pt] * n, mask_input)
+        return probs.max(axis=0), float(iou.mean())
+
+    def predict_each(self, emb: Embedding, boxes: np.ndarray | None, points: Sequence[np.ndarray] | None = None,
+                     mask_input: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One object per box, decoded in one batch: (probabilities (n, H, W) float32, IoU estimates (n,)).
+
+        ``points``: one ``(P_i, 3)`` array of ``[x, y, label]`` per object (may be empty); without boxes, one
+        object from its points alone. ``mask_input``: one probability map (H, W) given to every object."""
+        h, w = emb.size
+        scale = SIZE / max(h, w)
+        n = len(boxes) if boxes is not None else 1
         sparse_points = None
-        if pt is not None:
-            coords = torch.as_tensor(pt[:, :2] * scale, dtype=torch.float32)[None].repeat(n, 1, 1)
-            labels = torch.as_tensor(pt[:, 2], dtype=torch.int64)[None].repeat(n, 1)
+        if points is not None and any(len(p) for p in points):
+            width = max(len(p) for p in points)
+            coords = torch.zeros(n, width, 2)
+            labels = torch.full((n, width), -1, dtype=torch.int64)  # -1: padding, "not a point" for SAM
+            for i, p in enumerate(points):
+                if len(p):
+                    p = np.asarray(p, np.float64)
+                    coords[i, :len(p)] = torch.as_tensor(p[:, :2] * scale, dtype=torch.float32)
+                    labels[i, :len(p)] = torch.as_tensor(p[:, 2], dtype=torch.int64)
             sparse_points = (coords.to(self.device), labels.to(self.device))
-        box_tensor = None if box_t is None else torch.as_tensor(box_t * scale, dtype=torch.float32)[:, None]
+        box_tensor = None if boxes is None else torch.as_tensor(np.asarray(boxes) * scale, dtype=torch.float32)[:, None]
         mask_tensor = None if mask_input is None else self._mask_prompt(mask_input, emb).repeat(n, 1, 1, 1)
         with torch.inference_mode():
             pe = self.model.prompt_encoder
@@ -148,7 +164,7 @@ class LiteMedSamPredictor:
             low = F.interpolate(low.float(), size=(SIZE, SIZE), mode="bilinear", align_corners=False)
             low = low[..., :emb.scaled[0], :emb.scaled[1]]
             prob = torch.sigmoid(F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False))
-        return prob.amax(dim=0)[0].cpu().numpy().astype(np.float32), float(iou.float().mean())
+        return prob[:, 0].cpu().numpy().astype(np.float32), iou.float().reshape(-1).cpu().numpy()
 
     def _mask_prompt(self, prob: np.ndarray, emb: Embedding) -> torch.Tensor:
         """A probability map of the image as SAM's low-resolution mask input (logits, 256 x 256 frame)."""

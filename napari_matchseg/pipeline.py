@@ -65,8 +65,11 @@ class PipelineConfig:
         """Refuse values that cannot work, before any model is loaded; returns self."""
         if not 0.0 < self.threshold < 1.0:
             raise InputError(f"--threshold must be between 0 and 1, got {self.threshold}")
-        if not 1 <= self.k <= MAX_K:
-            raise InputError(f"-k must be between 1 and {MAX_K}, got {self.k}")
+        if not 0 <= self.k <= MAX_K:
+            raise InputError(f"-k must be between 0 and {MAX_K}, got {self.k}")
+        if self.k == 0 and self.proposer in PROPOSERS and PROPOSERS.get(self.proposer).load().min_k > 0:
+            raise InputError(f"-k 0: the {self.proposer} proposer needs at least 1 reference (the context "
+                             "proposer works with -k 0, from prompts)")
         if self.support not in SUPPORT_STRATEGIES:
             raise InputError(f"support strategy must be 'retrieved' or 'random', not {self.support!r}")
         used = {option_dest(o) for _, e in self.entries() for o in e.options}
@@ -161,7 +164,10 @@ class Pipeline:
         take them); ``exclude`` defaults to :meth:`exclusions`, and k is clamped to the references that are left."""
         img = check_image(image)
         exclude = list(self.exclusions(bank, img) if exclude is None else exclude)
-        k = max(1, min(self.config.k, (len(bank) if bank is not None else 0) - len(exclude)))
+        if self.config.k < self.proposer.min_k:
+            raise InputError(f"-k {self.config.k}: the {self.proposer.name} proposer needs at least "
+                             f"{self.proposer.min_k} reference")
+        k = max(self.proposer.min_k, min(self.config.k, (len(bank) if bank is not None else 0) - len(exclude)))
         c = self.config
         return propose(bank, img, retriever=self.retriever, predictor=self.proposer, k=k, exclude=exclude,
                        strategy=c.support, rng=rng, progress=progress, cancel=cancel, refiner=self.refiner,

@@ -61,9 +61,13 @@ def propose(bank: ReferenceBank | None, image: np.ndarray, *, retriever: Retriev
     """A probability map for ``image`` from its ``k`` most similar references (``predictor``: any proposer),
     optionally refined by SAM 2 prompts (``refiner``: a :class:`~napari_matchseg.refiners.sam2.Sam2Refiner`)."""
     img = check_image(image)
-    if not 1 <= k <= 32:
-        raise InputError(f"k must be between 1 and 32, got {k}")
-    if bank is None and predictor.uses_supports:
+    if not 0 <= k <= 32:
+        raise InputError(f"k must be between 0 and 32, got {k}")
+    if k < predictor.min_k:
+        raise InputError(f"the {predictor.name} proposer needs at least {predictor.min_k} reference(s); use -k "
+                         f"{predictor.min_k} or more")
+    optional = predictor.min_k == 0  # no references is fine (an empty or no bank: prompts alone)
+    if bank is None and predictor.uses_supports and k and not optional:
         raise InputError(f"the {predictor.name} proposer proposes from references: open a bank (--bank)")
     store = predictor.feature_store
     if bank is not None and (store is None or getattr(store, "bank_path", None) != bank.path):
@@ -72,7 +76,7 @@ def propose(bank: ReferenceBank | None, image: np.ndarray, *, retriever: Retriev
     images: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     for attempt in range(2):
-        if predictor.uses_supports:
+        if predictor.uses_supports and k and not (optional and (bank is None or not len(bank))):
             matches = select_supports(bank, retriever, img, k, exclude, strategy, rng, progress, cancel)
         try:
             images, masks = [bank.load_image(m.id) for m in matches], [bank.load_mask(m.id) for m in matches]

@@ -72,7 +72,10 @@ def test_segment_refuses_bad_options(tmp_path, tiny_ckpt, capsys):
     assert code == 2 and "threshold" in err
     code, _, err = run(capsys, "segment", "--bank", tmp_path / "b", "--images", tmp_path / "s/images", "--out",
                        tmp_path / "o", "--checkpoint", tiny_ckpt, "-k", "40")
-    assert code == 2 and "between 1 and 32" in err
+    assert code == 2 and "between 0 and 32" in err
+    code, _, err = run(capsys, "segment", "--bank", tmp_path / "b", "--images", tmp_path / "s/images", "--out",
+                       tmp_path / "o", "--checkpoint", tiny_ckpt, "-k", "0")
+    assert code == 2 and "the matchseg proposer needs at least 1 reference" in err, err
     code, _, err = run(capsys, "segment", "--bank", tmp_path / "b", "--images", tmp_path / "s/images", "--out",
                        tmp_path / "o", "--proposer", "sam2", "--mirror-tta")
     assert code == 2 and "MatchSeg option" in err

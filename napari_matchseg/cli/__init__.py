@@ -27,8 +27,9 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "k", 1) is not None and getattr(args, "k", 1) < 1:
-        print("error: -k must be at least 1", file=sys.stderr)
+    k, least = getattr(args, "k", 1), (0 if hasattr(args, "proposer") else 1)  # -k 0: the proposer decides
+    if k is not None and k < least:
+        print(f"error: -k must be at least {least}", file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)

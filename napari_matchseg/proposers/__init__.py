@@ -33,6 +33,17 @@ PROPOSERS.register(Entry(
     "LiteMedSAM (pretrained medical SAM) from a user's boxes and points alone (--prompts); needs no references",
     weights=("litemedsam",), shares_model="litemedsam", title="LiteMedSAM"))
 
+PROPOSERS.register(Entry(
+    "context", "napari_matchseg.proposers.context:ContextProposer",
+    "in-context on LiteMedSAM's pretrained encoder (no training): the references' features map the query, "
+    "LiteMedSAM's decoder draws each part; takes clicks and boxes, works with no references (-k 0)",
+    weights=("litemedsam",), shares_model="litemedsam", title="in-context (LiteMedSAM)",
+    options=(Option("--context-method", "method", "mean", "context: how the references score the query's "
+                    "cells: prototypes, a linear probe, or the mean of both", choices=("prototype", "probe", "mean")),
+             Option("--context-decoder", "decoder", "box", "context: 'box' has LiteMedSAM's decoder draw each "
+                    "part of the map from its box, 'box+mask' adds the map as its mask input, 'none' keeps the map",
+                    choices=("none", "box", "box+mask")))))
+
 DEFAULT_PROPOSER = "matchseg"
 
 __all__ = ["PROPOSERS", "DEFAULT_PROPOSER", "CHECKPOINT"]

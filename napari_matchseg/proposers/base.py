@@ -23,6 +23,7 @@ class Proposer:
     name: ClassVar[str] = "proposer"
     uses_supports: bool = True  # False: the proposal ignores the references (no retrieval is needed)
     takes_prompts: ClassVar[bool] = False  # boxes and points from the user (see ``prompts`` below)
+    min_k: ClassVar[int] = 1  # 0: the proposer also proposes with no references at all (k = 0)
     model_id: str = ""  # changes whenever the outputs would: keys the bank's feature cache
 
     features = None  # a TieredCache, when the proposer caches per-reference features

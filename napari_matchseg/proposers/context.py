@@ -1,0 +1,275 @@
+"""The ``context`` proposer: LiteMedSAM's pretrained features read the references, its decoder draws the mask.
+
+No training: the references' cached embeddings and masks give a foreground map of the query
+(:mod:`napari_matchseg.in_context`); each connected part of the map becomes one box for LiteMedSAM's decoder (many
+small objects stay many objects), and a decoded part is kept only where the decoder's IoU estimate and the map
+agree with it, otherwise the map's own part stays. The user's boxes and clicks go through the same decoder, with
+or without references (``-k 0``: prompts alone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..errors import InputError
+from ..image_io import check_image, check_mask, content_hash
+from ..in_context import METHODS, References, build_scorers, map_to_image, score_query
+from ..metrics import dice
+from .base import Proposer
+
+DECODERS = ("none", "box", "box+mask")
+
+
+@dataclasses.dataclass
+class Part:
+    """One object of a proposal: its box (None: points only), its probability and whether the decoder drew it."""
+
+    box: list[float] | None
+    prob: np.ndarray  # (H, W)
+    region: np.ndarray  # (H, W) bool: the map's pixels this part replaces
+    decoded: bool
+    iou: float | None = None
+
+
+class ContextProposer(Proposer):
+    name = "context"
+    takes_prompts = True
+    min_k = 0
+
+    def __init__(self, device: str | None = "auto", model=None, method: str = "mean", decoder: str = "box",
+                 min_agreement: float = 0.6, min_iou: float = 0.5, max_objects: int = 32, min_pixels: int = 16):
+        """``model``: a LiteMedSamPredictor to share (else one is built); ``method``: how the references score the
+        query's cells (in_context.METHODS); ``decoder``: 'none' keeps the map, 'box' decodes a box per part,
+        'box+mask' adds the map as the decoder's mask input; a decoded part must agree with the map's part at Dice
+        >= ``min_agreement`` and have an IoU estimate >= ``min_iou``."""
+        from ..litemedsam import LiteMedSamPredictor
+
+        if method not in METHODS:
+            raise InputError(f"--context-method must be one of {', '.join(METHODS)}, not {method!r}")
+        if decoder not in DECODERS:
+            raise InputError(f"--context-decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
+        self.predictor = model if model is not None else LiteMedSamPredictor(device)
+        self.model_id = self.predictor.model_id
+        self.method, self.decoder = method, decoder
+        self.min_agreement, self.min_iou = min_agreement, min_iou
+        self.max_objects, self.min_pixels = max_objects, min_pixels
+        self._scorers: OrderedDict[tuple, list] = OrderedDict()
+
+    # -- the model and its caches (shared with LiteMedSAM's refiner and retriever) --
+    def attach_cache(self, store) -> None:
+        self.predictor.attach_cache(store)
+
+    @property
+    def feature_store(self):
+        return self.predictor.store
+
+    def shared_model(self, family: str):
+        return self.predictor if family == "litemedsam" else None
+
+    def prepare_references(self, bank, progress=None) -> None:
+        ids = bank.ids()
+        for i, ref_id in enumerate(ids):
+            self.predictor.embedding(bank.load_image(ref_id))
+            if progress is not None:
+                progress(i + 1, len(ids))
+
+    # -- proposals --
+    def predict_batch(self, images, supports, prompts=None):
+        prompts = prompts or [None] * len(images)
+        return [self.predict_with_quality(img, *s, prompts=p)[0] for img, s, p in zip(images, supports, prompts)]
+
+    def predict_with_quality(self, image, support_images=(), support_masks=(), prompts=None):
+        """(probability, the mean IoU estimate of the decoded parts, or None when the map stands alone)."""
+        parts, base = self.parts(image, support_images, support_masks, prompts)
+        prob = compose(base, parts)
+        ious = [p.iou for p in parts if p.decoded and p.iou is not None]
+        return prob, (float(np.mean(ious)) if ious else None)
+
+    def context_map(self, image, support_images, support_masks) -> np.ndarray:
+        """The references' foreground map of ``image`` (H, W) float32 (zeros without references)."""
+        img = check_image(image)
+        emb = self.predictor.embedding(img)
+        if len(support_images) != len(support_masks):
+            raise InputError(f"{len(support_images)} reference images but {len(support_masks)} masks")
+        if not len(support_images):
+            return np.zeros(img.shape[:2], np.float32)
+        scorers = self._fitted(support_images, support_masks)
+        if not scorers:  # references without any foreground: nothing to find
+            return np.zeros(img.shape[:2], np.float32)
+        return map_to_image(score_query(emb.features.cpu(), emb.scaled, scorers), emb.scaled, emb.size)
+
+    def _fitted(self, images, masks) -> list:
+        """The scorers for this set of references (fitted once per set, kept for the last few sets)."""
+        checked = [check_image(im, name=f"reference image {i}") for i, im in enumerate(images)]
+        ms = [check_mask(m, im.shape, name=f"reference mask {i}") for i, (im, m) in enumerate(zip(checked, masks))]
+        key = (self.method, *(content_hash(im) + content_hash(m) for im, m in zip(checked, ms)))
+        if key not in self._scorers:
+            embs = [self.predictor.embedding(im) for im in checked]
+            refs = References.gather([(e.features.cpu(), e.scaled) for e in embs], ms)
+            self._scorers[key] = build_scorers(refs, self.method)
+            while len(self._scorers) > 8:
+                self._scorers.popitem(last=False)
+        self._scorers.move_to_end(key)
+        return self._scorers[key]
+
+    def parts(self, image, support_images=(), support_masks=(), prompts=None) -> tuple[list[Part], np.ndarray]:
+        """(the proposal's objects, the map behind them) for the references and the user's ``prompts``."""
+        img = check_image(image)
+        p = prompts or {}
+        boxes, points = list(p.get("boxes") or []), [list(q) for q in (p.get("points") or [])]
+        if not len(support_images) and not (boxes or points):
+            raise InputError("the context proposer needs references (a bank) or prompts (a box or clicks)")
+        base = self.context_map(img, support_images, support_masks)
+        emb = self.predictor.embedding(img)
+        if boxes:  # the user's boxes say what the objects are; clicks correct the box they fall in
+            return self._decode(emb, [(b, [q for q in points if _inside(q, b)]) for b in boxes], base), base
+        parts = self._map_parts(emb, base)
+        if points:
+            parts = self._apply_clicks(emb, base, parts, points)
+        return parts, base
+
+    def _map_parts(self, emb, base: np.ndarray) -> list[Part]:
+        labels, n = ndi.label(base >= 0.5)
+        if not n:
+            return []
+        sizes = ndi.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+        order = [i + 1 for i in np.argsort(-sizes) if sizes[i] >= self.min_pixels]
+        if not order:
+            return []
+        order = order[:self.max_objects]
+        slices = ndi.find_objects(labels)
+        regions = [labels == i for i in order]
+        boxes = [_box(slices[i - 1], base.shape) for i in order]
+        decoded = self._decode(emb, [(b, []) for b in boxes], base) if self.decoder != "none" else [None] * len(order)
+        parts = []
+        for box, region, part in zip(boxes, regions, decoded):
+            if part is not None and dice(part.prob >= 0.5, region) >= self.min_agreement \
+                    and (part.iou or 0.0) >= self.min_iou:
+                part.region = region
+                parts.append(part)
+            else:  # the decoder disagrees with the references: the map's own part stays
+                parts.append(Part(box, np.where(region, base, 0.0).astype(np.float32), region, False))
+        return parts
+
+    def _decode(self, emb, objects: list[tuple[list[float] | None, list]], base: np.ndarray) -> list[Part]:
+        """A part per object, in order: one decoder batch for those with a box, a call each for clicks alone."""
+        mask_input = base if self.decoder == "box+mask" and base.any() else None
+        parts: list[Part | None] = [None] * len(objects)
+        boxed = [i for i, (b, _) in enumerate(objects) if b is not None]
+        if boxed:
+            probs, ious = self.predictor.predict_each(
+                emb, np.asarray([objects[i][0] for i in boxed], float),
+                [np.asarray(objects[i][1], float).reshape(-1, 3) for i in boxed], mask_input)
+            for i, prob, iou in zip(boxed, probs, ious):
+                parts[i] = Part(objects[i][0], _within(prob, objects[i][0]), np.zeros(prob.shape, bool), True,
+                                float(iou))
+        for i, (b, pts) in enumerate(objects):
+            if b is None:
+                probs, ious = self.predictor.predict_each(emb, None, [np.asarray(pts, float).reshape(-1, 3)], None)
+                parts[i] = Part(None, probs[0], np.zeros(probs[0].shape, bool), True, float(ious[0]))
+        return parts  # type: ignore[return-value]
+
+    def _apply_clicks(self, emb, base: np.ndarray, parts: list[Part], points: list) -> list[Part]:
+        """Clicks on a proposal: each click corrects the object whose box it falls in (smallest first); a positive
+        click outside every object starts one (the box of the map's part around it, else the click alone).
+
+        Clicks do what they say: positive clicks alone only add to their object, negative ones alone only remove,
+        and the pixels under every click end up on the side the click asked for."""
+        boxes = [p.box if p.box is not None else _bbox(p.prob >= 0.5) for p in parts]
+        assigned: dict[int, list] = {}
+        new: list = []
+        for q in points:
+            hits = [i for i, b in enumerate(boxes) if b is not None and _inside(q, b)]
+            if hits:
+                assigned.setdefault(min(hits, key=lambda i: _area(boxes[i])), []).append(q)
+            elif q[2] == 1:
+                new.append(q)
+        out = [p for i, p in enumerate(parts) if i not in assigned]
+        redone = self._decode(emb, [(boxes[i], pts) for i, pts in assigned.items()], base)
+        for (i, pts), part in zip(assigned.items(), redone):
+            old = parts[i]
+            if all(q[2] == 1 for q in pts):
+                np.maximum(part.prob, old.prob, out=part.prob)
+            elif all(q[2] == 0 for q in pts):
+                np.minimum(part.prob, old.prob, out=part.prob)
+            part.region = old.region | (old.prob >= 0.5)
+            out.append(part)
+        for q in new:  # grow: a part of the map (at a lower threshold) around the click, or the click alone
+            labels, _ = ndi.label(base >= 0.25)
+            lab = labels[_pixel(q, base.shape)]
+            box = _bbox(labels == lab) if lab else None
+            box = None if box is not None and _area(box) > 0.5 * base.size else box
+            out.append(self._decode(emb, [(box, [q])], base)[0])
+        honour_clicks(out, points)
+        return out
+
+
+def honour_clicks(parts: list[Part], points: list) -> None:
+    """A disk under each click (radius 1 % of the image's longer side, at least 2 px) on the side it asked for:
+    foreground in the part it belongs to, background in every part."""
+    if not parts:
+        return
+    shape = parts[0].prob.shape
+    radius = max(2, int(round(0.01 * max(shape))))
+    yy, xx = np.ogrid[:shape[0], :shape[1]]
+    for q in points:
+        y, x = _pixel(q, shape)
+        disk = (yy - y) ** 2 + (xx - x) ** 2 <= radius ** 2
+        if q[2] == 1:
+            owner = next((p for p in parts if p.prob[y, x] >= 0.5), None)
+            if owner is None:
+                owner = min(parts, key=lambda p: np.inf if p.box is None or not _inside(q, p.box) else _area(p.box))
+                owner.prob[disk] = np.maximum(owner.prob[disk], 1.0)
+                owner.region |= disk
+        else:
+            for p in parts:
+                p.prob[disk] = 0.0
+                p.region |= disk
+
+
+def compose(base: np.ndarray, parts: list[Part]) -> np.ndarray:
+    """The map with every part's region replaced by the part's probability (the decoder's, or the map's own)."""
+    out = base.copy()
+    for p in parts:
+        out[p.region] = 0.0
+    for p in parts:
+        np.maximum(out, p.prob, out=out)
+    return out
+
+
+def _box(sl: tuple[slice, slice], shape: tuple[int, int], margin: float = 0.1) -> list[float]:
+    """[x0, y0, x1, y1] (inclusive) of a part's slices, ``margin`` of its size (and 2 px) larger on each side."""
+    y0, y1, x0, x1 = sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1
+    dy, dx = margin * (y1 - y0 + 1) + 2, margin * (x1 - x0 + 1) + 2
+    h, w = shape
+    return [max(0.0, x0 - dx), max(0.0, y0 - dy), min(w - 1.0, x1 + dx), min(h - 1.0, y1 + dy)]
+
+
+def _bbox(mask: np.ndarray) -> list[float] | None:
+    sl = ndi.find_objects(mask.astype(np.int32))
+    return _box(sl[0], mask.shape) if sl and sl[0] is not None else None
+
+
+def _within(prob: np.ndarray, box: list[float]) -> np.ndarray:
+    """``prob`` with everything outside ``box`` set to 0 (a part's decoder output may not leak elsewhere)."""
+    out = np.zeros_like(prob)
+    x0, y0, x1, y1 = (int(np.floor(box[0])), int(np.floor(box[1])), int(np.ceil(box[2])), int(np.ceil(box[3])))
+    out[y0:y1 + 1, x0:x1 + 1] = prob[y0:y1 + 1, x0:x1 + 1]
+    return out
+
+
+def _pixel(q, shape: tuple[int, int]) -> tuple[int, int]:
+    """(row, col) of a click [x, y, label], clipped to the image."""
+    return min(shape[0] - 1, max(0, int(round(q[1])))), min(shape[1] - 1, max(0, int(round(q[0]))))
+
+
+def _inside(q, box) -> bool:
+    return box[0] <= q[0] <= box[2] and box[1] <= q[1] <= box[3]
+
+
+def _area(box) -> float:
+    return (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
