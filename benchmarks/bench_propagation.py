@@ -27,7 +27,7 @@ from bench_foundation import machine  # noqa: E402
 
 from napari_matchseg.metrics import dice  # noqa: E402
 from napari_matchseg.pipeline import Pipeline, PipelineConfig  # noqa: E402
-from napari_matchseg.propagation import propagate  # noqa: E402
+from napari_matchseg.propagation import PROPAGATION_PROPOSER, propagate  # noqa: E402
 from napari_matchseg.volume_io import read_volume  # noqa: E402
 
 
@@ -43,7 +43,8 @@ def seeds(gt: np.ndarray, start: str) -> list[int]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--proposers", nargs="+", default=["matchseg", "litemedsam"])
+    ap.add_argument("--proposers", nargs="+", default=[PROPAGATION_PROPOSER, "matchseg"],
+                    help="the first row is the default model of `matchseg propagate` and the dock's Propagate")
     ap.add_argument("--starts", nargs="+", default=["one", "three"], choices=("one", "three"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", type=Path)

@@ -24,6 +24,9 @@ import numpy as np
 from .errors import Cancelled, InputError
 
 STATUSES = ("given", "proposed", "stopped", "not reached")
+# What propagates unless told otherwise, whatever proposes 2D images: LiteMedSAM from the previous slice's mask
+# (MatchSeg v2 drifts from slice to slice; docs/volumes.md has the measurements)
+PROPAGATION_PROPOSER = "litemedsam"
 
 
 @dataclasses.dataclass
@@ -56,6 +59,13 @@ class PropagationSettings:
         return self
 
 
+def default_pipeline(device: str = "auto"):
+    """A pipeline whose proposer is :data:`PROPAGATION_PROPOSER` (what propagates unless told otherwise)."""
+    from .pipeline import Pipeline, PipelineConfig
+
+    return Pipeline(PipelineConfig(proposer=PROPAGATION_PROPOSER, device=device))
+
+
 def labelled_slices(labels: np.ndarray) -> list[int]:
     return [int(z) for z in np.flatnonzero(np.asarray(labels).reshape(len(labels), -1).any(axis=1))]
 
@@ -80,8 +90,11 @@ def propagate(pipeline, volume: np.ndarray, labels: np.ndarray, *, bank=None,
               settings: PropagationSettings | None = None, progress: Callable[[int, int], None] | None = None,
               cancel: Callable[[], bool] | None = None) -> Propagation:
     """Propagate ``labels`` (Z, Y, X; the labelled slices non-empty, the others empty) through ``volume``
-    (Z, Y, X or Z, Y, X, C) with ``pipeline``'s proposer. Move the slice axis first for another direction.
-    ``cancel`` returning True stops it; what was proposed until then is in the result (see its notes)."""
+    (Z, Y, X or Z, Y, X, C) with ``pipeline``'s proposer (None: :func:`default_pipeline`, LiteMedSAM). Move the
+    slice axis first for another direction. ``cancel`` returning True stops it; what was proposed until then is in
+    the result (see its notes)."""
+    if pipeline is None:
+        pipeline = default_pipeline()
     s = (settings or PropagationSettings()).check()
     volume, labels = np.asarray(volume), np.asarray(labels)
     if labels.shape != volume.shape[:3] or labels.ndim != 3:

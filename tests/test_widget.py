@@ -26,11 +26,14 @@ def label_then_propose(viewer, w, qtbot, references: int, at: int) -> None:
     qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
 
 
-def propagate_in(viewer, qtbot, image: str, labels: str):
-    """A new widget on ``image`` and ``labels`` presses Propagate; (widget, the labels afterwards)."""
+def propagate_in(viewer, qtbot, image: str, labels: str, model: str | None = None):
+    """A new widget on ``image`` and ``labels`` presses Propagate (with ``model``, else the default);
+    (widget, the labels afterwards)."""
     w = ReferenceAnnotator(viewer)
     w.image_combo.setCurrentText(image)
     w.labels_combo.setCurrentText(labels)
+    if model is not None:
+        w.propagate_combo.setCurrentText(model)
     w.propagate_volume()
     qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
     return w, viewer.layers[labels].data
@@ -394,8 +397,11 @@ def test_propagate_a_volume_from_one_painted_slice_never_replacing_painted_pixel
     painted[12] = gt[12] * 2  # the user's label value is kept
     painted[3, 0, 0] = 2  # a stray painted pixel on a slice of its own: that slice is "labelled" and kept as is
     viewer.add_labels(painted.copy(), name="mine", scale=layer.scale)
-    w, out = propagate_in(viewer, qtbot, "ball", "mine")  # no bank: the volume's own slices are the references
-    assert "propagated to" in w.status.text(), w.status.text()
+    w, out = propagate_in(viewer, qtbot, "ball", "mine")  # no bank: the previous slice's mask is the prompt
+    assert w.propagate_combo.currentText() == "litemedsam"  # the default, whatever proposes 2D images
+    assert w.proposer_combo.currentText() == "matchseg"
+    assert w.status.text().startswith("LiteMedSAM propagated to"), w.status.text()
+    assert "from slice 12 up: " in w.status.text() and "from slice 12 down: " in w.status.text()
     np.testing.assert_array_equal(out[12], painted[12])
     np.testing.assert_array_equal(out[3], painted[3])
     assert set(np.unique(out)) <= {0, 2} and dice(out[4:21] > 0, gt[4:21]) > 0.9
@@ -540,8 +546,8 @@ def test_propagate_follows_the_axis_the_viewer_steps_through(make_napari_viewer,
     painted[:, :, 12] = gt[:, :, 12]
     viewer.add_labels(painted.copy(), name="mine")
     viewer.dims.order = (2, 0, 1)  # the slider steps through the last axis
-    w, out = propagate_in(viewer, qtbot, "ball", "mine")
-    assert "axis 2" in w.status.text(), w.status.text()
+    w, out = propagate_in(viewer, qtbot, "ball", "mine", model="matchseg")  # another model than the default
+    assert w.status.text().startswith("MatchSeg propagated to") and "axis 2" in w.status.text(), w.status.text()
     assert dice(out > 0, gt) > 0.9 and not out[:, :, :2].any()
 
 

@@ -66,6 +66,7 @@ def segment_volumes(args, volumes: list[Path], out: Path) -> int:
 
 def cmd_propagate(args) -> int:
     from ..propagation import STATUSES, PropagationSettings, propagate
+    from ..proposers import PROPOSERS
     from ..volume_io import read_volume, write_mask_volume
 
     vol, labels = read_volume(args.volume), read_volume(args.labels)
@@ -89,7 +90,8 @@ def cmd_propagate(args) -> int:
     for note in result.notes:
         print(note, file=sys.stderr)
     counts = {s: result.status.count(s) for s in STATUSES}
-    print(f"wrote {out}: {counts['given']} slices given, {counts['proposed']} proposed, "
+    title = PROPOSERS.get(pipeline.config.proposer).label
+    print(f"wrote {out} ({title} propagated): {counts['given']} slices given, {counts['proposed']} proposed, "
           f"{counts['not reached'] + counts['stopped']} left empty (along {args.axis})",
           file=sys.stderr if args.json else sys.stdout)
     if args.json:
@@ -118,4 +120,6 @@ def register(sub) -> None:
     c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     c.add_argument("--json", action="store_true", help="also print each slice's status as JSON")
     add_proposal_args(c)
-    c.set_defaults(func=cmd_propagate)
+    from ..propagation import PROPAGATION_PROPOSER
+
+    c.set_defaults(func=cmd_propagate, proposer=PROPAGATION_PROPOSER)  # whatever --proposer 2D commands default to

@@ -18,6 +18,7 @@ from .bank_panel import BankPanel
 from .export_panel import ExportPanel
 from .learn_panel import LearnPanel
 from .prompt_panel import PromptPanel
+from .propagate_panel import PropagatePanel
 from .propose_panel import ProposePanel
 from .slices import all_slices, get_layer, slice_at_cursor
 from .state import AnnotatorState
@@ -39,6 +40,8 @@ class ReferenceAnnotator(QWidget):
         root.addWidget(self._layers_box())
         self.propose = ProposePanel(self)
         root.addWidget(self.propose)
+        self.propagation = PropagatePanel(self)
+        self.propose.layout().addRow(self.propagation)
         self.prompts = PromptPanel(self)
         root.addWidget(self.prompts)
         self.export = ExportPanel(self)
@@ -121,6 +124,7 @@ class ReferenceAnnotator(QWidget):
         s.refiner, s.threshold = p.refiner_combo.currentText(), p.threshold.value() / 100
         s.mirror_tta, s.semi_rounds = p.mirror_check.isChecked(), self.learn.rounds_spin.value()
         s.export_format = self.export.export_format.currentText()
+        s.propagation_proposer = self.propagation.propagate_combo.currentText()
         s.bank = str(self.bank.path) if self.bank is not None else s.bank  # an empty bank is falsy
         s.save()
 
@@ -143,7 +147,7 @@ class ReferenceAnnotator(QWidget):
     def __getattr__(self, name: str):
         """Controls and actions of the panels as the widget's own (``widget.k_spin``, ``widget.propose_current``)."""
         if not name.startswith("_"):
-            for panel in ("bank_panel", "propose", "prompts", "learn", "export"):
+            for panel in ("bank_panel", "propose", "propagation", "prompts", "learn", "export"):
                 owner = self.__dict__.get(panel)
                 if owner is not None and (name in vars(owner) or name in vars(type(owner))):
                     return getattr(owner, name)

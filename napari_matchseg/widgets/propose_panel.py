@@ -76,10 +76,7 @@ class ProposePanel(QGroupBox):
         self.propose_all_btn = button("Propose all unlabelled", self.propose_all)
         self.suggest_btn = button("Suggest next", self.suggest_next,
                                   "go to the unlabelled slice the bank covers worst (Alt+N)")
-        self.propagate_btn = button("Propagate", self.propagate_volume,
-                                    "fill the empty slices of the labels layer from its labelled ones, slice to "
-                                    "slice, until the structure ends (a volume or stack)")
-        form.addRow(row(self.propose_all_btn, self.suggest_btn, self.propagate_btn))
+        form.addRow(row(self.propose_all_btn, self.suggest_btn))
         self.matches = QListWidget()
         self.matches.setMaximumHeight(100)
         form.addRow("retrieved", self.matches)
@@ -267,54 +264,6 @@ class ProposePanel(QGroupBox):
                                f"({len(ranking)} unlabelled)")
 
         tasks.run(work, show, "ranking unlabelled slices...")
-
-    @shows_errors
-    def propagate_volume(self) -> None:
-        """The labels layer's labelled slices propagated through the image stack (docs/volumes.md). Only slices that
-        are empty in the labels layer are written: nothing painted there is ever replaced."""
-        from ..propagation import propagate
-
-        ctx = self.ctx
-        layer = get_layer(ctx.viewer, ctx.image_combo.currentText(), "image")
-        labels_layer = get_layer(ctx.viewer, ctx.labels_combo.currentText(), "labels")
-        volume, labels = np.asarray(layer.data), np.asarray(labels_layer.data)
-        if len(spatial_shape(layer)) != 3 or labels.shape != spatial_shape(layer):
-            raise MatchsegError(f"Propagate works on a stack or volume and a labels layer of its shape; "
-                                f"{layer.name!r} is {spatial_shape(layer)}, {labels_layer.name!r} is {labels.shape}")
-        ctx.save_settings()
-        c, tasks, state = self.choices(need_bank=False), ctx.tasks, ctx.state
-        bank_path = state.bank.path if state.bank is not None and len(state.bank) else None
-        axis = self._slice_axis()  # the axis the viewer steps through: slices are the planes on screen
-        before = np.moveaxis(labels.copy(), axis, 0)
-        planes = np.moveaxis(volume, axis, 0)
-
-        def work():
-            tasks.report(0, 0, "loading the model...")
-            bank = ReferenceBank.open(bank_path) if bank_path is not None else None
-            return propagate(state.pipeline(c), planes, before, bank=bank,
-                             progress=tasks.progress_callback("propagating..."), cancel=tasks.cancel_event.is_set)
-
-        def show(result):
-            now = np.moveaxis(np.asarray(labels_layer.data), axis, 0)  # painted meanwhile: left alone too
-            written = [z for z, st in enumerate(result.status)
-                       if st == "proposed" and not np.any(now[z]) and not np.any(before[z])]
-            value = int(before[before > 0].max()) if before.any() else 1
-            where = list(np.nonzero(result.mask[written])) if written else []
-            if where and where[0].size:  # one step of napari's undo for the whole propagation
-                where[0] = np.asarray(written)[where[0]]
-                where.insert(axis, where.pop(0))  # back to the layer's own axis order
-                labels_layer.data_setitem(tuple(where), value)
-            stops = "; ".join(n for n in result.notes if "stopped" in n or "cancelled" in n)
-            ctx.status.setText(f"propagated to {len(written)} slices (axis {axis}) of {labels_layer.name!r}"
-                               + (f" ({stops})" if stops else "") + ". Correct any slice and Propagate again")
-
-        tasks.run(work, show, "propagating...")
-
-    def _slice_axis(self) -> int:
-        """The volume axis that is not on screen (the one the slider steps through); 0 in a 3D view."""
-        dims = self.ctx.viewer.dims
-        hidden = [a - (dims.ndim - 3) for a in dims.not_displayed if a >= dims.ndim - 3]
-        return hidden[-1] if dims.ndisplay == 2 and len(hidden) == 1 else 0
 
     def _rethreshold(self, value: int) -> None:
         try:
