@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from bench_foundation import machine
 from context_data import DATASETS, DEFAULT_WORK, REPO, UNSEEN, banks, queries, reference_ids
 
@@ -96,13 +97,16 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["mean/none", DEFAULT_VARIANT])
     ap.add_argument("--variant", default=DEFAULT_VARIANT, help="the context variant of the k and refs tables")
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     predictor = LiteMedSamPredictor("cpu")
     predictor.attach_cache(FeatureCache(args.work, predictor.model_id))
     v2 = MatchSegPredictor(None, device="cpu")
     refiner = LiteMedSamRefiner(model=predictor)
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {machine()}; torch threads {torch.get_num_threads()}", flush=True)
     results = {}
     for name in args.datasets:
         t = time.time()

@@ -70,9 +70,9 @@ def segment_one(bank, pipeline: Pipeline, job: BatchJob, image: str | Path, targ
 
 
 def evaluate_one(bank, pipeline: Pipeline, image: str | Path, mask: str | Path,
-                 prompts: dict | None = None) -> ItemResult:
+                 prompts: dict | None = None, max_clicks: int = 0) -> ItemResult:
     try:
-        row = evaluate_pair(pipeline, bank, image, mask, prompts)
+        row = evaluate_pair(pipeline, bank, image, mask, prompts, max_clicks)
     except InputError as exc:
         return ItemResult(Path(image).name, "failed", str(exc))
     return ItemResult(Path(image).name, "scored", row=row)

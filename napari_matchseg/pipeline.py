@@ -193,11 +193,16 @@ def image_rng(name: str) -> np.random.Generator:
 
 
 def evaluate_pair(pipeline: Pipeline, bank: ReferenceBank | None, img_path: str | Path, mask_path: str | Path,
-                  prompts: dict | None = None) -> dict[str, Any]:
-    """One row of :func:`evaluate`: an image's proposal scored against its true mask."""
+                  prompts: dict | None = None, max_clicks: int = 0) -> dict[str, Any]:
+    """One row of :func:`evaluate`: an image's proposal scored against its true mask; with ``max_clicks``, also
+    the clicks a simulated user needs (:mod:`napari_matchseg.interactive_eval`)."""
     from .metrics import all_metrics
 
     name = Path(img_path).name
+    if max_clicks:
+        from .interactive_eval import interactive_row
+
+        return interactive_row(pipeline, bank, img_path, mask_path, max_clicks, image_rng(name))
     image, proposal = pipeline.propose_file(bank, img_path, image_rng(name), prompts)
     gt = read_mask(mask_path, image.shape, allow_full=True)
     m = all_metrics(proposal.mask(pipeline.config.threshold), gt)

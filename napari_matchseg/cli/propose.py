@@ -140,6 +140,11 @@ def cmd_eval(args) -> int:
     check_output_file(args.json, args.overwrite, "--json")
     check_output_file(csv_path, args.overwrite, "--csv")
     check_dask_args(args)
+    clicks = args.max_clicks if args.interactive else 0
+    if args.interactive and (args.dask or args.prompts):
+        raise InputError("--interactive runs in this process and makes its own clicks: leave out --dask and --prompts")
+    if args.interactive and not 1 <= args.max_clicks <= 100:
+        raise InputError(f"--max-clicks must be between 1 and 100, got {args.max_clicks}")
     prompts = prompts_from_args(args, [p for p, _ in pairs]) or {}
     config = config_from_args(args)
     items = [(str(p), str(m), prompts.get(p.name)) for p, m in pairs]
@@ -147,20 +152,32 @@ def cmd_eval(args) -> int:
         results, made_by = _on_dask(args, config, evaluate_chunk, items, "evaluating")
     else:
         bank, pipeline = pipeline_from_args(args, config)
+        if clicks:
+            from ..interactive_eval import check_interactive
+
+            check_interactive(pipeline)
         made_by = pipeline.describe()
         with progress_bar("evaluating") as update:
             results = []
             for i, item in enumerate(items):
-                results.append(evaluate_one(bank, pipeline, *item))
+                results.append(evaluate_one(bank, pipeline, *item, max_clicks=clicks))
                 update(i + 1, len(items))
     rows = [r.row for r in results if not r.failed]
     if not rows:
         _report_failures(results, "scored")
         raise InputError("no image could be scored (see above)")
     result = {**summarize(rows), **made_by, "rows": rows}
+    if clicks:
+        from ..interactive_eval import summarize_clicks
+
+        result = {**result, **summarize_clicks(rows), "max_clicks": clicks, "rows": rows}
     print(f"n = {result['n']} (empty ground truth: {result['n_gt_empty']}), k = {args.k}, supports {args.support}")
     for key in ("dice", "iou", "hd95"):
         print(f"{key:>5}: {result[f'{key}_mean']:.4f} +- {result[f'{key}_std']:.4f}")
+    if clicks:
+        at = ", ".join(f"{n}: {d:.4f}" for n, d in result["dice_at_clicks"].items())
+        print(f"NoC@85 {result['noc85_mean']:.2f}, NoC@90 {result['noc90_mean']:.2f} (at most {clicks}); "
+              f"Dice after clicks {at}")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1))
     if csv_path:
@@ -242,6 +259,10 @@ def register(sub) -> None:
     c.add_argument("--json", help="write the summary and per-image rows to this JSON file")
     c.add_argument("--csv", help="per-image CSV (default: beside --json)")
     c.add_argument("--overwrite", action="store_true", help="replace --json and --csv files that exist")
+    c.add_argument("--interactive", action="store_true",
+                   help="also let a simulated user click where the mask is most wrong, and report NoC@85/90 and "
+                        "Dice after 1, 3, 5 clicks (proposers that take clicks: context, litemedsam)")
+    c.add_argument("--max-clicks", type=int, default=20, help="--interactive: clicks per image at most")
     add_proposal_args(c)
     add_dask_args(c)
     c.set_defaults(func=cmd_eval)
