@@ -9,7 +9,7 @@
     .venv/bin/python benchmarks/bench_context.py --split test --n 10 --table refs --json benchmarks/results/context_refs.json
 
 Bank = the dataset's train split, handcrafted retrieval, the same references for every method of a query. A
-variant is ``METHOD/DECODER[/MIN_AGREEMENT]`` (defaults: the proposer's). Dice per image, mean per dataset, the
+variant is ``METHOD/DECODER[/OBJECTS][/MIN_AGREEMENT]`` (defaults: the proposer's). Dice per image, mean per dataset, the
 mean of the six datasets v2 never saw (``unseen6``). Embeddings come from the prefetch cache, so the times are
 of the proposal itself (map + decoder) with every embedding cached, as in the plugin after the first encoding.
 """
@@ -37,8 +37,14 @@ DEFAULT_VARIANT = "mean/box"
 
 
 def context(predictor, spec: str) -> ContextProposer:
+    """``METHOD/DECODER[/OBJECTS][/MIN_AGREEMENT]``, e.g. ``mean/box/all/0.6``."""
     method, decoder, *rest = spec.split("/")
-    extra = {"min_agreement": float(rest[0])} if rest else {}
+    extra = {}
+    for part in rest:
+        if part in ("all", "as-references"):
+            extra["objects"] = part
+        else:
+            extra["min_agreement"] = float(part)
     return ContextProposer(model=predictor, method=method, decoder=decoder, **extra)
 
 

@@ -450,6 +450,40 @@ def test_clicks_and_a_box_segment_an_image_with_an_empty_bank(make_napari_viewer
     assert len(clicks.data) == 0 and len(boxes.data) == 0
 
 
+def test_the_in_context_proposer_proposes_from_the_bank_and_takes_clicks_with_its_references(
+        make_napari_viewer, qtbot, tmp_path):
+    from conftest import load_real, real_ids
+    from napari_matchseg.metrics import dice
+
+    groups = ("benign", "malignant")
+    bank = ReferenceBank.create(tmp_path / "bank")
+    bank.add_many((*load_real("busi", rid), rid) for rid in real_ids("busi", "train", n=3, groups=groups))
+    image, gt = load_real("busi", real_ids("busi", "val", n=1, groups=groups)[0])
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="us")
+    w = ReferenceAnnotator(viewer)
+    w.open_bank(str(tmp_path / "bank"))
+    w.image_combo.setCurrentText("us")
+    w.proposer_combo.setCurrentText("context")
+    w.propose_current()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    first = viewer.layers["us proposal"].data > 0
+    assert dice(first, gt) > 0.5, w.status.text()
+    w.start_prompts()
+    clicks = viewer.layers["us clicks"]
+    from scipy import ndimage as ndi
+
+    far = ndi.distance_transform_edt(~first)
+    y, x = np.unravel_index(int(far.argmax()), far.shape)
+    w.add_click(clicks, (float(y), float(x)), positive=False)  # "not the object" far from the proposal
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert w.status.text().startswith("in-context (LiteMedSAM) from 3 references and your prompts"), \
+        w.status.text()
+    np.testing.assert_array_equal(viewer.layers["us proposal"].data > 0, first)  # the references still count
+    assert len(w.state._proposers) == 1 and w.state.prompt_model() is w.state.pipeline(
+        w.propose.choices()).proposer.predictor  # one LiteMedSAM: each image is encoded once
+
+
 def test_the_dock_fits_a_1366x768_window_with_every_button_reachable(make_napari_viewer, qtbot):
     from qtpy.QtWidgets import QPushButton
 

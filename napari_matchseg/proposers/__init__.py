@@ -42,7 +42,10 @@ PROPOSERS.register(Entry(
                     "cells: prototypes, a linear probe, or the mean of both", choices=("prototype", "probe", "mean")),
              Option("--context-decoder", "decoder", "box", "context: 'box' has LiteMedSAM's decoder draw each "
                     "part of the map from its box, 'box+mask' adds the map as its mask input, 'none' keeps the map",
-                    choices=("none", "box", "box+mask")))))
+                    choices=("none", "box", "box+mask")),
+             Option("--context-objects", "objects", "as-references", "context: 'as-references' keeps as many parts "
+                    "of the map as the references show objects (and any nearly as strong), 'all' keeps every part",
+                    choices=("as-references", "all")))))
 
 DEFAULT_PROPOSER = "matchseg"
 

@@ -22,6 +22,7 @@ from ..metrics import dice
 from .base import Proposer
 
 DECODERS = ("none", "box", "box+mask")
+OBJECTS = ("as-references", "all")
 
 
 @dataclasses.dataclass
@@ -41,20 +42,25 @@ class ContextProposer(Proposer):
     min_k = 0
 
     def __init__(self, device: str | None = "auto", model=None, method: str = "mean", decoder: str = "box",
-                 min_agreement: float = 0.6, min_iou: float = 0.5, max_objects: int = 32, min_pixels: int = 16):
+                 min_agreement: float = 0.6, min_iou: float = 0.5, max_objects: int = 32, min_pixels: int = 16,
+                 objects: str = "as-references"):
         """``model``: a LiteMedSamPredictor to share (else one is built); ``method``: how the references score the
         query's cells (in_context.METHODS); ``decoder``: 'none' keeps the map, 'box' decodes a box per part,
         'box+mask' adds the map as the decoder's mask input; a decoded part must agree with the map's part at Dice
-        >= ``min_agreement`` and have an IoU estimate >= ``min_iou``."""
+        >= ``min_agreement`` and have an IoU estimate >= ``min_iou``; ``objects``: 'as-references' keeps as many
+        parts of the map as the references show objects (and any part at least half as strong as the strongest),
+        'all' keeps every part."""
         from ..litemedsam import LiteMedSamPredictor
 
         if method not in METHODS:
             raise InputError(f"--context-method must be one of {', '.join(METHODS)}, not {method!r}")
+        if objects not in OBJECTS:
+            raise InputError(f"--context-objects must be one of {', '.join(OBJECTS)}, not {objects!r}")
         if decoder not in DECODERS:
             raise InputError(f"--context-decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
         self.predictor = model if model is not None else LiteMedSamPredictor(device)
         self.model_id = self.predictor.model_id
-        self.method, self.decoder = method, decoder
+        self.method, self.decoder, self.objects = method, decoder, objects
         self.min_agreement, self.min_iou = min_agreement, min_iou
         self.max_objects, self.min_pixels = max_objects, min_pixels
         self._scorers: OrderedDict[tuple, list] = OrderedDict()
@@ -91,26 +97,31 @@ class ContextProposer(Proposer):
 
     def context_map(self, image, support_images, support_masks) -> np.ndarray:
         """The references' foreground map of ``image`` (H, W) float32 (zeros without references)."""
+        return self._reference_map(image, support_images, support_masks)[0]
+
+    def _reference_map(self, image, support_images, support_masks) -> tuple[np.ndarray, int | None]:
+        """(the map, how many objects the references show: None without references)."""
         img = check_image(image)
         emb = self.predictor.embedding(img)
         if len(support_images) != len(support_masks):
             raise InputError(f"{len(support_images)} reference images but {len(support_masks)} masks")
         if not len(support_images):
-            return np.zeros(img.shape[:2], np.float32)
-        scorers = self._fitted(support_images, support_masks)
+            return np.zeros(img.shape[:2], np.float32), None
+        scorers, objects = self._fitted(support_images, support_masks)
         if not scorers:  # references without any foreground: nothing to find
-            return np.zeros(img.shape[:2], np.float32)
-        return map_to_image(score_query(emb.features.cpu(), emb.scaled, scorers), emb.scaled, emb.size)
+            return np.zeros(img.shape[:2], np.float32), 0
+        return map_to_image(score_query(emb.features.cpu(), emb.scaled, scorers), emb.scaled, emb.size), objects
 
-    def _fitted(self, images, masks) -> list:
-        """The scorers for this set of references (fitted once per set, kept for the last few sets)."""
+    def _fitted(self, images, masks) -> tuple[list, int]:
+        """(the scorers, the references' median number of objects) for this set of references (fitted once per
+        set, kept for the last few sets)."""
         checked = [check_image(im, name=f"reference image {i}") for i, im in enumerate(images)]
         ms = [check_mask(m, im.shape, name=f"reference mask {i}") for i, (im, m) in enumerate(zip(checked, masks))]
         key = (self.method, *(content_hash(im) + content_hash(m) for im, m in zip(checked, ms)))
         if key not in self._scorers:
             embs = [self.predictor.embedding(im) for im in checked]
             refs = References.gather([(e.features.cpu(), e.scaled) for e in embs], ms)
-            self._scorers[key] = build_scorers(refs, self.method)
+            self._scorers[key] = (build_scorers(refs, self.method), count_objects(ms, self.min_pixels))
             while len(self._scorers) > 8:
                 self._scorers.popitem(last=False)
         self._scorers.move_to_end(key)
@@ -123,10 +134,12 @@ class ContextProposer(Proposer):
         boxes, points = list(p.get("boxes") or []), [list(q) for q in (p.get("points") or [])]
         if not len(support_images) and not (boxes or points):
             raise InputError("the context proposer needs references (a bank) or prompts (a box or clicks)")
-        base = self.context_map(img, support_images, support_masks)
+        base, objects = self._reference_map(img, support_images, support_masks)
         emb = self.predictor.embedding(img)
         if boxes:  # the user's boxes say what the objects are; clicks correct the box they fall in
             return self._decode(emb, [(b, [q for q in points if _inside(q, b)]) for b in boxes], base), base
+        if self.objects == "as-references" and objects is not None:
+            base = keep_likely_parts(base, objects)
         parts = self._map_parts(emb, base)
         if points:
             parts = self._apply_clicks(emb, base, parts, points)
@@ -229,6 +242,31 @@ def honour_clicks(parts: list[Part], points: list) -> None:
             for p in parts:
                 p.prob[disk] = 0.0
                 p.region |= disk
+
+
+def count_objects(masks, min_pixels: int) -> int:
+    """The median number of objects (connected parts of at least ``min_pixels``) in the references' masks."""
+    counts = []
+    for m in masks:
+        lab, n = ndi.label(m)
+        sizes = np.bincount(lab.ravel())[1:] if n else np.zeros(0)
+        counts.append(int((sizes >= min_pixels).sum()))
+    return int(np.ceil(np.median(counts))) if counts else 0
+
+
+def keep_likely_parts(base: np.ndarray, objects: int) -> np.ndarray:
+    """``base`` with only its ``objects`` strongest parts (by summed probability) and those at least half as strong
+    as the strongest; the other parts' pixels set to 0 (the references show fewer objects than the map has)."""
+    labels, n = ndi.label(base >= 0.5)
+    if n <= max(objects, 1):
+        return base
+    mass = ndi.sum_labels(base, labels, index=np.arange(1, n + 1))
+    order = np.argsort(-mass)
+    keep = set(order[:max(objects, 1)].tolist()) | {i for i in range(n) if mass[i] >= 0.5 * mass[order[0]]}
+    drop = np.isin(labels, [i + 1 for i in range(n) if i not in keep])
+    out = base.copy()
+    out[drop] = 0.0
+    return out
 
 
 def compose(base: np.ndarray, parts: list[Part]) -> np.ndarray:

@@ -3,7 +3,8 @@
 Two layers the plugin manages per image layer: ``<image> clicks`` (Points: a click on the image adds a point on
 the object; Shift+click or a right click, a point that is not the object) and ``<image> box`` (Shapes, rectangle
 mode). Any change to them re-segments the current slice with LiteMedSAM (:mod:`napari_matchseg.interactive`) into
-``<image> proposal``; the first time a slice is seen its embedding is computed in a worker (about a second on a
+``<image> proposal`` (with the in-context proposer chosen and a bank open: that proposer, from the references and
+the prompts together); the first time a slice is seen its embedding is computed in a worker (about a second on a
 CPU), then every change costs the decoder only. No bank is needed: the first references are made this way.
 """
 
@@ -13,7 +14,9 @@ import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QGroupBox, QLabel, QVBoxLayout
 
+from ..bank import ReferenceBank
 from ..propose import Proposal
+from ..proposers import PROPOSERS
 from ._qt import button, row, shows_errors
 
 POSITIVE, NEGATIVE = "#00ff66", "#ff3366"
@@ -120,16 +123,25 @@ class PromptPanel(QGroupBox):
         key = (layer.name, idx)
         self._base.setdefault(key, ctx.state.probabilities.get(key))
         base, state, self._dirty = self._base[key], ctx.state, False
+        c = ctx.propose.choices(need_bank=False)
+        with_references = PROPOSERS.get(c.proposer).load().min_k == 0 and c.bank is not None
 
         def work():
             tasks.report(0, 0, "segmenting..." if state.prompt_model_loaded else "loading LiteMedSAM...")
+            if with_references:  # the chosen proposer reads the references and the prompts together
+                bank = ReferenceBank.open(c.bank)
+                proposal = state.pipeline(c).propose(bank, image, prompts={"boxes": prompts.boxes,
+                                                                           "points": prompts.points})
+                return proposal.probability, None, f"{len(proposal.supports)} references and your prompts"
             return prompted_mask(state.prompt_model(), image, prompts, base)
 
         def show(result):
             prob, iou, how = result
-            ctx.propose.show_proposal((layer, idx, image, Proposal(prob, [], note=f"predicted IoU {iou:.2f}")),
+            quality = "" if iou is None else f"; predicted IoU {iou:.2f}"
+            ctx.propose.show_proposal((layer, idx, image, Proposal(prob, [], note=quality.lstrip("; "))),
                                       select=False, over_edits="replace")  # the user's prompt is the action
-            ctx.status.setText(f"LiteMedSAM from {how}; predicted IoU {iou:.2f}. Edit, then Accept")
+            model = PROPOSERS.get(c.proposer).label if with_references else "LiteMedSAM"
+            ctx.status.setText(f"{model} from {how}{quality}. Edit, then Accept")
 
         tasks.run(work, show, "segmenting from your prompts...")
 

@@ -79,7 +79,8 @@ class AnnotatorState:
         key = (c.proposer, c.checkpoint, c.device, c.sam2_image_size)
         if key not in self._proposers:
             entry = PROPOSERS.get(c.proposer)
-            self._proposers[key] = entry.build(config.values(entry), device=c.device)
+            shared = {"model": self.prompt_model()} if entry.shares_model == "litemedsam" else {}  # one LiteMedSAM
+            self._proposers[key] = entry.build(config.values(entry), device=c.device, **shared)
         proposer = self._proposers[key]
         if hasattr(proposer, "mirror_tta"):  # a per-proposal choice: same model, same cached support features
             proposer.mirror_tta = options["mirror_tta"]
