@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +134,22 @@ def same_folder(recorded: str | os.PathLike | None, path: str | os.PathLike) -> 
         return Path(recorded).resolve() == Path(path).resolve()
     except (OSError, TypeError, ValueError):
         return False
+
+
+def check_output_folder(out: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """Refuse an output folder that is, contains or is inside an input folder (masks would replace or mix with
+    the inputs), or that is inside a reference bank (only the bank's own code writes there)."""
+    from .errors import InputError
+
+    target = Path(out).resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        source = source if source.is_dir() else source.parent
+        if target == source or source in target.parents or target in source.parents:
+            relation = "is" if target == source else ("is inside" if source in target.parents else "contains")
+            raise InputError(f"--out {out} {relation} the input folder {given}: masks would replace or mix with "
+                             "the images; nothing was written. Choose a folder apart from the inputs")
+    for folder in (target, *target.parents):
+        if (folder / "bank.json").is_file():
+            raise InputError(f"--out {out} is inside the reference bank {folder}: only the bank's own commands "
+                             "write there; nothing was written. Choose a folder outside it")

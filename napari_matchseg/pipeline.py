@@ -70,6 +70,10 @@ class PipelineConfig:
         if self.k == 0 and self.proposer in PROPOSERS and PROPOSERS.get(self.proposer).load().min_k > 0:
             raise InputError(f"-k 0: the {self.proposer} proposer needs at least 1 reference (the context "
                              "proposer works with -k 0, from prompts)")
+        if not 0.0 <= self.refine_threshold <= 1.0:
+            raise InputError(f"--refine-threshold is a probability (0 to 1), got {self.refine_threshold}")
+        if self.refine_margin < 0:
+            raise InputError(f"--refine-margin is a number of pixels (0 or more), got {self.refine_margin}")
         if self.support not in SUPPORT_STRATEGIES:
             raise InputError(f"support strategy must be 'retrieved' or 'random', not {self.support!r}")
         used = {option_dest(o) for _, e in self.entries() for o in e.options}

@@ -192,3 +192,30 @@ def test_an_image_over_the_pixel_limit_is_refused_with_the_limit(tmp_path, monke
     monkeypatch.setattr(image_io, "MAX_PIXELS", 100_000)
     with pytest.raises(InputError, match="million pixels"):
         read_image(tmp_path / "x.png")
+
+
+def test_segment_never_writes_into_its_inputs_or_a_bank(tmp_path, capsys, bank, tiny_ckpt):
+    """--out equal to, inside or around --images (with --overwrite) would replace the images; inside a bank it
+    would corrupt it: refused before anything is read or written."""
+    images = tmp_path / "q"
+    images.mkdir()
+    picture = (np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8)
+    Image.fromarray(picture).save(images / "a.png")
+    before = (images / "a.png").read_bytes()
+    for out, says in ((images, "is the input folder"), (images / "masks", "is inside the input folder"),
+                      (tmp_path, "contains the input folder"), (bank.path / "images", "inside the reference bank"),
+                      (bank.path / "masks" / "new", "inside the reference bank")):
+        code = main(["segment", "--bank", str(bank.path), "--images", str(images), "--out", str(out), "--overwrite",
+                     "--allow-self", "--checkpoint", str(tiny_ckpt)])
+        assert code == 2 and says in capsys.readouterr().err, out
+    assert (images / "a.png").read_bytes() == before and sorted(p.name for p in images.iterdir()) == ["a.png"]
+    assert main(["bank", "check", str(bank.path)]) == 0
+
+
+def test_refinement_options_are_checked_before_any_model_loads():
+    from napari_matchseg.pipeline import PipelineConfig
+
+    with pytest.raises(InputError, match="--refine-threshold is a probability"):
+        PipelineConfig(refine_threshold=2.0).check()
+    with pytest.raises(InputError, match="--refine-margin is a number of pixels"):
+        PipelineConfig(refine_margin=-5).check()

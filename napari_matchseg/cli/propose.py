@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, MatchsegError, name_list
-from ..fsutil import atomic_write_text
+from ..fsutil import atomic_write_text, check_output_folder
 from .common import add_device_args, add_option, check_output_file, progress_bar
 from .dask_args import add_dask_args, check_dask_args
 from .proposal_args import add_proposal_args, config_from_args, pipeline_from_args, prompts_from_args
@@ -40,6 +40,7 @@ def cmd_segment(args) -> int:
     from .volume import list_volumes, segment_volumes
 
     out = Path(args.out)
+    check_output_folder(out, [args.images])
     volumes = list_volumes(args.images)
     if volumes:
         if args.dask or args.prompts or args.skip_existing:
