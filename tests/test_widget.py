@@ -484,6 +484,24 @@ def test_the_in_context_proposer_proposes_from_the_bank_and_takes_clicks_with_it
         w.propose.choices()).proposer.predictor  # one LiteMedSAM: each image is encoded once
 
 
+def test_each_click_keeps_its_own_colour(make_napari_viewer):
+    """A new click never recolours the earlier ones (napari paints selected points with the current colour)."""
+    from napari_matchseg.widgets.prompt_panel import NEGATIVE, POSITIVE
+    from qtpy.QtGui import QColor
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((40, 40), np.uint8), name="img")
+    w = ReferenceAnnotator(viewer)
+    w.image_combo.setCurrentText("img")
+    clicks, _ = w.prompts.prompt_layers(viewer.layers["img"])
+    clicks.events.data.disconnect(w.prompts._on_prompts_changed)  # the colours only: no model
+    for i, positive in enumerate((True, False, True, False)):
+        w.add_click(clicks, (5.0 + 5 * i, 5.0), positive=positive)
+    want = [QColor(c).getRgbF()[:3] for c in (POSITIVE, NEGATIVE, POSITIVE, NEGATIVE)]
+    np.testing.assert_allclose(clicks.face_color[:, :3], want, atol=1e-6)
+    assert clicks.features["positive"].tolist() == [True, False, True, False]
+
+
 def test_the_dock_fits_a_1366x768_window_with_every_button_reachable(make_napari_viewer, qtbot):
     from qtpy.QtWidgets import QPushButton
 

@@ -75,7 +75,8 @@ class PromptPanel(QGroupBox):
     def add_click(self, clicks, position, positive: bool = True) -> None:
         """A point at ``position`` (world coordinates) on the object, or not on it."""
         coords = np.asarray(clicks.world_to_data(position), float)
-        clicks.feature_defaults["positive"] = positive
+        clicks.selected_data = set()  # napari paints the selected points with the current colour: none, so the
+        clicks.feature_defaults["positive"] = positive  # earlier clicks keep theirs
         clicks.current_face_color = POSITIVE if positive else NEGATIVE
         clicks.add(coords[None])
 
