@@ -220,6 +220,42 @@ def _combine(labels, given, candidates, stops, notes, threshold) -> Propagation:
     return Propagation(mask, prob, status, notes)
 
 
+@dataclasses.dataclass
+class ObjectPropagation:
+    labels: np.ndarray  # (Z, Y, X) int: each object's own value, on the given and the proposed slices
+    objects: dict[int, Propagation]  # label value -> that object's propagation
+
+    @property
+    def notes(self) -> list[str]:
+        many = len(self.objects) > 1
+        return [f"object {v}: {n}" if many else n for v, r in self.objects.items() for n in r.notes]
+
+    def proposed_slices(self) -> list[int]:
+        return sorted({z for r in self.objects.values() for z, st in enumerate(r.status) if st == "proposed"})
+
+
+def propagate_objects(pipeline, volume: np.ndarray, labels: np.ndarray, *, progress=None, **options
+                      ) -> ObjectPropagation:
+    """:func:`propagate` for each label value of ``labels`` on its own (several objects stay apart, each keeps its
+    value); where two objects' proposals meet, the more probable one takes the pixel. ``options``: propagate's."""
+    labels = np.asarray(labels)
+    values = [int(v) for v in np.unique(labels) if v != 0]
+    if not values:
+        raise InputError("no slice is labelled: label (or accept) at least one slice, then propagate")
+    per_object: dict[int, Propagation] = {}
+    for i, v in enumerate(values):
+        step = None if progress is None else (lambda done, total, i=i: progress(i * total + done, len(values) * total))
+        per_object[v] = propagate(pipeline, volume, (labels == v).astype(np.uint8), progress=step, **options)
+    out = np.zeros(labels.shape, np.int64)
+    best = np.zeros(labels.shape, np.float32)
+    for v, r in per_object.items():
+        wins = r.mask & (r.probability >= best)
+        out[wins], best[wins] = v, r.probability[wins]
+    given = labels != 0
+    out[given] = labels[given]
+    return ObjectPropagation(out, per_object)
+
+
 def segment_volume(pipeline, volume: np.ndarray, *, bank=None, progress: Callable[[int, int], None] | None = None,
                    cancel: Callable[[], bool] | None = None) -> np.ndarray:
     """Every slice of ``volume`` proposed on its own from the bank (``matchseg segment`` of a volume, refiner
@@ -235,5 +271,5 @@ def segment_volume(pipeline, volume: np.ndarray, *, bank=None, progress: Callabl
     return out
 
 
-__all__ = ["segment_volume", "Propagation", "PropagationSettings", "propagate", "labelled_slices", "mask_boxes",
-           "STATUSES"]
+__all__ = ["segment_volume", "Propagation", "PropagationSettings", "propagate", "propagate_objects",
+           "ObjectPropagation", "labelled_slices", "mask_boxes", "STATUSES", "PROPAGATION_PROPOSER"]

@@ -78,6 +78,17 @@ def tiny_ckpt(tmp_path):
     return save_checkpoint(tmp_path / "tiny.safetensors", MatchSeg(MatchSegConfig(**TINY_MATCHSEG)), {"note": "random"})
 
 
+def two_balls(n=24, size=96, seed=0):
+    """Two bright ellipsoids apart in noise: (image, truth with values 1 and 2)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:n, :size, :size]
+    truth = np.zeros((n, size, size), np.uint8)
+    for value, (cy, cx) in ((1, (30, 28)), (2, (62, 66))):
+        truth[((z - (n - 1) / 2) ** 2 + ((y - cy) / 2.0) ** 2 + ((x - cx) / 2.0) ** 2) <= 8.0 ** 2] = value
+    img = np.clip(60 + 120 * (truth > 0) + rng.normal(0, 12, truth.shape), 0, 255).astype(np.uint8)
+    return img, truth
+
+
 def sphere(n=24, size=96, r=8.5, seed=0):
     """A bright ellipsoid in noise: 18 slices with foreground, 3 empty ones above and below."""
     rng = np.random.default_rng(seed)

@@ -182,6 +182,23 @@ def test_propagation_through_a_sphere_from_its_middle_slice_stops_at_its_ends(ma
     assert again.status[6] == "given" and dice(again.mask, gt) > 0.9
 
 
+def test_each_label_value_propagates_as_its_own_object(matchseg_pipeline):
+    from conftest import two_balls
+    from napari_matchseg.propagation import propagate_objects
+
+    img, truth = two_balls()
+    labels = np.zeros_like(truth)
+    labels[12] = truth[12]  # both objects painted on one slice, with their own values
+    seen = []
+    r = propagate_objects(matchseg_pipeline, img, labels, progress=lambda d, t: seen.append((d, t)))
+    assert sorted(r.objects) == [1, 2] and set(np.unique(r.labels)) == {0, 1, 2}
+    for v in (1, 2):
+        assert dice(r.labels == v, truth == v) > 0.85, v  # neither object is merged into the other
+    assert all(n.startswith(("object 1: ", "object 2: ")) for n in r.notes) and len(r.notes) == 4
+    assert seen[-1][0] == seen[-1][1] and all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    assert 12 not in r.proposed_slices() and len(r.proposed_slices()) >= 10
+
+
 def test_litemedsam_propagates_with_the_previous_slices_box_and_stops_on_its_predicted_iou():
     from napari_matchseg.pipeline import Pipeline, PipelineConfig
     from napari_matchseg.propagation import propagate

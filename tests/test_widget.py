@@ -586,6 +586,25 @@ def test_the_plugins_keys_collide_with_no_napari_key_and_run_their_actions(make_
     assert called == list(w.KEYS.values())
 
 
+def test_propagate_keeps_each_painted_object_apart_with_its_own_value(make_napari_viewer, qtbot):
+    from conftest import two_balls
+    from napari_matchseg.metrics import dice
+
+    img, truth = two_balls()
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="balls")
+    painted = np.zeros(truth.shape, np.uint8)
+    painted[12] = truth[12] * 3  # values 3 and 6
+    viewer.add_labels(painted.copy(), name="mine")
+    w, out = propagate_in(viewer, qtbot, "balls", "mine", model="matchseg")
+    assert "(2 objects, each its own value)" in w.status.text(), w.status.text()
+    assert set(np.unique(out)) == {0, 3, 6}
+    assert dice(out == 3, truth == 1) > 0.85 and dice(out == 6, truth == 2) > 0.85
+    np.testing.assert_array_equal(out[12], painted[12])
+    viewer.layers["mine"].undo()  # one step of undo takes both objects back
+    np.testing.assert_array_equal(viewer.layers["mine"].data, painted)
+
+
 def test_propagate_follows_the_axis_the_viewer_steps_through(make_napari_viewer, qtbot):
     from conftest import sphere
     from napari_matchseg.metrics import dice

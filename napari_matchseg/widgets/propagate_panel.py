@@ -54,9 +54,10 @@ class PropagatePanel(Panel):
 
     @shows_errors
     def propagate_volume(self) -> None:
-        """The labels layer's labelled slices propagated through the image stack (docs/volumes.md). Only slices that
-        are empty in the labels layer are written: nothing painted there is ever replaced."""
-        from ..propagation import propagate
+        """The labels layer's labelled slices propagated through the image stack (docs/volumes.md), each label
+        value as an object of its own. Only slices that are empty in the labels layer are written: nothing painted
+        there is ever replaced."""
+        from ..propagation import propagate_objects
 
         ctx = self.ctx
         layer = get_layer(ctx.viewer, ctx.image_combo.currentText(), "image")
@@ -78,23 +79,23 @@ class PropagatePanel(Panel):
         def work():
             tasks.report(0, 0, f"loading {title}...")
             bank = ReferenceBank.open(bank_path) if bank_path is not None else None
-            return propagate(state.pipeline(c), planes, before, bank=bank, settings=settings,
-                             progress=tasks.progress_callback(f"propagating with {title}..."),
-                             cancel=tasks.cancel_event.is_set)
+            return propagate_objects(state.pipeline(c), planes, before, bank=bank, settings=settings,
+                                     progress=tasks.progress_callback(f"propagating with {title}..."),
+                                     cancel=tasks.cancel_event.is_set)
 
         def show(result):
             now = np.moveaxis(np.asarray(labels_layer.data), axis, 0)  # painted meanwhile: left alone too
-            written = [z for z, st in enumerate(result.status)
-                       if st == "proposed" and not np.any(now[z]) and not np.any(before[z])]
-            value = int(before[before > 0].max()) if before.any() else 1
-            where = list(np.nonzero(result.mask[written])) if written else []
+            written = [z for z in result.proposed_slices() if not np.any(now[z]) and not np.any(before[z])]
+            where = list(np.nonzero(result.labels[written])) if written else []
             if where and where[0].size:  # one step of napari's undo for the whole propagation
+                values = result.labels[written][tuple(where)]
                 where[0] = np.asarray(written)[where[0]]
                 where.insert(axis, where.pop(0))  # back to the layer's own axis order
-                labels_layer.data_setitem(tuple(where), value)
+                labels_layer.data_setitem(tuple(where), values)
             self.last_result = result
+            objects = f" ({len(result.objects)} objects, each its own value)" if len(result.objects) > 1 else ""
             ctx.status.setText(f"{title} propagated to {len(written)} slices (axis {axis}) of {labels_layer.name!r}"
-                               + (f"; {'; '.join(result.notes)}" if result.notes else "")
+                               f"{objects}" + (f"; {'; '.join(result.notes)}" if result.notes else "")
                                + ". Correct any slice and Propagate again")
 
         tasks.run(work, show, f"propagating with {title}...")
