@@ -1,8 +1,8 @@
 """The benchmark's fixed draws for the in-context proposer (shared by bench_context.py and its prefetch step).
 
 Per dataset: banks of the train split, queries = the first ``n`` images of a split with a non-empty mask, and
-for each query its reference sets: ``retrieved`` (handcrafted retrieval, top 16), ``random`` (8 drawn from the
-train split with a seed from the query's id) and ``foreign`` (the top 8 of another modality's train bank).
+for each query its reference sets: ``retrieved`` (handcrafted retrieval, top 16), ``random`` (8 of the train split,
+drawn once per dataset) and ``foreign`` (8 of another modality's train split, drawn once).
 LiteMedSAM embeddings of every image involved are cached once, on disk, outside the work tree.
 """
 
@@ -48,15 +48,16 @@ def queries(data: Path, name: str, split: str, n: int) -> list[tuple[str, np.nda
 
 
 def reference_ids(bank, image, rid: str, kind: str, k: int, foreign_bank=None) -> list[str]:
-    """The ids of one query's references of ``kind`` (retrieved / random / foreign)."""
-    retriever = get_retriever("handcrafted")
+    """The ids of one query's references of ``kind``: ``retrieved`` (handcrafted retrieval, best first),
+    ``random`` (``k`` train references drawn once per dataset) or ``foreign`` (``k`` train references of another
+    modality's dataset, drawn once). A draw per dataset, not per query: the ablation then costs 2 x 8 encodings
+    per dataset instead of 16 per query."""
     if kind == "retrieved":
-        return [m.id for m in retrieve(bank, retriever, image, k=k)]
-    if kind == "foreign":
-        return [m.id for m in retrieve(foreign_bank, retriever, image, k=k)]
-    if kind == "random":
-        seed = int(hashlib.sha256(rid.encode()).hexdigest()[:8], 16)
-        ids = bank.ids()
+        return [m.id for m in retrieve(bank, get_retriever("handcrafted"), image, k=k)]
+    if kind in ("random", "foreign"):
+        source = foreign_bank if kind == "foreign" else bank
+        ids = source.ids()
+        seed = int(hashlib.sha256(f"{kind}:{source.path.name}".encode()).hexdigest()[:8], 16)
         return [ids[i] for i in np.random.default_rng(seed).choice(len(ids), size=min(k, len(ids)), replace=False)]
     raise ValueError(kind)
 

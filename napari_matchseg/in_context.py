@@ -63,11 +63,18 @@ class References:
     fraction: torch.Tensor
 
     @classmethod
+    def of(cls, features: torch.Tensor, scaled: tuple[int, int], mask: np.ndarray) -> References:
+        """The cells of one reference: its (1, 256, 64, 64) embedding and its mask at the image's own size."""
+        return cls(cell_features(features, scaled), mask_to_cells(mask, scaled).flatten())
+
+    @classmethod
+    def concat(cls, refs: Sequence[References]) -> References:
+        return cls(torch.cat([r.features for r in refs]), torch.cat([r.fraction for r in refs]))
+
+    @classmethod
     def gather(cls, embeddings: Sequence[tuple[torch.Tensor, tuple[int, int]]],
                masks: Sequence[np.ndarray]) -> References:
-        feats = [cell_features(f, s) for f, s in embeddings]
-        fracs = [mask_to_cells(m, s).flatten() for (_, s), m in zip(embeddings, masks)]
-        return cls(torch.cat(feats), torch.cat(fracs))
+        return cls.concat([cls.of(f, s, m) for (f, s), m in zip(embeddings, masks)])
 
     def subsample(self, n: int) -> References:
         """At most ``n`` cells, drawn uniformly with a fixed seed (the same references give the same cells):

@@ -23,6 +23,8 @@ from .base import Proposer
 
 DECODERS = ("none", "box", "box+mask")
 OBJECTS = ("as-references", "all")
+OBJECT_PIXELS = 4  # a reference's object counts from this size (nuclei of a 96 x 96 image are a few pixels)
+MANY_OBJECTS = 3  # references with a median of this many objects or more (nuclei, cells): every part is kept
 
 
 @dataclasses.dataclass
@@ -42,14 +44,15 @@ class ContextProposer(Proposer):
     min_k = 0
 
     def __init__(self, device: str | None = "auto", model=None, method: str = "mean", decoder: str = "box",
-                 min_agreement: float = 0.6, min_iou: float = 0.5, max_objects: int = 32, min_pixels: int = 16,
+                 min_agreement: float = 0.8, min_iou: float = 0.5, max_objects: int = 8, min_pixels: int = 16,
                  objects: str = "as-references"):
         """``model``: a LiteMedSamPredictor to share (else one is built); ``method``: how the references score the
         query's cells (in_context.METHODS); ``decoder``: 'none' keeps the map, 'box' decodes a box per part,
         'box+mask' adds the map as the decoder's mask input; a decoded part must agree with the map's part at Dice
         >= ``min_agreement`` and have an IoU estimate >= ``min_iou``; ``objects``: 'as-references' keeps as many
-        parts of the map as the references show objects (and any part at least half as strong as the strongest),
-        'all' keeps every part."""
+        parts of the map as the references show objects (and any part at least half as strong as the strongest;
+        every part when they show many), 'all' keeps every part. The ``max_objects`` largest parts are decoded, the
+        others stay as the map draws them (many small objects: the map does as well, in a fraction of the time)."""
         from ..litemedsam import LiteMedSamPredictor
 
         if method not in METHODS:
@@ -63,7 +66,8 @@ class ContextProposer(Proposer):
         self.method, self.decoder, self.objects = method, decoder, objects
         self.min_agreement, self.min_iou = min_agreement, min_iou
         self.max_objects, self.min_pixels = max_objects, min_pixels
-        self._scorers: OrderedDict[tuple, list] = OrderedDict()
+        self._scorers: OrderedDict[tuple, tuple[list, int]] = OrderedDict()
+        self._cells: OrderedDict[str, tuple[References, int]] = OrderedDict()
 
     # -- the model and its caches (shared with LiteMedSAM's refiner and retriever) --
     def attach_cache(self, store) -> None:
@@ -114,18 +118,31 @@ class ContextProposer(Proposer):
 
     def _fitted(self, images, masks) -> tuple[list, int]:
         """(the scorers, the references' median number of objects) for this set of references (fitted once per
-        set, kept for the last few sets)."""
+        set, kept for the last few sets; each reference's cells are kept too, for the next set it is part of)."""
         checked = [check_image(im, name=f"reference image {i}") for i, im in enumerate(images)]
         ms = [check_mask(m, im.shape, name=f"reference mask {i}") for i, (im, m) in enumerate(zip(checked, masks))]
-        key = (self.method, *(content_hash(im) + content_hash(m) for im, m in zip(checked, ms)))
+        keys = [content_hash(im) + content_hash(m) for im, m in zip(checked, ms)]
+        key = (self.method, *keys)
         if key not in self._scorers:
-            embs = [self.predictor.embedding(im) for im in checked]
-            refs = References.gather([(e.features.cpu(), e.scaled) for e in embs], ms)
-            self._scorers[key] = (build_scorers(refs, self.method), count_objects(ms, self.min_pixels))
+            refs = [self._reference(k, im, m) for k, im, m in zip(keys, checked, ms)]
+            scorers = build_scorers(References.concat([r for r, _ in refs]), self.method)
+            objects = int(np.ceil(np.median([n for _, n in refs])))
+            self._scorers[key] = (scorers, objects)
             while len(self._scorers) > 8:
                 self._scorers.popitem(last=False)
         self._scorers.move_to_end(key)
         return self._scorers[key]
+
+    def _reference(self, key: str, image: np.ndarray, mask: np.ndarray) -> tuple[References, int]:
+        """One reference's cells and number of objects (kept for the last 256 references)."""
+        if key not in self._cells:
+            emb = self.predictor.embedding(image)
+            cells = References.of(emb.features.cpu(), emb.scaled, mask)
+            self._cells[key] = (cells, count_objects(mask, OBJECT_PIXELS))
+            while len(self._cells) > 256:
+                self._cells.popitem(last=False)
+        self._cells.move_to_end(key)
+        return self._cells[key]
 
     def parts(self, image, support_images=(), support_masks=(), prompts=None) -> tuple[list[Part], np.ndarray]:
         """(the proposal's objects, the map behind them) for the references and the user's ``prompts``."""
@@ -138,7 +155,7 @@ class ContextProposer(Proposer):
         emb = self.predictor.embedding(img)
         if boxes:  # the user's boxes say what the objects are; clicks correct the box they fall in
             return self._decode(emb, [(b, [q for q in points if _inside(q, b)]) for b in boxes], base), base
-        if self.objects == "as-references" and objects is not None:
+        if self.objects == "as-references" and objects is not None and objects < MANY_OBJECTS:
             base = keep_likely_parts(base, objects)
         parts = self._map_parts(emb, base)
         if points:
@@ -244,14 +261,10 @@ def honour_clicks(parts: list[Part], points: list) -> None:
                 p.region |= disk
 
 
-def count_objects(masks, min_pixels: int) -> int:
-    """The median number of objects (connected parts of at least ``min_pixels``) in the references' masks."""
-    counts = []
-    for m in masks:
-        lab, n = ndi.label(m)
-        sizes = np.bincount(lab.ravel())[1:] if n else np.zeros(0)
-        counts.append(int((sizes >= min_pixels).sum()))
-    return int(np.ceil(np.median(counts))) if counts else 0
+def count_objects(mask: np.ndarray, min_pixels: int) -> int:
+    """The number of objects (connected parts of at least ``min_pixels``) in a reference's mask."""
+    lab, n = ndi.label(mask)
+    return int((np.bincount(lab.ravel())[1:] >= min_pixels).sum()) if n else 0
 
 
 def keep_likely_parts(base: np.ndarray, objects: int) -> np.ndarray:
