@@ -85,13 +85,17 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--click-mode", default="map", choices=("map", "decoder"),
+                    help="context with references: clicks label the image's cells for the map, or re-draw the "
+                         "object they fall in through LiteMedSAM's decoder")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     predictor = LiteMedSamPredictor("cpu")
     predictor.attach_cache(FeatureCache(args.work, predictor.model_id))
-    models = (ContextProposer(model=predictor), LiteMedSamProposer(model=predictor), MatchSegPredictor(None, "cpu"))
+    models = (ContextProposer(model=predictor, clicks=args.click_mode), LiteMedSamProposer(model=predictor),
+              MatchSegPredictor(None, "cpu"))
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}", flush=True)
     results = {}
     for name in args.datasets:

@@ -68,6 +68,22 @@ class References:
         return cls(cell_features(features, scaled), mask_to_cells(mask, scaled).flatten())
 
     @classmethod
+    def clicked(cls, features: torch.Tensor, scaled: tuple[int, int], size: tuple[int, int], points,
+                weight: int) -> References:
+        """The cells under a user's clicks ``[[x, y, 1 or 0], ...]`` on the image itself (``size``: its (H, W)),
+        each repeated ``weight`` times: what the user says of this image outweighs what other images say."""
+        rows, cols = valid_cells(scaled)
+        feats = cell_features(features, scaled).view(rows, cols, -1)
+        picked, labels = [], []
+        for x, y, label in points:
+            r = min(rows - 1, int(y * scaled[0] / size[0] / CELL))
+            c = min(cols - 1, int(x * scaled[1] / size[1] / CELL))
+            picked.append(feats[r, c])
+            labels.append(float(label))
+        f = torch.stack(picked).repeat_interleave(weight, 0)
+        return cls(f, torch.tensor(labels).repeat_interleave(weight))
+
+    @classmethod
     def concat(cls, refs: Sequence[References]) -> References:
         return cls(torch.cat([r.features for r in refs]), torch.cat([r.fraction for r in refs]))
 

@@ -24,6 +24,8 @@ from .base import Proposer
 DECODERS = ("none", "box", "box+mask")
 OBJECTS = ("as-references", "all")
 OBJECT_PIXELS = 4  # a reference's object counts from this size (nuclei of a 96 x 96 image are a few pixels)
+CLICK_BOX_SIZES = (0.1, 0.2, 0.35, 0.5)  # of the image's longer side: the boxes tried around a lone click
+CLICK_WEIGHT = 64  # a clicked cell of the image counts as this many reference cells
 MANY_OBJECTS = 3  # references with a median of this many objects or more (nuclei, cells): every part is kept
 
 
@@ -36,6 +38,7 @@ class Part:
     region: np.ndarray  # (H, W) bool: the map's pixels this part replaces
     decoded: bool
     iou: float | None = None
+    clicks: list = dataclasses.field(default_factory=list)  # the user's clicks on this object, in order
 
 
 class ContextProposer(Proposer):
@@ -45,20 +48,25 @@ class ContextProposer(Proposer):
 
     def __init__(self, device: str | None = "auto", model=None, method: str = "mean", decoder: str = "box",
                  min_agreement: float = 0.8, min_iou: float = 0.5, max_objects: int = 8, min_pixels: int = 16,
-                 objects: str = "as-references"):
+                 objects: str = "as-references", clicks: str = "map"):
         """``model``: a LiteMedSamPredictor to share (else one is built); ``method``: how the references score the
         query's cells (in_context.METHODS); ``decoder``: 'none' keeps the map, 'box' decodes a box per part,
         'box+mask' adds the map as the decoder's mask input; a decoded part must agree with the map's part at Dice
         >= ``min_agreement`` and have an IoU estimate >= ``min_iou``; ``objects``: 'as-references' keeps as many
         parts of the map as the references show objects (and any part at least half as strong as the strongest;
         every part when they show many), 'all' keeps every part. The ``max_objects`` largest parts are decoded, the
-        others stay as the map draws them (many small objects: the map does as well, in a fraction of the time)."""
+        others stay as the map draws them (many small objects: the map does as well, in a fraction of the time).
+        ``clicks`` (with references): 'map' lets the clicked cells of the image join the references' cells (the
+        map learns from them), 'decoder' re-draws the clicked object with LiteMedSAM's decoder; without references
+        clicks always go through the decoder."""
         from ..litemedsam import LiteMedSamPredictor
 
         if method not in METHODS:
             raise InputError(f"--context-method must be one of {', '.join(METHODS)}, not {method!r}")
         if objects not in OBJECTS:
             raise InputError(f"--context-objects must be one of {', '.join(OBJECTS)}, not {objects!r}")
+        if clicks not in ("map", "decoder"):
+            raise InputError(f"clicks must be 'map' or 'decoder', not {clicks!r}")
         if decoder not in DECODERS:
             raise InputError(f"--context-decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
         self.predictor = model if model is not None else LiteMedSamPredictor(device)
@@ -68,6 +76,8 @@ class ContextProposer(Proposer):
         self.max_objects, self.min_pixels = max_objects, min_pixels
         self._scorers: OrderedDict[tuple, tuple[list, int]] = OrderedDict()
         self._cells: OrderedDict[str, tuple[References, int]] = OrderedDict()
+        self._last_references: list = []
+        self.click_mode = clicks
 
     # -- the model and its caches (shared with LiteMedSAM's refiner and retriever) --
     def attach_cache(self, store) -> None:
@@ -103,8 +113,9 @@ class ContextProposer(Proposer):
         """The references' foreground map of ``image`` (H, W) float32 (zeros without references)."""
         return self._reference_map(image, support_images, support_masks)[0]
 
-    def _reference_map(self, image, support_images, support_masks) -> tuple[np.ndarray, int | None]:
-        """(the map, how many objects the references show: None without references)."""
+    def _reference_map(self, image, support_images, support_masks, points=()) -> tuple[np.ndarray, int | None]:
+        """(the map, how many objects the references show: None without references). ``points``: the user's
+        clicks on this image, which label its own cells beside the references' (the map learns from them)."""
         img = check_image(image)
         emb = self.predictor.embedding(img)
         if len(support_images) != len(support_masks):
@@ -112,6 +123,10 @@ class ContextProposer(Proposer):
         if not len(support_images):
             return np.zeros(img.shape[:2], np.float32), None
         scorers, objects = self._fitted(support_images, support_masks)
+        if points and scorers:
+            refs = [self._reference(*k) for k in self._last_references]
+            clicked = References.clicked(emb.features.cpu(), emb.scaled, emb.size, points, CLICK_WEIGHT)
+            scorers = build_scorers(References.concat([r for r, _ in refs] + [clicked]), self.method)
         if not scorers:  # references without any foreground: nothing to find
             return np.zeros(img.shape[:2], np.float32), 0
         return map_to_image(score_query(emb.features.cpu(), emb.scaled, scorers), emb.scaled, emb.size), objects
@@ -123,6 +138,7 @@ class ContextProposer(Proposer):
         ms = [check_mask(m, im.shape, name=f"reference mask {i}") for i, (im, m) in enumerate(zip(checked, masks))]
         keys = [content_hash(im) + content_hash(m) for im, m in zip(checked, ms)]
         key = (self.method, *keys)
+        self._last_references = list(zip(keys, checked, ms))
         if key not in self._scorers:
             refs = [self._reference(k, im, m) for k, im, m in zip(keys, checked, ms)]
             scorers = build_scorers(References.concat([r for r, _ in refs]), self.method)
@@ -151,14 +167,20 @@ class ContextProposer(Proposer):
         boxes, points = list(p.get("boxes") or []), [list(q) for q in (p.get("points") or [])]
         if not len(support_images) and not (boxes or points):
             raise InputError("the context proposer needs references (a bank) or prompts (a box or clicks)")
-        base, objects = self._reference_map(img, support_images, support_masks)
+        learn = bool(points) and len(support_images) > 0 and self.click_mode == "map" and not boxes
+        base, objects = self._reference_map(img, support_images, support_masks, points if learn else ())
         emb = self.predictor.embedding(img)
         if boxes:  # the user's boxes say what the objects are; clicks correct the box they fall in
             return self._decode(emb, [(b, [q for q in points if _inside(q, b)]) for b in boxes], base), base
         if self.objects == "as-references" and objects is not None and objects < MANY_OBJECTS:
-            base = keep_likely_parts(base, objects)
+            base = keep_likely_parts(base, objects, points)
         parts = self._map_parts(emb, base)
-        if points:
+        if learn:  # the map already learnt from the clicks: only a positive click it still misses starts an object
+            for q in points:
+                if q[2] == 1 and not any(p.prob[_pixel(q, base.shape)] >= 0.5 for p in parts):
+                    parts.append(self._new_object(emb, base, q))
+            honour_clicks(parts, points)
+        elif points:
             parts = self._apply_clicks(emb, base, parts, points)
         return parts, base
 
@@ -204,39 +226,43 @@ class ContextProposer(Proposer):
         return parts  # type: ignore[return-value]
 
     def _apply_clicks(self, emb, base: np.ndarray, parts: list[Part], points: list) -> list[Part]:
-        """Clicks on a proposal: each click corrects the object whose box it falls in (smallest first); a positive
-        click outside every object starts one (the box of the map's part around it, else the click alone).
+        """The clicks in the order given, each on the proposal as the earlier ones left it: a click inside an
+        object's box re-draws that object with all its clicks (the smallest box it falls in); a positive click
+        outside every object starts one; a negative one there has nothing to remove.
 
-        Clicks do what they say: positive clicks alone only add to their object, negative ones alone only remove,
-        and the pixels under every click end up on the side the click asked for."""
-        boxes = [p.box if p.box is not None else _bbox(p.prob >= 0.5) for p in parts]
-        assigned: dict[int, list] = {}
-        new: list = []
+        Clicks do what they say: a positive click only adds to its object and a negative one only removes, and the
+        pixels under every click end up on the side the click asked for."""
+        parts = list(parts)
         for q in points:
+            boxes = [p.box if p.box is not None else _bbox(p.prob >= 0.5) for p in parts]
             hits = [i for i, b in enumerate(boxes) if b is not None and _inside(q, b)]
             if hits:
-                assigned.setdefault(min(hits, key=lambda i: _area(boxes[i])), []).append(q)
+                i = min(hits, key=lambda j: _area(boxes[j]))
+                old = parts[i]
+                part = self._decode(emb, [(boxes[i], old.clicks + [q])], base)[0]
+                (np.maximum if q[2] == 1 else np.minimum)(part.prob, old.prob, out=part.prob)
+                part.region, part.clicks = old.region | (old.prob >= 0.5), old.clicks + [q]
+                parts[i] = part
             elif q[2] == 1:
-                new.append(q)
-        out = [p for i, p in enumerate(parts) if i not in assigned]
-        redone = self._decode(emb, [(boxes[i], pts) for i, pts in assigned.items()], base)
-        for (i, pts), part in zip(assigned.items(), redone):
-            old = parts[i]
-            if all(q[2] == 1 for q in pts):
-                np.maximum(part.prob, old.prob, out=part.prob)
-            elif all(q[2] == 0 for q in pts):
-                np.minimum(part.prob, old.prob, out=part.prob)
-            part.region = old.region | (old.prob >= 0.5)
-            out.append(part)
-        for q in new:  # grow: a part of the map (at a lower threshold) around the click, or the click alone
-            labels, _ = ndi.label(base >= 0.25)
-            lab = labels[_pixel(q, base.shape)]
-            box = _bbox(labels == lab) if lab else None
-            box = None if box is not None and _area(box) > 0.5 * base.size else box
-            out.append(self._decode(emb, [(box, [q])], base)[0])
-        honour_clicks(out, points)
-        return out
+                parts.append(self._new_object(emb, base, q))
+        honour_clicks(parts, points)
+        return parts
 
+    def _new_object(self, emb, base: np.ndarray, q: list) -> Part:
+        """An object from a positive click outside the proposal: the box of the map's part around it (at a lower
+        threshold) when there is one, else the best of boxes of several sizes centred on the click (LiteMedSAM was
+        trained with boxes; its IoU head chooses)."""
+        labels, _ = ndi.label(base >= 0.25)
+        lab = labels[_pixel(q, base.shape)]
+        box = _bbox(labels == lab) if lab else None
+        if box is not None and _area(box) <= 0.5 * base.size:
+            candidates = [box]
+        else:
+            candidates = [_square(q, f * max(base.shape), base.shape) for f in CLICK_BOX_SIZES]
+        tried = self._decode(emb, [(b, [q]) for b in candidates], base)
+        best = max(tried, key=lambda p: p.iou if p.prob[_pixel(q, base.shape)] >= 0.5 else p.iou - 1.0)
+        best.clicks = [q]
+        return best
 
 def honour_clicks(parts: list[Part], points: list) -> None:
     """A disk under each click (radius 1 % of the image's longer side, at least 2 px) on the side it asked for:
@@ -267,15 +293,17 @@ def count_objects(mask: np.ndarray, min_pixels: int) -> int:
     return int((np.bincount(lab.ravel())[1:] >= min_pixels).sum()) if n else 0
 
 
-def keep_likely_parts(base: np.ndarray, objects: int) -> np.ndarray:
-    """``base`` with only its ``objects`` strongest parts (by summed probability) and those at least half as strong
-    as the strongest; the other parts' pixels set to 0 (the references show fewer objects than the map has)."""
+def keep_likely_parts(base: np.ndarray, objects: int, points=()) -> np.ndarray:
+    """``base`` with only its ``objects`` strongest parts (by summed probability), those at least half as strong as
+    the strongest, and those under a positive click; the other parts' pixels set to 0 (the references show fewer
+    objects than the map has)."""
     labels, n = ndi.label(base >= 0.5)
     if n <= max(objects, 1):
         return base
     mass = ndi.sum_labels(base, labels, index=np.arange(1, n + 1))
     order = np.argsort(-mass)
     keep = set(order[:max(objects, 1)].tolist()) | {i for i in range(n) if mass[i] >= 0.5 * mass[order[0]]}
+    keep |= {int(labels[_pixel(q, base.shape)]) - 1 for q in points if q[2] == 1 and labels[_pixel(q, base.shape)]}
     drop = np.isin(labels, [i + 1 for i in range(n) if i not in keep])
     out = base.copy()
     out[drop] = 0.0
@@ -311,6 +339,13 @@ def _within(prob: np.ndarray, box: list[float]) -> np.ndarray:
     x0, y0, x1, y1 = (int(np.floor(box[0])), int(np.floor(box[1])), int(np.ceil(box[2])), int(np.ceil(box[3])))
     out[y0:y1 + 1, x0:x1 + 1] = prob[y0:y1 + 1, x0:x1 + 1]
     return out
+
+
+def _square(q, side: float, shape: tuple[int, int]) -> list[float]:
+    """A box of ``side`` pixels centred on the click ``q``, clipped to the image."""
+    h, w = shape
+    r = side / 2
+    return [max(0.0, q[0] - r), max(0.0, q[1] - r), min(w - 1.0, q[0] + r), min(h - 1.0, q[1] + r)]
 
 
 def _pixel(q, shape: tuple[int, int]) -> tuple[int, int]:
