@@ -41,7 +41,7 @@ def context(predictor, spec: str) -> ContextProposer:
     method, decoder, *rest = spec.split("/")
     extra = {}
     for part in rest:
-        if part in ("all", "as-references"):
+        if part in ("all", "references"):
             extra["objects"] = part
         else:
             extra["min_agreement"] = float(part)

@@ -118,8 +118,8 @@ class ReferenceBank(BankWrites):
             with open(f, "rb") as fh:
                 signature = stat_signature(os.fstat(fh.fileno()))
                 data = json.loads(fh.read().decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BankError(f"{f} is corrupt ({exc}); it was changed outside napari-matchseg. "
+        except (ValueError, RecursionError) as exc:  # bad JSON, a 5,000-digit number, arrays nested too deep
+            raise BankError(f"{f} is corrupt ({str(exc)[:120]}); it was changed outside napari-matchseg. "
                             "Restore it from a copy of the bank") from exc
         except OSError as exc:
             raise BankError(f"cannot read {f}: {exc.strerror}") from exc

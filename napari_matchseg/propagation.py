@@ -56,6 +56,8 @@ class PropagationSettings:
             raise InputError(f"neighbours must be at least 1, got {self.neighbours}")
         if not 0 <= self.min_confidence <= 1:
             raise InputError(f"min_confidence is a probability (0 to 1), got {self.min_confidence}")
+        if not 0 <= self.min_quality <= 1:
+            raise InputError(f"min_quality is a predicted IoU (0 to 1), got {self.min_quality}")
         return self
 
 

@@ -219,3 +219,42 @@ def test_refinement_options_are_checked_before_any_model_loads():
         PipelineConfig(refine_threshold=2.0).check()
     with pytest.raises(InputError, match="--refine-margin is a number of pixels"):
         PipelineConfig(refine_margin=-5).check()
+
+
+@pytest.mark.parametrize("entry, says", [
+    ({"boxes": [[True, False, True, True]]}, "4 numbers each"),
+    ({"boxes": [[0, 0, 1e308, 5]]}, "4 numbers each"),
+    ({"points": [[3, 4, 2]]}, r"1 \(on the object\) or 0"),
+    ({"points": [[3, 4, True]]}, "3 numbers each"),
+])
+def test_prompt_files_refuse_booleans_huge_coordinates_and_bad_labels(tmp_path, entry, says):
+    from napari_matchseg.prompt_file import read_prompts
+
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"a.png": entry}))
+    with pytest.raises(InputError, match=says):
+        read_prompts(f, [tmp_path / "a.png"])
+
+
+def test_nested_and_huge_numbers_in_json_are_one_line_errors(tmp_path, bank):
+    from napari_matchseg.errors import BankError
+    from napari_matchseg.prompt_file import read_prompts
+
+    f = tmp_path / "p.json"
+    f.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError, match="not valid JSON"):
+        read_prompts(f, [tmp_path / "a.png"])
+    for text in ('{"format": ' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000):
+        (bank.path / "bank.json").write_text(text)
+        with pytest.raises(BankError, match="is corrupt"):
+            ReferenceBank.open(bank.path)
+
+
+def test_propagate_refuses_a_quality_outside_0_to_1(tmp_path, capsys):
+    import nibabel as nib
+
+    vol = np.zeros((4, 8, 8), np.uint8)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "v.nii.gz"))
+    assert main(["propagate", str(tmp_path / "v.nii.gz"), "--labels", str(tmp_path / "v.nii.gz"), "--out",
+                 str(tmp_path / "o.nii.gz"), "--min-quality", "-1"]) == 2
+    assert "min_quality is a predicted IoU (0 to 1)" in capsys.readouterr().err

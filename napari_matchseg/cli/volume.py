@@ -81,7 +81,7 @@ def cmd_propagate(args) -> int:
     axis = AXES[args.axis]
     data, lab = np.moveaxis(vol.data, axis, 0), np.moveaxis(labels.data, axis, 0)
     settings = PropagationSettings(neighbours=args.neighbours, min_confidence=args.min_confidence,
-                                   min_quality=args.min_quality)
+                                   min_quality=args.min_quality).check()  # before any model loads
     bank, pipeline = pipeline_from_args(args, bank_optional=True)
     with progress_bar("propagating") as update:
         result = propagate(pipeline, data, lab, bank=bank, settings=settings, progress=update)

@@ -43,9 +43,9 @@ PROPOSERS.register(Entry(
              Option("--context-decoder", "decoder", "box", "context: 'box' has LiteMedSAM's decoder draw each "
                     "part of the map from its box, 'box+mask' adds the map as its mask input, 'none' keeps the map",
                     choices=("none", "box", "box+mask")),
-             Option("--context-objects", "objects", "as-references", "context: 'as-references' keeps as many parts "
+             Option("--context-objects", "objects", "references", "context: 'references' keeps as many parts "
                     "of the map as the references show objects (and any nearly as strong), 'all' keeps every part",
-                    choices=("as-references", "all")))))
+                    choices=("references", "all")))))
 
 DEFAULT_PROPOSER = "matchseg"
 

@@ -22,7 +22,7 @@ from ..metrics import dice
 from .base import Proposer
 
 DECODERS = ("none", "box", "box+mask")
-OBJECTS = ("as-references", "all")
+OBJECTS = ("references", "all")
 OBJECT_PIXELS = 4  # a reference's object counts from this size (nuclei of a 96 x 96 image are a few pixels)
 CLICK_BOX_SIZES = (0.1, 0.2, 0.35, 0.5)  # of the image's longer side: the boxes tried around a lone click
 CLICK_WEIGHT = 64  # a clicked cell of the image counts as this many reference cells
@@ -48,11 +48,11 @@ class ContextProposer(Proposer):
 
     def __init__(self, device: str | None = "auto", model=None, method: str = "mean", decoder: str = "box",
                  min_agreement: float = 0.8, min_iou: float = 0.5, max_objects: int = 8, min_pixels: int = 16,
-                 objects: str = "as-references", clicks: str = "map"):
+                 objects: str = "references", clicks: str = "map"):
         """``model``: a LiteMedSamPredictor to share (else one is built); ``method``: how the references score the
         query's cells (in_context.METHODS); ``decoder``: 'none' keeps the map, 'box' decodes a box per part,
         'box+mask' adds the map as the decoder's mask input; a decoded part must agree with the map's part at Dice
-        >= ``min_agreement`` and have an IoU estimate >= ``min_iou``; ``objects``: 'as-references' keeps as many
+        >= ``min_agreement`` and have an IoU estimate >= ``min_iou``; ``objects``: 'references' keeps as many
         parts of the map as the references show objects (and any part at least half as strong as the strongest;
         every part when they show many), 'all' keeps every part. The ``max_objects`` largest parts are decoded, the
         others stay as the map draws them (many small objects: the map does as well, in a fraction of the time).
@@ -172,7 +172,7 @@ class ContextProposer(Proposer):
         emb = self.predictor.embedding(img)
         if boxes:  # the user's boxes say what the objects are; clicks correct the box they fall in
             return self._decode(emb, [(b, [q for q in points if _inside(q, b)]) for b in boxes], base), base
-        if self.objects == "as-references" and objects is not None and objects < MANY_OBJECTS:
+        if self.objects == "references" and objects is not None and objects < MANY_OBJECTS:
             base = keep_likely_parts(base, objects, points)
         parts = self._map_parts(emb, base)
         if learn:  # the map already learnt from the clicks: only a positive click it still misses starts an object
