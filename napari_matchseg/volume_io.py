@@ -105,7 +105,7 @@ def read_nifti(path: str | Path) -> Volume:
     if arr.ndim != 3:
         raise InputError(f"{path.name} has {arr.ndim} dimensions (shape {arr.shape}): a time series or several "
                          "channels. Only 3D volumes are read; save one volume (e.g. one time point) as its own file")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    zooms = (tuple(float(z) for z in img.header.get_zooms()[:3]) + (1.0, 1.0, 1.0))[:3]  # a 2D file has two
     data = np.ascontiguousarray(arr.transpose(2, 1, 0))
     return Volume(_finite(data, path), spacing=(zooms[2], zooms[1], zooms[0]), affine=np.asarray(img.affine),
                   kind="nifti", source=str(path), header=img.header.copy())

@@ -283,3 +283,10 @@ def test_the_bank_keeps_a_slices_source_volume_and_index_and_refuses_a_bad_one(t
     (tmp_path / "bank" / "bank.json").write_text(text)
     with pytest.raises(BankError, match="origin's axis"):
         ReferenceBank.open(tmp_path / "bank")
+
+
+def test_a_2d_nifti_is_a_volume_of_one_slice(tmp_path):
+    img = (np.random.default_rng(0).random((30, 20)) * 255).astype(np.uint8)
+    nib.save(nib.Nifti1Image(img, np.diag([0.5, 0.7, 1.0, 1.0])), str(tmp_path / "flat.nii.gz"))
+    vol = read_volume(tmp_path / "flat.nii.gz")
+    assert vol.data.shape == (1, 20, 30) and vol.spacing == pytest.approx((1.0, 0.7, 0.5))
