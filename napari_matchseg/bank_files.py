@@ -117,6 +117,9 @@ def integrity_problems(bank, verify_hashes: bool = True) -> tuple[list[str], lis
             if not p.exists():
                 problems.append(f"{ref.id}: {kind} file {f} is missing")
                 continue
+            if not p.is_file():
+                problems.append(f"{ref.id}: {kind} file {f} is not a regular file (a FIFO, device or folder)")
+                continue
             if verify_hashes:
                 try:
                     arr = bank.load_image(ref.id) if kind == "image" else bank.load_mask(ref.id)

@@ -181,6 +181,8 @@ def _read_raw(path: Path, palette_indices: bool = False) -> tuple[np.ndarray, st
         raise InputError(f"{path}: unsupported file type {suffix!r}; supported: {', '.join(IMAGE_SUFFIXES)}")
     if not path.exists():
         raise InputError(f"{path} does not exist")
+    if not path.is_file():  # a FIFO would block open() for ever; a device or a folder is no image either
+        raise InputError(f"{path} is not a regular file (a folder, FIFO or device); give an image file")
     try:
         fmt = sniff_format(path)
         if fmt == "TIFF":

@@ -290,3 +290,30 @@ def test_retrieval_and_removal_on_a_full_disk(tmp_path, monkeypatch):
         bank.remove("r0")
     assert "\n" not in str(info.value)
     assert "r0" in ReferenceBank.open(bank.path) and bank.load_image("r0").shape == (40, 48)
+
+
+def test_a_fifo_in_place_of_an_image_is_refused_not_waited_for(tmp_path, capsys):
+    """open() on a FIFO blocks until a writer comes: every reader checks for a regular file first."""
+    import signal
+
+    from napari_matchseg.cli import main
+    from napari_matchseg.image_io import read_image
+
+    bank = ReferenceBank.create(tmp_path / "bank")
+    img = (np.random.default_rng(0).random((30, 40)) * 255).astype(np.uint8)
+    mask = np.zeros((30, 40), bool)
+    mask[5:20, 5:20] = True
+    ref = bank.add(img, mask, name="a")
+    target = bank.path / ref.image_file
+    target.unlink()
+    os.mkfifo(target)
+    signal.alarm(60)  # a hang fails the test instead of the whole run
+    try:
+        with pytest.raises(InputError, match="not a regular file"):
+            read_image(target)
+        with pytest.raises(InputError, match="not a regular file"):
+            ReferenceBank.open(bank.path).load_image(ref.id)
+        assert main(["bank", "check", str(bank.path)]) == 1
+        assert "not a regular file" in capsys.readouterr().out
+    finally:
+        signal.alarm(0)
