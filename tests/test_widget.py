@@ -152,6 +152,11 @@ def test_cancel_and_bad_inputs_notify_instead_of_crashing(annotator, qtbot, monk
     w.add_current_as_reference()
     assert "(150, 150)" in errors[-1] and "(160, 160)" in errors[-1]
     w.labels_combo.setCurrentText("sample ultrasound labels")
+    viewer.add_labels(np.ones((8, 160, 160), np.uint8), name="painted elsewhere")
+    w.labels_combo.setCurrentText("painted elsewhere")
+    w.accept_current()  # no proposal for this image: never the labels picker's mask instead
+    assert "has no proposal to accept" in errors[-1] and len(w.state.bank) == 0  # nothing stored
+    w.labels_combo.setCurrentText("sample ultrasound labels")
     for i in range(3):
         viewer.dims.set_current_step(0, i)
         w.add_current_as_reference()

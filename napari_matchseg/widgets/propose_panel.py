@@ -286,8 +286,10 @@ class ProposePanel(QGroupBox):
         bank = ctx.state.need_bank()
         layer, idx, image = ctx.current_slice()
         name = f"{layer.name} proposal"
-        labels = get_layer(ctx.viewer, name if name in ctx.viewer.layers else ctx.labels_combo.currentText(),
-                              "labels")
+        if name not in ctx.viewer.layers:  # never another layer's mask: it could belong to another image
+            raise MatchsegError(f"{layer.name!r} has no proposal to accept: Propose first (Alt+P), or paint its "
+                                "mask in a labels layer and use Add as reference")
+        labels = get_layer(ctx.viewer, name, "labels")
         ctx.state.edited_on_accept.setdefault(layer.name, {})[idx] = ctx.state.edits.edited(labels, idx)
         ctx.bank_panel.store(bank, image, labels_slice(labels, idx, image), slice_name(layer, idx),
                              "accepted_proposal", slice_origin(layer, idx))
