@@ -489,6 +489,36 @@ def test_the_in_context_proposer_proposes_from_the_bank_and_takes_clicks_with_it
         w.propose.choices()).proposer.predictor  # one LiteMedSAM: each image is encoded once
 
 
+def test_a_hand_edit_survives_the_next_click(make_napari_viewer, qtbot):
+    from conftest import load_real, real_ids
+
+    image, gt = load_real("busi", real_ids("busi", "test", n=1, groups=("benign",))[0])
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="us")
+    w = ReferenceAnnotator(viewer)
+    w.image_combo.setCurrentText("us")
+    w.start_prompts()
+    clicks, boxes = viewer.layers["us clicks"], viewer.layers["us box"]
+    ys, xs = np.nonzero(gt)
+    boxes.add_rectangles(np.array([[ys.min(), xs.min()], [ys.max(), xs.max()]], float))
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    proposal = viewer.layers["us proposal"]
+    first = proposal.data > 0
+    edited = proposal.data.copy()  # the user paints a second object away from the first and erases a corner
+    far = np.zeros_like(first)
+    far[:12, :12] = True
+    assert not (far & first).any()
+    edited[far] = 1
+    inside = np.argwhere(first)[0]
+    edited[inside[0], inside[1]] = 0
+    proposal.data = edited
+    w.add_click(clicks, (float(ys.mean()), float(xs.mean())), positive=True)
+    qtbot.waitUntil(lambda: not w.busy and not w.prompts._dirty, timeout=60_000)
+    after = proposal.data
+    assert after[far].all() and after[inside[0], inside[1]] == 0  # painted stays painted, erased stays erased
+    assert "positive" in w.status.text() or "prompts" in w.status.text(), w.status.text()
+
+
 def test_each_click_keeps_its_own_colour(make_napari_viewer):
     """A new click never recolours the earlier ones (napari paints selected points with the current colour)."""
     from napari_matchseg.widgets.prompt_panel import NEGATIVE, POSITIVE

@@ -25,6 +25,18 @@ class MaskWriter:
         shown = self._shown.get((labels.name, idx))
         return bool(current.any()) if shown is None else not np.array_equal(current, shown)
 
+    def with_edits(self, labels, idx: int | None, mask: np.ndarray) -> np.ndarray:
+        """``mask`` with the user's changes to this slice carried over: what they painted since the plugin last
+        wrote it stays painted (with its value), what they erased stays erased."""
+        current = self._slice(labels, idx)
+        shown = self._shown.get((labels.name, idx))
+        before = np.zeros_like(current) if shown is None else shown
+        out = np.asarray(mask).astype(current.dtype).copy()
+        painted, erased = (current != before) & (current != 0), (current == 0) & (before != 0)
+        out[painted] = current[painted]
+        out[erased] = 0
+        return out
+
     def write(self, labels, idx: int | None, mask: np.ndarray) -> None:
         """Replace the slice by ``mask`` as one undoable step."""
         current = self._slice(labels, idx)

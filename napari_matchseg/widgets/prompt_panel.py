@@ -140,7 +140,7 @@ class PromptPanel(QGroupBox):
             prob, iou, how = result
             quality = "" if iou is None else f"; predicted IoU {iou:.2f}"
             ctx.propose.show_proposal((layer, idx, image, Proposal(prob, [], note=quality.lstrip("; "))),
-                                      select=False, over_edits="replace")  # the user's prompt is the action
+                                      select=False, over_edits="merge")  # hand edits survive the prompt
             model = PROPOSERS.get(c.proposer).label if with_references else "LiteMedSAM"
             ctx.status.setText(f"{model} from {how}{quality}. Edit, then Accept")
 

@@ -180,8 +180,9 @@ class ProposePanel(QGroupBox):
 
     def show_proposal(self, payload, select: bool = True, over_edits: str = "ask") -> bool:
         """Put a proposal into ``<image> proposal`` (one undoable step); False when the slice holds the user's edits
-        and they were kept. ``over_edits``: "ask" (keep them; the same Propose again replaces them), "keep", or
-        "replace" (a prompt the user just gave). ``select``: make that layer the active one."""
+        and they were kept. ``over_edits``: "ask" (keep them; the same Propose again replaces them), "keep",
+        "merge" (the new mask with the user's painted and erased pixels carried over: a prompt the user just gave)
+        or "replace". ``select``: make that layer the active one."""
         layer, idx, image, result = payload
         ctx = self.ctx
         ctx.state.probabilities[(layer.name, idx)] = result.probability
@@ -193,7 +194,7 @@ class ProposePanel(QGroupBox):
             prob_layer.data[idx] = result.probability
             prob_layer.refresh()
         key = (labels.name, idx)
-        if over_edits != "replace" and ctx.state.edits.edited(labels, idx) and \
+        if over_edits not in ("replace", "merge") and ctx.state.edits.edited(labels, idx) and \
                 (over_edits == "keep" or self._confirm_overwrite != key):
             self._confirm_overwrite = key
             if over_edits == "ask":
@@ -201,7 +202,10 @@ class ProposePanel(QGroupBox):
                                    "Propose again to replace them (Ctrl+Z undoes that)")
             return False
         self._confirm_overwrite = None
-        ctx.state.edits.write(labels, idx, result.mask(self.threshold.value() / 100).astype(np.uint8))
+        mask = result.mask(self.threshold.value() / 100).astype(np.uint8)
+        if over_edits == "merge":
+            mask = ctx.state.edits.with_edits(labels, idx, mask)
+        ctx.state.edits.write(labels, idx, mask)
         ctx.labels_combo.setCurrentText(labels.name)
         ctx.viewer.layers.selection.active = labels if select or active is None else active
         ctx.state.last_matches = result.supports
