@@ -162,10 +162,16 @@ def parse_bank_data(data: Any, where: str) -> list[Reference]:
         raise BankError(f"{where} has no list of references")
     refs = [Reference.from_json(d, where) for d in data["references"]]
     seen: set[str] = set()
+    owner: dict[str, str] = {}  # file (case-folded: some file systems ignore case) -> the record that owns it
     for r in refs:
         if r.id.lower() in seen:
             raise BankError(f"{where}: two references share the id {r.id!r}; {_CHANGED_OUTSIDE}")
         seen.add(r.id.lower())
+        for f in (r.image_file, r.mask_file):
+            other = owner.setdefault(f.lower(), r.id)
+            if other != r.id:
+                raise BankError(f"{where}: the file {f} belongs to two records ({other!r} and {r.id!r}); removing "
+                                f"one would delete the other's file. {_CHANGED_OUTSIDE}")
     return refs
 
 

@@ -317,3 +317,28 @@ def test_a_fifo_in_place_of_an_image_is_refused_not_waited_for(tmp_path, capsys)
         assert "not a regular file" in capsys.readouterr().out
     finally:
         signal.alarm(0)
+
+
+def test_a_file_shared_by_two_records_is_refused_on_open(tmp_path):
+    """A crafted bank.json giving one record another record's (revision) mask: removing the first would delete
+    the second's mask. Every file belongs to exactly one record, checked whenever the bank is read."""
+    bank = ReferenceBank.create(tmp_path / "bank")
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        m = np.zeros((30, 40), bool)
+        m[5:20, 5:25] = True
+        bank.add((rng.random((30, 40)) * 255).astype(np.uint8), m, name=name)
+    data = json.loads((bank.path / "bank.json").read_text())
+    b = data["references"][1]  # crafted: b becomes "a.r2", whose files are named like a's second revision
+    for key, sub in (("image_file", "images"), ("mask_file", "masks")):
+        (bank.path / b[key]).rename(bank.path / sub / "a.r2.png")
+        b[key] = f"{sub}/a.r2.png"
+    b["id"] = "a.r2"
+    (bank.path / "bank.json").write_text(json.dumps(data))
+    ReferenceBank.open(bank.path)  # a valid bank so far
+    data["references"][0]["mask_file"] = "masks/a.r2.png"  # a's "revision 2" is a.r2's mask
+    (bank.path / "bank.json").write_text(json.dumps(data))
+    files = sorted(p.name for p in (bank.path / "masks").iterdir())
+    with pytest.raises(BankError, match="belongs to two records"):
+        ReferenceBank.open(bank.path)
+    assert sorted(p.name for p in (bank.path / "masks").iterdir()) == files  # nothing deleted
