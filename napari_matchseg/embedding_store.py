@@ -24,6 +24,14 @@ from .errors import BankError
 from .fsutil import atomic_save_npy, atomic_write_json
 
 
+def _plain(path: Path) -> Path:
+    """``path`` if it is a regular file and no symbolic link (a shared bank's cache may not lead outside it)."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise BankError(f"embedding cache file {path} is a symbolic link or not a regular file, which is not "
+                        "followed; delete that folder and the vectors will be recomputed")
+    return path
+
+
 def store_folder_name(model_id: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("._-")[:60] or "model"
     return f"{slug}-{hashlib.sha1(model_id.encode()).hexdigest()[:8]}"
@@ -39,8 +47,8 @@ class EmbeddingStore:
     @classmethod
     def from_folder(cls, folder: Path) -> EmbeddingStore | None:
         try:
-            info = json.loads((folder / "info.json").read_text())
-        except (OSError, ValueError):
+            info = json.loads(_plain(folder / "info.json").read_text())
+        except (OSError, ValueError, BankError):
             return None
         return cls(folder.parent, info["model_id"])
 
@@ -70,10 +78,10 @@ class EmbeddingStore:
         if not info_file.exists():
             return
         try:
-            info = json.loads(info_file.read_text())
+            info = json.loads(_plain(info_file).read_text())
             gen = int(info["generation"])
-            vectors = np.load(self.folder / f"vectors-{gen}.npy", mmap_mode="r")
-            hashes = np.load(self.folder / f"hashes-{gen}.npy")
+            vectors = np.load(_plain(self.folder / f"vectors-{gen}.npy"), mmap_mode="r")
+            hashes = np.load(_plain(self.folder / f"hashes-{gen}.npy"))
         except (OSError, ValueError, KeyError) as exc:
             raise BankError(f"embedding cache {self.folder} is corrupt ({exc}); delete that folder "
                             "and the vectors will be recomputed") from exc

@@ -342,3 +342,26 @@ def test_a_file_shared_by_two_records_is_refused_on_open(tmp_path):
     with pytest.raises(BankError, match="belongs to two records"):
         ReferenceBank.open(bank.path)
     assert sorted(p.name for p in (bank.path / "masks").iterdir()) == files  # nothing deleted
+
+
+@pytest.mark.parametrize("name", ["info.json", "vectors-{gen}.npy", "hashes-{gen}.npy"])
+def test_links_in_the_embedding_cache_are_not_followed(tmp_path, name):
+    from napari_matchseg.embedding_store import EmbeddingStore
+    from napari_matchseg.retrieval import get_retriever
+
+    bank = ReferenceBank.create(tmp_path / "bank")
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        m = np.zeros((40, 40), bool)
+        m[5:25, 5:25] = True
+        bank.add((rng.random((40, 40)) * 255).astype(np.uint8), m, name=f"r{i}")
+    retriever = get_retriever("handcrafted")
+    bank.embeddings(retriever)
+    store = bank.embedding_store(retriever.model_id)
+    target = store.folder / name.format(gen=store.generation)
+    outside = tmp_path / "outside"
+    outside.write_bytes(target.read_bytes())
+    target.unlink()
+    target.symlink_to(outside)
+    with pytest.raises(BankError, match="symbolic link"):
+        EmbeddingStore(store.folder.parent, retriever.model_id)
