@@ -104,15 +104,18 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 
-def remove_stale_temp_files(folder: str | os.PathLike, older_than_s: float | None = None) -> list[Path]:
+def remove_stale_temp_files(folder: str | os.PathLike, older_than_s: float | None = None,
+                            names: set[str] | None = None) -> list[Path]:
     """Delete ``*.tmp-*`` leftovers of interrupted writes: call while holding the lock every writer of
-    ``folder`` takes, or give ``older_than_s`` for a folder written without one (only old files go)."""
+    ``folder`` takes, or give ``older_than_s`` for a folder written without one (only old files go).
+    ``names``: only the leftovers of these files (``<name>.tmp-*``), none of anybody else's."""
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
     with os.scandir(folder) as entries:  # names only: cheap even for 10,000 files
-        stale = [Path(e.path) for e in entries if TMP_MARKER in e.name]
+        stale = [Path(e.path) for e in entries if TMP_MARKER in e.name and e.is_file(follow_symlinks=False)
+                 and (names is None or e.name.split(TMP_MARKER)[0] in names)]
     now = time.time()
     for p in stale:
         try:

@@ -258,3 +258,23 @@ def test_propagate_refuses_a_quality_outside_0_to_1(tmp_path, capsys):
     assert main(["propagate", str(tmp_path / "v.nii.gz"), "--labels", str(tmp_path / "v.nii.gz"), "--out",
                  str(tmp_path / "o.nii.gz"), "--min-quality", "-1"]) == 2
     assert "min_quality is a predicted IoU (0 to 1)" in capsys.readouterr().err
+
+
+def test_segment_removes_the_unfinished_masks_a_killed_run_left(tmp_path, capsys, bank, tiny_ckpt):
+    import os
+    import time
+
+    images = tmp_path / "q"
+    images.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8)).save(images / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    ours, other = out / "a.png.tmp-x1y2z3", out / "notes.txt.tmp-abc"
+    for p in (ours, other):
+        p.write_bytes(b"half a file")
+        os.utime(p, (time.time() - 60, time.time() - 60))
+    code = main(["segment", "--bank", str(bank.path), "--images", str(images), "--out", str(out), "--checkpoint",
+                 str(tiny_ckpt)])
+    assert code == 0, capsys.readouterr().err
+    assert not ours.exists() and other.exists() and (out / "a.png").is_file()  # only our own leftovers go
+    assert "removed 1 unfinished mask file" in capsys.readouterr().err

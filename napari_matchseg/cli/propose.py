@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, MatchsegError, name_list
-from ..fsutil import atomic_write_text, check_output_folder
+from ..fsutil import atomic_write_text, check_output_folder, remove_stale_temp_files
 from .common import add_device_args, add_option, check_output_file, progress_bar
 from .dask_args import add_dask_args, check_dask_args
 from .proposal_args import add_proposal_args, config_from_args, pipeline_from_args, prompts_from_args
@@ -67,6 +67,9 @@ def cmd_segment(args) -> int:
     if not args.dask:
         bank, pipeline = pipeline_from_args(args, config)
     out.mkdir(parents=True, exist_ok=True)
+    leftovers = remove_stale_temp_files(out, older_than_s=5.0, names={t.name for t in targets})
+    if leftovers:
+        print(f"removed {len(leftovers)} unfinished mask file(s) an interrupted run left in {out}", file=sys.stderr)
     try:
         if args.dask:
             results, _ = _on_dask(args, config, segment_chunk, items, "segmenting")
