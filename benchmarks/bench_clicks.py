@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_foundation import machine
-from context_data import DATASETS, DEFAULT_WORK, REPO, UNSEEN, banks, queries, reference_ids
+from context_data import DATASETS, UNSEEN, banks, common_args, queries, reference_ids
 
 from napari_matchseg.feature_cache import FeatureCache
 from napari_matchseg.interactive import Prompts, prompted_mask
@@ -77,18 +77,12 @@ def run_dataset(args, name, predictor, models) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
-    ap.add_argument("--split", default="test", choices=("val", "test"))
-    ap.add_argument("--n", type=int, default=20)
+    common_args(ap, "test", 20)
     ap.add_argument("--max-clicks", type=int, default=20)
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
-    ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--click-mode", default="map", choices=("map", "decoder"),
                     help="context with references: clicks label the image's cells for the map, or re-draw the "
                          "object they fall in through LiteMedSAM's decoder")
-    ap.add_argument("--json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

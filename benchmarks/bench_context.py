@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_foundation import machine
-from context_data import DATASETS, DEFAULT_WORK, REPO, UNSEEN, banks, queries, reference_ids
+from context_data import DATASETS, UNSEEN, banks, common_args, queries, reference_ids
 
 from napari_matchseg.feature_cache import FeatureCache
 from napari_matchseg.litemedsam import LiteMedSamPredictor
@@ -94,17 +94,11 @@ def run_dataset(args, name, predictor, v2, refiner) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
-    ap.add_argument("--split", default="val", choices=("val", "test"))
-    ap.add_argument("--n", type=int, default=10)
+    common_args(ap, "val", 10)
     ap.add_argument("-k", type=int, default=8)
     ap.add_argument("--table", default="main", choices=("main", "k", "refs"))
     ap.add_argument("--variants", nargs="+", default=["mean/none", DEFAULT_VARIANT])
     ap.add_argument("--variant", default=DEFAULT_VARIANT, help="the context variant of the k and refs tables")
-    ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

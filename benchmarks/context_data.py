@@ -62,5 +62,16 @@ def reference_ids(bank, image, rid: str, kind: str, k: int, foreign_bank=None) -
     raise ValueError(kind)
 
 
+def common_args(ap, split: str, n: int) -> None:
+    """The options bench_context.py and bench_clicks.py share."""
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    ap.add_argument("--split", default=split, choices=("val", "test"))
+    ap.add_argument("--n", type=int, default=n)
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--json")
+
+
 def banks(data: Path, work: Path, name: str):
     return train_bank(data, name, work), train_bank(data, FOREIGN[name], work)

@@ -27,6 +27,13 @@ def _real(name, split, n, groups=None):
     return [load_real(name, rid) for rid in real_ids(name, split, n=n, groups=groups)]
 
 
+def _busi_case(n_refs=4):
+    """(reference images, their masks, a val image, its mask) of BUSI."""
+    refs = _real("busi", "train", n_refs, BUSI)
+    (query, gt), = _real("busi", "val", 1, BUSI)
+    return [r[0] for r in refs], [r[1] for r in refs], query, gt
+
+
 BUSI = ("benign", "malignant")
 
 
@@ -36,9 +43,7 @@ def test_cached_and_uncached_paths_give_the_same_proposal(litemedsam, tmp_path):
     from napari_matchseg.litemedsam import LiteMedSamPredictor
     from napari_matchseg.proposers.context import ContextProposer
 
-    refs = _real("busi", "train", 3, BUSI)
-    (query, _), = _real("busi", "val", 1, BUSI)
-    imgs, masks = [r[0] for r in refs], [r[1] for r in refs]
+    imgs, masks, query, _ = _busi_case(3)
     fresh = ContextProposer(model=LiteMedSamPredictor("cpu", model=litemedsam.model))
     fresh.attach_cache(FeatureCache(tmp_path, "litemedsam-test"))
     first = fresh.predict(query, imgs, masks)  # computes every embedding and writes it to the disk cache
@@ -53,9 +58,7 @@ def test_cached_and_uncached_paths_give_the_same_proposal(litemedsam, tmp_path):
 @pytest.mark.slow
 def test_the_references_masks_decide_the_proposal(proposer):
     """The same reference images with other masks (their complement) give another proposal."""
-    refs = _real("busi", "train", 4, BUSI)
-    (query, gt), = _real("busi", "val", 1, BUSI)
-    imgs, masks = [r[0] for r in refs], [r[1] for r in refs]
+    imgs, masks, query, gt = _busi_case()
     lesion = proposer.predict(query, imgs, masks) >= 0.5
     tissue = proposer.predict(query, imgs, [~m for m in masks]) >= 0.5
     assert dice(lesion, gt) > 0.5, dice(lesion, gt)
@@ -74,9 +77,7 @@ def test_several_objects_in_the_references_give_several_objects(proposer):
 
 @pytest.mark.slow
 def test_a_positive_click_outside_grows_the_proposal_and_a_negative_one_inside_shrinks_it(proposer):
-    refs = _real("busi", "train", 4, BUSI)
-    (query, gt), = _real("busi", "val", 1, BUSI)
-    imgs, masks = [r[0] for r in refs], [r[1] for r in refs]
+    imgs, masks, query, gt = _busi_case()
     before = proposer.predict(query, imgs, masks) >= 0.5
     assert before.any()
     missed = gt & ~before  # click where the lesion is but the proposal is not (else anywhere outside it)
@@ -94,17 +95,16 @@ def test_a_positive_click_outside_grows_the_proposal_and_a_negative_one_inside_s
 
 @pytest.mark.slow
 def test_k_0_1_and_32_references(proposer):
-    refs = _real("busi", "train", 4, BUSI)
-    (query, gt), = _real("busi", "val", 1, BUSI)
+    imgs, masks, query, gt = _busi_case()
     ys, xs = np.nonzero(gt)
     box = [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
     alone = proposer.predict(query, prompts={"boxes": [box]})  # k = 0: the box alone
     assert dice(alone >= 0.5, gt) > 0.7
     with pytest.raises(InputError, match="needs references .* or prompts"):
         proposer.predict(query)
-    one = proposer.predict(query, [refs[0][0]], [refs[0][1]])
+    one = proposer.predict(query, imgs[:1], masks[:1])
     assert one.shape == gt.shape and one.dtype == np.float32
-    many = proposer.predict(query, [r[0] for r in refs] * 8, [r[1] for r in refs] * 8)  # 32 references
+    many = proposer.predict(query, imgs * 8, masks * 8)  # 32 references
     assert many.shape == gt.shape and dice(many >= 0.5, gt) > 0.3
 
 

@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..image_io import check_image, check_mask, content_hash
 from ..in_context import METHODS, References, build_scorers, map_to_image, score_query
 from ..metrics import dice
-from .base import Proposer
+from .litemedsam import OnLiteMedSam
 
 DECODERS = ("none", "box", "box+mask")
 OBJECTS = ("references", "all")
@@ -41,9 +41,8 @@ class Part:
     clicks: list = dataclasses.field(default_factory=list)  # the user's clicks on this object, in order
 
 
-class ContextProposer(Proposer):
+class ContextProposer(OnLiteMedSam):
     name = "context"
-    takes_prompts = True
     min_k = 0
 
     def __init__(self, device: str | None = "auto", model=None, method: str = "mean", decoder: str = "box",
@@ -59,8 +58,6 @@ class ContextProposer(Proposer):
         ``clicks`` (with references): 'map' lets the clicked cells of the image join the references' cells (the
         map learns from them), 'decoder' re-draws the clicked object with LiteMedSAM's decoder; without references
         clicks always go through the decoder."""
-        from ..litemedsam import LiteMedSamPredictor
-
         if method not in METHODS:
             raise InputError(f"--context-method must be one of {', '.join(METHODS)}, not {method!r}")
         if objects not in OBJECTS:
@@ -69,8 +66,7 @@ class ContextProposer(Proposer):
             raise InputError(f"clicks must be 'map' or 'decoder', not {clicks!r}")
         if decoder not in DECODERS:
             raise InputError(f"--context-decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
-        self.predictor = model if model is not None else LiteMedSamPredictor(device)
-        self.model_id = self.predictor.model_id
+        super().__init__(device, model)
         self.method, self.decoder, self.objects = method, decoder, objects
         self.min_agreement, self.min_iou = min_agreement, min_iou
         self.max_objects, self.min_pixels = max_objects, min_pixels
@@ -78,17 +74,6 @@ class ContextProposer(Proposer):
         self._cells: OrderedDict[str, tuple[References, int]] = OrderedDict()
         self._last_references: list = []
         self.click_mode = clicks
-
-    # -- the model and its caches (shared with LiteMedSAM's refiner and retriever) --
-    def attach_cache(self, store) -> None:
-        self.predictor.attach_cache(store)
-
-    @property
-    def feature_store(self):
-        return self.predictor.store
-
-    def shared_model(self, family: str):
-        return self.predictor if family == "litemedsam" else None
 
     def prepare_references(self, bank, progress=None) -> None:
         ids = bank.ids()

@@ -10,9 +10,10 @@ from ..errors import InputError
 from .base import Proposer
 
 
-class LiteMedSamProposer(Proposer):
-    name = "litemedsam"
-    uses_supports = False
+class OnLiteMedSam(Proposer):
+    """A proposer on LiteMedSAM's network: one network and one embedding per image, shared with the refiner,
+    the retriever and the plugin's prompt tools of the same family (``shared_model``)."""
+
     takes_prompts = True
 
     def __init__(self, device: str | None = "auto", model=None):
@@ -31,6 +32,11 @@ class LiteMedSamProposer(Proposer):
 
     def shared_model(self, family: str):
         return self.predictor if family == "litemedsam" else None
+
+
+class LiteMedSamProposer(OnLiteMedSam):
+    name = "litemedsam"
+    uses_supports = False
 
     def predict_batch(self, images, supports, prompts=None):
         prompts = prompts or [None] * len(images)
