@@ -127,3 +127,23 @@ def test_reference_cells_follow_the_image_inside_the_padded_input():
     cells = mask_to_cells(mask, (128, 256))
     assert cells.shape == (32, 64)
     assert float(cells[:, :32].min()) == 1.0 and float(cells[:, 32:].max()) == 0.0
+
+
+@pytest.mark.slow
+def test_segment_with_the_context_proposer_from_prompts_alone_needs_no_bank(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from napari_matchseg.cli import main
+
+    (tmp_path / "imgs").mkdir()
+    img = np.full((64, 64), 40, np.uint8)
+    img[20:40, 20:40] = 200
+    Image.fromarray(img).save(tmp_path / "imgs" / "a.png")
+    (tmp_path / "p.json").write_text(json.dumps({"a.png": {"boxes": [[18, 18, 42, 42]]}}))
+    code = main(["segment", "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "masks"), "--proposer",
+                 "context", "-k", "0", "--prompts", str(tmp_path / "p.json")])
+    assert code == 0, capsys.readouterr().err
+    mask = np.array(Image.open(tmp_path / "masks" / "a.png")) > 0
+    assert dice(mask, img > 100) > 0.8

@@ -51,7 +51,9 @@ def config_from_args(args, bank_optional: bool = False):
                             k=args.k, threshold=args.threshold, refine_threshold=args.refine_threshold,
                             refine_margin=args.refine_margin, support=args.support, allow_self=args.allow_self,
                             device=args.device).check()
-    if args.bank is None and not bank_optional and PROPOSERS.get(args.proposer).load().uses_supports:
+    proposer = PROPOSERS.get(args.proposer).load()
+    works_alone = proposer.min_k == 0 and (args.k == 0 or getattr(args, "prompts", None))  # prompts, no bank
+    if args.bank is None and not bank_optional and proposer.uses_supports and not works_alone:
         raise InputError(f"--bank is needed: the {PROPOSERS.get(args.proposer).label} proposer proposes from "
                          "references")
     return config
