@@ -87,11 +87,6 @@ class References:
     def concat(cls, refs: Sequence[References]) -> References:
         return cls(torch.cat([r.features for r in refs]), torch.cat([r.fraction for r in refs]))
 
-    @classmethod
-    def gather(cls, embeddings: Sequence[tuple[torch.Tensor, tuple[int, int]]],
-               masks: Sequence[np.ndarray]) -> References:
-        return cls.concat([cls.of(f, s, m) for (f, s), m in zip(embeddings, masks)])
-
     def subsample(self, n: int) -> References:
         """At most ``n`` cells, drawn uniformly with a fixed seed (the same references give the same cells):
         the scorers' fitting cost stays bounded at any k."""

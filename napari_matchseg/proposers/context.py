@@ -70,9 +70,8 @@ class ContextProposer(OnLiteMedSam):
         self.method, self.decoder, self.objects = method, decoder, objects
         self.min_agreement, self.min_iou = min_agreement, min_iou
         self.max_objects, self.min_pixels = max_objects, min_pixels
-        self._scorers: OrderedDict[tuple, tuple[list, int]] = OrderedDict()
+        self._scorers: OrderedDict[tuple, tuple[list, int, list[References]]] = OrderedDict()
         self._cells: OrderedDict[str, tuple[References, int]] = OrderedDict()
-        self._last_references: list = []
         self.click_mode = clicks
 
     def prepare_references(self, bank, progress=None) -> None:
@@ -94,41 +93,35 @@ class ContextProposer(OnLiteMedSam):
         ious = [p.iou for p in parts if p.decoded and p.iou is not None]
         return prob, (float(np.mean(ious)) if ious else None)
 
-    def context_map(self, image, support_images, support_masks) -> np.ndarray:
-        """The references' foreground map of ``image`` (H, W) float32 (zeros without references)."""
-        return self._reference_map(image, support_images, support_masks)[0]
-
-    def _reference_map(self, image, support_images, support_masks, points=()) -> tuple[np.ndarray, int | None]:
-        """(the map, how many objects the references show: None without references). ``points``: the user's
-        clicks on this image, which label its own cells beside the references' (the map learns from them)."""
-        img = check_image(image)
-        emb = self.predictor.embedding(img)
+    def _reference_map(self, emb, support_images, support_masks, points=()) -> tuple[np.ndarray, int | None]:
+        """(the map of the image embedded as ``emb``, how many objects the references show: None without
+        references). ``points``: the user's clicks on this image, which label its own cells beside the
+        references' (the map learns from them)."""
         if len(support_images) != len(support_masks):
             raise InputError(f"{len(support_images)} reference images but {len(support_masks)} masks")
         if not len(support_images):
-            return np.zeros(img.shape[:2], np.float32), None
-        scorers, objects = self._fitted(support_images, support_masks)
+            return np.zeros(emb.size, np.float32), None
+        scorers, objects, cells = self._fitted(support_images, support_masks)
         if points and scorers:
-            refs = [self._reference(*k) for k in self._last_references]
             clicked = References.clicked(emb.features.cpu(), emb.scaled, emb.size, points, CLICK_WEIGHT)
-            scorers = build_scorers(References.concat([r for r, _ in refs] + [clicked]), self.method)
+            scorers = build_scorers(References.concat([*cells, clicked]), self.method)
         if not scorers:  # references without any foreground: nothing to find
-            return np.zeros(img.shape[:2], np.float32), 0
+            return np.zeros(emb.size, np.float32), 0
         return map_to_image(score_query(emb.features.cpu(), emb.scaled, scorers), emb.scaled, emb.size), objects
 
-    def _fitted(self, images, masks) -> tuple[list, int]:
-        """(the scorers, the references' median number of objects) for this set of references (fitted once per
-        set, kept for the last few sets; each reference's cells are kept too, for the next set it is part of)."""
+    def _fitted(self, images, masks) -> tuple[list, int, list[References]]:
+        """(the scorers, the references' median number of objects, each reference's cells) for this set of
+        references (fitted once per set, kept for the last few sets; each reference's cells are kept too, for the
+        next set it is part of)."""
         checked = [check_image(im, name=f"reference image {i}") for i, im in enumerate(images)]
         ms = [check_mask(m, im.shape, name=f"reference mask {i}") for i, (im, m) in enumerate(zip(checked, masks))]
         keys = [content_hash(im) + content_hash(m) for im, m in zip(checked, ms)]
         key = (self.method, *keys)
-        self._last_references = list(zip(keys, checked, ms))
         if key not in self._scorers:
             refs = [self._reference(k, im, m) for k, im, m in zip(keys, checked, ms)]
-            scorers = build_scorers(References.concat([r for r, _ in refs]), self.method)
-            objects = int(np.ceil(np.median([n for _, n in refs])))
-            self._scorers[key] = (scorers, objects)
+            cells = [r for r, _ in refs]  # the cached objects themselves: no copy
+            scorers = build_scorers(References.concat(cells), self.method)
+            self._scorers[key] = (scorers, int(np.ceil(np.median([n for _, n in refs]))), cells)
             while len(self._scorers) > 8:
                 self._scorers.popitem(last=False)
         self._scorers.move_to_end(key)
@@ -153,8 +146,8 @@ class ContextProposer(OnLiteMedSam):
         if not len(support_images) and not (boxes or points):
             raise InputError("the context proposer needs references (a bank) or prompts (a box or clicks)")
         learn = bool(points) and len(support_images) > 0 and self.click_mode == "map" and not boxes
-        base, objects = self._reference_map(img, support_images, support_masks, points if learn else ())
         emb = self.predictor.embedding(img)
+        base, objects = self._reference_map(emb, support_images, support_masks, points if learn else ())
         if boxes:  # the user's boxes say what the objects are; clicks correct the box they fall in
             return self._decode(emb, [(b, [q for q in points if _inside(q, b)]) for b in boxes], base), base
         if self.objects == "references" and objects is not None and objects < MANY_OBJECTS:

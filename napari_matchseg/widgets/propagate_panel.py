@@ -92,7 +92,6 @@ class PropagatePanel(Panel):
                 where[0] = np.asarray(written)[where[0]]
                 where.insert(axis, where.pop(0))  # back to the layer's own axis order
                 labels_layer.data_setitem(tuple(where), values)
-            self.last_result = result
             objects = f" ({len(result.objects)} objects, each its own value)" if len(result.objects) > 1 else ""
             ctx.status.setText(f"{title} propagated to {len(written)} slices (axis {axis}) of {labels_layer.name!r}"
                                f"{objects}" + (f"; {'; '.join(result.notes)}" if result.notes else "")
