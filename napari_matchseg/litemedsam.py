@@ -10,6 +10,7 @@ padded to 256 x 256 at the bottom and right; the image embedding is 256 x 64 x 6
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -19,10 +20,10 @@ import torch.nn.functional as F
 
 from . import weights
 from ._compat import avoid_triton_llvm_clash
-from .device import half_dtype, resolve_device
+from .device import resolve_device
+from .encoder_runtime import prepare_encoder
 from .errors import InputError, WeightsError
 from .image_io import check_image, content_hash, reduce_for_model, to_float_rgb
-from .tensors import autocast
 
 SIZE = 256
 EMBEDDING_SHAPE = (256, 64, 64)
@@ -78,13 +79,18 @@ class LiteMedSamPredictor:
     :meth:`attach_cache` is given a :class:`~napari_matchseg.feature_cache.FeatureCache`), then any number of
     :meth:`predict` calls with boxes, points or a low-resolution mask. ``model``: an already built network."""
 
-    def __init__(self, device: str | None = "auto", model: torch.nn.Module | None = None, memory_cache: int = 32):
+    def __init__(self, device: str | None = "auto", model: torch.nn.Module | None = None, memory_cache: int = 32,
+                 runtime: str | None = None):
         self.device = resolve_device(device)
         self.model = model if model is not None else build_litemedsam(self.device)
         self.model_id = f"litemedsam-{weights.REGISTRY['litemedsam'].sha256[:12]}" if model is None else \
             "litemedsam-custom"
-        self.autocast = half_dtype(self.device)
+        # runtime: see encoder_runtime (None: $MATCHSEG_ENCODER, else the fastest this machine supports)
+        self._encode, self.runtime = prepare_encoder(self.model.image_encoder, self.device, runtime, SIZE,
+                                                     cache_key=None if model is not None else self.model_id)
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()  # guards _memory and _pending (never held while encoding)
+        self._pending: dict[str, threading.Event] = {}  # keys being encoded now, set when done
         self._memory_size = memory_cache
         self.store = None
         self.encodings = 0  # embeddings computed (not read from a cache): for tests and benchmarks
@@ -94,25 +100,49 @@ class LiteMedSamPredictor:
         self.store = store
 
     def embedding(self, image: np.ndarray) -> Embedding:
+        """The image's embedding: from memory, the disk cache, or the encoder. Thread-safe: a thread asking for an
+        image another thread is encoding waits for that result; different images encode side by side (the
+        plugin embeds shown images in the background, propagation encodes the next slice ahead)."""
         img = check_image(image)
         key = content_hash(img)
-        feats = self._memory.get(key)
-        if feats is None and self.store is not None:
-            cached = self.store.get(key)
-            feats = None if cached is None else cached[0][None].to(self.device)
         scaled = scaled_size(*reduce_for_model(img).shape[:2])  # (a view: no copy for ordinary images)
-        if feats is None:
-            x, scaled = preprocess(img)
-            with torch.inference_mode(), autocast(self.device, self.autocast):
-                feats = self.model.image_encoder(x.to(self.device)).half().float()  # as the disk cache keeps it
-            self.encodings += 1
-            if self.store is not None:
-                self.store.put(key, [feats[0].cpu()])
-        self._memory[key] = feats
-        self._memory.move_to_end(key)
-        while len(self._memory) > self._memory_size:
-            self._memory.popitem(last=False)
+        while True:
+            with self._lock:
+                feats = self._memory.get(key)
+                if feats is not None:
+                    self._memory.move_to_end(key)
+                    return Embedding(feats, tuple(img.shape[:2]), scaled)
+                pending = self._pending.get(key)
+                if pending is None:
+                    self._pending[key] = threading.Event()
+                    break
+            pending.wait()  # another thread encodes it: take its result (or compute it if that thread failed)
+        try:
+            feats = self._compute(img, key)
+            with self._lock:
+                self._memory[key] = feats
+                while len(self._memory) > self._memory_size:
+                    self._memory.popitem(last=False)
+        finally:
+            with self._lock:
+                self._pending.pop(key).set()
         return Embedding(feats, tuple(img.shape[:2]), scaled)
+
+    def has_embedding(self, image: np.ndarray) -> bool:
+        """Whether ``image``'s embedding is in memory already (a click on it costs the decoder only)."""
+        return content_hash(check_image(image)) in self._memory
+
+    def _compute(self, img: np.ndarray, key: str) -> torch.Tensor:
+        if self.store is not None:
+            cached = self.store.get(key)
+            if cached is not None:
+                return cached[0][None].to(self.device)
+        x, _ = preprocess(img)
+        feats = self._encode(x).to(self.device).half().float()  # rounded as the disk cache keeps it
+        self.encodings += 1
+        if self.store is not None:
+            self.store.put(key, [feats[0].cpu()])
+        return feats
 
     def predict(self, image: np.ndarray | Embedding, boxes: Sequence[Sequence[float]] | None = None,
                 points: Sequence[Sequence[float]] | None = None,

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .errors import Cancelled, InputError
+from .proposers.base import Proposer
 
 STATUSES = ("given", "proposed", "stopped", "not reached")
 # What propagates unless told otherwise, whatever proposes 2D images: LiteMedSAM from the previous slice's mask
@@ -50,6 +51,7 @@ class PropagationSettings:
     box_margin: float = 0.05  # of the box's longer side, around the previous slice's mask (prompt proposers)
     reach: float = 0.25  # a proposal is kept within this part of the previous mask's size (+ 5 px) of that mask
     min_continuity: float = 0.3  # Dice with the previous slice's mask below which the structure has ended
+    encode_ahead: bool = True  # embed the walk's next slice on a second thread while this one is proposed
 
     def check(self) -> PropagationSettings:
         if self.neighbours < 1:
@@ -114,6 +116,7 @@ def propagate(pipeline, volume: np.ndarray, labels: np.ndarray, *, bank=None,
     stops: dict[int, str] = {}
     notes: list[str] = []
     done, cancelled = 0, False
+    ahead = _Ahead(proposer if s.encode_ahead else None)
     for seed, d in walks:
         walk = [seed]
         masks = {seed: labels[seed] > 0}
@@ -122,6 +125,8 @@ def propagate(pipeline, volume: np.ndarray, labels: np.ndarray, *, bank=None,
             if cancel is not None and cancel():
                 cancelled = True
                 break
+            if 0 <= z + d < n and z + d not in given:
+                ahead.warm(volume, z + d)  # the next slice's embedding while this one decodes
             prob, quality = _propose_slice(pipeline, bank, volume, z, walk, masks, s)
             done += 1
             if progress is not None:
@@ -143,9 +148,31 @@ def propagate(pipeline, volume: np.ndarray, labels: np.ndarray, *, bank=None,
         if cancelled:
             notes.append(f"cancelled after {done} slices; the proposals made so far are kept")
             break
+    ahead.close()
     if progress is not None and not cancelled:
         progress(total, total)
     return _combine(labels, given, candidates, stops, notes, pipeline.config.threshold)
+
+
+class _Ahead:
+    """Runs ``proposer.warm`` for coming slices on one extra thread, so that slices/s is bounded by the encoder
+    alone (the proposal itself waits for a slice still being embedded; errors surface there, not here)."""
+
+    def __init__(self, proposer):
+        self.proposer = proposer
+        self.pool = None
+        if proposer is not None and type(proposer).warm is not Proposer.warm:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="matchseg-ahead")
+
+    def warm(self, volume: np.ndarray, z: int) -> None:
+        if self.pool is not None and 0 <= z < len(volume):
+            self.pool.submit(self.proposer.warm, volume[z])
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _walk_length(seed: int, d: int, given: list[int], n: int) -> int:

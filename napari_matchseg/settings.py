@@ -28,6 +28,7 @@ class Settings:
     export_format: str = "png-255"  # png-255 (0/255), png-labels (0/1), tif-255
     sam2_image_size: int = 1024
     propagation_proposer: str = "litemedsam"  # Propagate's model (propagation.PROPAGATION_PROPOSER)
+    background_embedding: bool = True  # load LiteMedSAM and embed each shown image before it is clicked
     semi_rounds: int = 2  # "Learn from unlabelled": more than a finished run had are added to it
 
     @staticmethod

@@ -15,13 +15,29 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("MATCHSEG_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _openvino_dir(tmp_path_factory):
+    """One OpenVINO conversion of LiteMedSAM per session (module fixtures build models before per-test ones)."""
+    folder = tmp_path_factory.mktemp("openvino")
+    before = os.environ.get("MATCHSEG_OPENVINO_DIR")
+    os.environ["MATCHSEG_OPENVINO_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("MATCHSEG_OPENVINO_DIR", None)
+    else:
+        os.environ["MATCHSEG_OPENVINO_DIR"] = before
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """No test touches the user's weights cache or the network by accident."""
     monkeypatch.setenv("MATCHSEG_CACHE_DIR", str(tmp_path_factory.mktemp("weights-cache")))
     monkeypatch.setenv("MATCHSEG_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
-    monkeypatch.setenv("MATCHSEG_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+    config = tmp_path_factory.mktemp("config")
+    monkeypatch.setenv("MATCHSEG_CONFIG_DIR", str(config))
+    # the plugin's background embedding loads LiteMedSAM: only the tests of that feature turn it on
+    (config / "settings.json").write_text('{"background_embedding": false}')
 
 
 def dataset_dir(name: str) -> Path:

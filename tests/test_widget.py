@@ -455,6 +455,39 @@ def test_clicks_and_a_box_segment_an_image_with_an_empty_bank(make_napari_viewer
     assert len(clicks.data) == 0 and len(boxes.data) == 0
 
 
+def test_the_shown_image_is_embedded_in_the_background_so_a_first_box_waits_for_no_encoder(
+        make_napari_viewer, qtbot):
+    from conftest import load_real, real_ids
+    from napari_matchseg.settings import Settings
+
+    settings = Settings.load()
+    settings.background_embedding = True  # the default (tests turn it off in conftest)
+    settings.save()
+    (a, gt), (b, _), (c, _) = [load_real("busi", r) for r in real_ids("busi", "test", n=3)]
+    viewer = make_napari_viewer()
+    for name, img in (("a", a), ("b", b), ("c", c)):
+        viewer.add_image(img, name=name)
+    w = ReferenceAnnotator(viewer)
+    viewer.layers.selection.active = viewer.layers["a"]  # the user selects "a": the dock follows
+    assert w.image_combo.currentText() == "a"
+    assert w.background.wait_idle(120), w.background.status
+    model = w.state.prompt_model()
+    assert model.has_embedding(a) and not model.has_embedding(b)
+    qtbot.waitUntil(lambda: "a: ready for clicks" in w.prompts.background_status.text(), timeout=5_000)
+    encodings = model.encodings
+    w.start_prompts()
+    ys, xs = np.nonzero(gt)
+    viewer.layers["a box"].add_rectangles(np.array([[ys.min(), xs.min()], [ys.max(), xs.max()]], float))
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert viewer.layers["a proposal"].data.any() and model.encodings == encodings  # the decoder only
+    viewer.layers.selection.active = viewer.layers["b"]
+    assert w.background.wait_idle(60) and model.has_embedding(b)
+    w.prompts.background_check.setChecked(False)  # off: nothing more is prepared, and it is remembered
+    assert Settings.load().background_embedding is False
+    viewer.layers.selection.active = viewer.layers["c"]
+    assert w.background.wait_idle(60) and not model.has_embedding(c)
+
+
 def test_the_in_context_proposer_proposes_from_the_bank_and_takes_clicks_with_its_references(
         make_napari_viewer, qtbot, tmp_path):
     from conftest import load_real, real_ids
@@ -484,7 +517,8 @@ def test_the_in_context_proposer_proposes_from_the_bank_and_takes_clicks_with_it
     qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
     assert w.status.text().startswith("in-context (LiteMedSAM) from 3 references and your prompts"), \
         w.status.text()
-    np.testing.assert_array_equal(viewer.layers["us proposal"].data > 0, first)  # the references still count
+    after = viewer.layers["us proposal"].data > 0  # the references still count: the map is refitted with one more
+    assert dice(after, first) > 0.99 and not after[y, x]  # negative cell, far away; its boundary may move a pixel
     assert len(w.state._proposers) == 1 and w.state.prompt_model() is w.state.pipeline(
         w.propose.choices()).proposer.predictor  # one LiteMedSAM: each image is encoded once
 

@@ -39,6 +39,11 @@ class Proposer:
         """Compute now what depends only on the references, into the attached cache (a batch does this once, on
         the client, so that its workers read it instead of each computing it); a no-op without such features."""
 
+    def warm(self, image: np.ndarray) -> bool:
+        """Compute now, possibly on another thread, what a later proposal for ``image`` needs whatever its
+        references and prompts (an image embedding); False when there is nothing such (the default)."""
+        return False
+
     def shared_model(self, family: str):
         """A loaded model a refiner of ``family`` may reuse instead of loading its own (None: there is none)."""
         return None

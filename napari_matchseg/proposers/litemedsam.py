@@ -6,6 +6,8 @@ With references, LiteMedSAM still needs a box to start from: that is the MatchSe
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import InputError
 from .base import Proposer
 
@@ -32,6 +34,10 @@ class OnLiteMedSam(Proposer):
 
     def shared_model(self, family: str):
         return self.predictor if family == "litemedsam" else None
+
+    def warm(self, image: np.ndarray) -> bool:
+        self.predictor.embedding(image)  # thread-safe: a proposal asking meanwhile waits for this result
+        return True
 
 
 class LiteMedSamProposer(OnLiteMedSam):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QProgressBar, QScrollArea, QVBoxLayout, QWidget
 
+from ..background import BackgroundEmbedder
 from ..errors import InputError
 from ..settings import Settings
 from ._qt import StatusLine, button, row
@@ -20,9 +22,15 @@ from .learn_panel import LearnPanel
 from .prompt_panel import PromptPanel
 from .propagate_panel import PropagatePanel
 from .propose_panel import ProposePanel
-from .slices import all_slices, get_layer, slice_at_cursor
+from .slices import all_slices, get_layer, is_users_image, slice_at_cursor
 from .state import AnnotatorState
 from .tasks import TaskRunner
+
+
+class _Text(QObject):
+    """Carries status text from a background thread to the GUI thread."""
+
+    text = Signal(str)
 
 
 class ReferenceAnnotator(QWidget):
@@ -67,6 +75,7 @@ class ReferenceAnnotator(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
+        self._start_background()
         if self.settings.bank and (Path(self.settings.bank) / "bank.json").is_file():
             self.open_bank(self.settings.bank)
 
@@ -89,13 +98,43 @@ class ReferenceAnnotator(QWidget):
             except Exception:  # noqa: BLE001 - key bindings are a convenience
                 pass
 
-    def _refresh_layers(self, *_) -> None:
-        from napari.layers import Image, Labels
+    def _start_background(self) -> None:
+        """Load LiteMedSAM now and embed each image as it is shown (docs/plugin.md, "No waiting")."""
+        self._background_text = _Text()
+        self._background_text.text.connect(self.prompts.show_background_status)
+        self.background = BackgroundEmbedder(self.state.prompt_model, self._background_text.text.emit)
+        self.destroyed.connect(self.background.close)
+        self.viewer.layers.selection.events.active.connect(self._follow_selection)
+        self.viewer.dims.events.current_step.connect(self.embed_shown)
+        self.image_combo.currentTextChanged.connect(self.embed_shown)
+        if self.settings.background_embedding:
+            self.background.request("", None)  # the model first, before any image
+            self.embed_shown()
 
-        for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
+    def _follow_selection(self, *_) -> None:
+        """The dock's image is the image layer the user selects."""
+        active = self.viewer.layers.selection.active
+        if is_users_image(active) and self.image_combo.findText(active.name) >= 0:
+            self.image_combo.setCurrentText(active.name)
+
+    def embed_shown(self, *_) -> None:
+        """Hand the image on screen to the background embedder (when the user wants it)."""
+        if not self.settings.background_embedding:
+            return
+        try:
+            layer, idx, image = self.current_slice()
+        except Exception:  # noqa: BLE001 - no image, or not one LiteMedSAM reads: nothing to prepare
+            return
+        self.background.request(layer.name if idx is None else f"{layer.name} slice {idx}", image)
+
+    def _refresh_layers(self, *_) -> None:
+        from napari.layers import Labels
+
+        choices = ((self.image_combo, is_users_image), (self.labels_combo, lambda ly: isinstance(ly, Labels)))
+        for combo, wanted in choices:
             current = combo.currentText()
             combo.clear()
-            combo.addItems([ly.name for ly in self.viewer.layers if isinstance(ly, kind)])
+            combo.addItems([ly.name for ly in self.viewer.layers if wanted(ly)])
             if current:
                 combo.setCurrentText(current)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QGroupBox, QLabel, QVBoxLayout
+from qtpy.QtWidgets import QCheckBox, QGroupBox, QLabel, QVBoxLayout
 
 from ..bank import ReferenceBank
 from ..propose import Proposal
@@ -36,6 +36,24 @@ class PromptPanel(QGroupBox):
                       "box layer (R). The proposal updates at once.")
         hint.setWordWrap(True)
         box.addWidget(hint)
+        self.background_check = QCheckBox("Prepare each shown image in the background")
+        self.background_check.setToolTip("load LiteMedSAM when the dock opens and embed every image you look at, "
+                                         "so that the first click on it does not wait for the encoder")
+        self.background_check.setChecked(ctx.settings.background_embedding)
+        self.background_check.toggled.connect(self._toggle_background)
+        box.addWidget(self.background_check)
+        self.background_status = QLabel("")
+        self.background_status.setWordWrap(True)
+        box.addWidget(self.background_status)
+
+    def show_background_status(self, text: str) -> None:
+        self.background_status.setText(text)
+
+    def _toggle_background(self, on: bool) -> None:
+        self.ctx.settings.background_embedding = bool(on)
+        self.ctx.settings.save()
+        if on:
+            self.ctx.embed_shown()
 
     # ------------------------------------------------------------------ layers
     def prompt_layers(self, layer):

@@ -16,7 +16,7 @@ from ..proposers import PROPOSERS
 from ..refiners import refiner_choices
 from ..retrieval import RETRIEVERS
 from ._qt import button, notify_error, row, shows_errors, typed_path
-from .slices import get_layer, labels_slice, slice_name, slice_origin, spatial_shape
+from .slices import ROLE, get_layer, labels_slice, slice_name, slice_origin, spatial_shape
 from .state import Choices
 
 
@@ -170,7 +170,7 @@ class ProposePanel(QGroupBox):
                                                                                     opacity=0.5)),
                           (f"{layer.name} probability", lambda n: viewer.add_image(
                               np.zeros(shape, np.float32), name=n, colormap="magma", opacity=0.4,
-                              contrast_limits=(0, 1), visible=False))):
+                              contrast_limits=(0, 1), visible=False, metadata={ROLE: "probability"}))):
             if name not in viewer.layers or viewer.layers[name].data.shape != shape:
                 if name in viewer.layers:
                     viewer.layers.remove(name)

@@ -11,6 +11,16 @@ from ..image_io import check_image, check_mask
 from ..volume_io import volume_stem
 
 
+ROLE = "matchseg_role"  # in a layer's metadata: a layer the plugin made for its own use (not the user's image)
+
+
+def is_users_image(layer) -> bool:
+    """An image layer the user works on (not the plugin's own, e.g. a proposal's probability map)."""
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and ROLE not in (getattr(layer, "metadata", None) or {})
+
+
 def get_layer(viewer, name: str, kind: str):
     if not name or name not in viewer.layers:
         raise InputError(f"choose a {kind} layer first")

@@ -6,6 +6,7 @@ The bank on disk is the state that matters (it is written as you go); this holds
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ class AnnotatorState:
         self._refiners: dict[tuple, object] = {}
         self._thumbs: dict[tuple, np.ndarray] = {}
         self._prompt_model = None
+        self._model_lock = threading.Lock()
         self.edited_on_accept: dict[str, dict] = {}  # layer -> {slice: the user edited the proposal first}
         self.edits = MaskWriter()  # what the plugin wrote on each slice: the user's edits are never overwritten
 
@@ -96,16 +98,18 @@ class AnnotatorState:
 
     def prompt_model(self):
         """LiteMedSAM for the prompt tools (call it in a worker): the litemedsam proposer's network when that is
-        built already (one network, one embedding per image), else its own, built once and kept."""
-        if self._prompt_model is None:
-            shared = [m for p in self._proposers.values() if (m := p.shared_model("litemedsam")) is not None]
-            if shared:
-                self._prompt_model = shared[0]
-            else:
-                from ..litemedsam import LiteMedSamPredictor
+        built already (one network, one embedding per image), else its own, built once and kept. Thread-safe: the
+        background embedder and a task may ask at once; the second waits for the first's model."""
+        with self._model_lock:
+            if self._prompt_model is None:
+                shared = [m for p in self._proposers.values() if (m := p.shared_model("litemedsam")) is not None]
+                if shared:
+                    self._prompt_model = shared[0]
+                else:
+                    from ..litemedsam import LiteMedSamPredictor
 
-                self._prompt_model = LiteMedSamPredictor(self.settings.device)
-        return self._prompt_model
+                    self._prompt_model = LiteMedSamPredictor(self.settings.device)
+            return self._prompt_model
 
     def thumbnail(self, ref_id: str) -> np.ndarray:
         bank = self.need_bank()
