@@ -6,8 +6,9 @@ Variants (each its own copy of the network, all timed in one run, round-robin pe
 machine falls on all alike): the plain network in fp32 (as before); the runtimes of
 ``napari_matchseg.encoder_runtime`` (``fp32``: batch norms folded + channels-last; ``bf16``: the same under bf16
 autocast); bf16 autocast on the plain network; ``torch.compile`` (``--compile``, about a minute to compile);
-ONNX Runtime fp32 and OpenVINO f32/bf16 where installed. Quality: on the first ``--n`` val images (non-empty masks)
-of BUSI and Kvasir, LiteMedSAM's mask from one ground-truth box per object, Dice against the ground truth, and the
+ONNX Runtime fp32 and OpenVINO f32/bf16 where installed. Also the mask decoder (one box prompt on the plain
+network's embedding) in fp32 and under bf16 autocast: its time and Dice. Quality: on the first ``--n`` val images
+(non-empty masks) of BUSI and Kvasir, LiteMedSAM's mask from one ground-truth box per object, Dice against the ground truth, and the
 change against the plain fp32 network. Also the encoder's FLOPs and a floor: FLOPs / the CPU's peak, the peak
 assumed as cores x clock x FLOPs per cycle (32 fp32 / 64 bf16 for two 256-bit FMA pipes; printed).
 """
@@ -129,6 +130,10 @@ def main() -> None:
     runs = variants(args.compile)
     names = list(runs)
     decoder = LiteMedSamPredictor("cpu", runtime="fp32")  # decodes every variant's embedding the same way
+    decoders = {"fp32": decoder, "bf16": LiteMedSamPredictor("cpu", model=decoder.model, runtime="fp32")}
+    decoders["bf16"].decoder_dtype = torch.bfloat16  # the decoder under bf16 autocast (DECODER_BF16 runtimes)
+    decode_ms = {k: [] for k in decoders}
+    decode_dice = {k: {d: [] for d in DATASETS} for k in decoders}
     x0 = torch.zeros(1, 3, SIZE, SIZE)
     for f in runs.values():  # warm-up (and compilation)
         f(x0)
@@ -158,6 +163,12 @@ def main() -> None:
                 emb = Embedding(feats, tuple(img.shape[:2]), scaled)
                 prob, _ = decoder.predict(emb, boxes=gt_boxes(gt))
                 dices[k][name].append(dice(prob >= 0.5, gt))
+                if k == names[0]:  # the decoders, on the plain fp32 embedding
+                    for dk, dec in decoders.items():
+                        t = time.perf_counter()
+                        prob, _ = dec.predict(emb, boxes=gt_boxes(gt))
+                        decode_ms[dk].append(time.perf_counter() - t)
+                        decode_dice[dk][name].append(dice(prob >= 0.5, gt))
     flops = encoder_flops()
     ghz = cpu_clock_ghz()
     cores = args.threads
@@ -178,13 +189,19 @@ def main() -> None:
     result = {"machine": machine(), "threads": args.threads, "cpu_bf16": cpu_has_bf16(),
               "clock_ghz": round(ghz, 2), "encoder_gflops": round(flops / 1e9, 1),
               "peak_assumption": "threads x clock x 32 FLOP/cycle fp32, 64 bf16",
-              "n_per_dataset": args.n, "rows": rows}
+              "n_per_dataset": args.n, "rows": rows,
+              "decoder": {k: {"ms_median": round(1000 * float(np.median(decode_ms[k])), 1),
+                              **{f"dice_{d}": round(float(np.mean(decode_dice[k][d])), 4) for d in DATASETS}}
+                          for k in decoders}}
     print(f"machine: {result['machine']}; {args.threads} threads; bf16 CPU: {result['cpu_bf16']}; "
           f"encoder {result['encoder_gflops']} GFLOPs")
     for r in rows:
         print(f"{r['variant']:52s} {r['ms_median']:7.1f} ms (p90 {r['ms_p90']:7.1f}, floor {r['floor_ms']:5.1f})  "
               + "  ".join(f"{d} {r[f'dice_{d}']:.4f} ({r[f'delta_{d}']:+.4f})" for d in DATASETS)
               + f"  max|diff| {r['max_abs_embedding_diff']}")
+    for k, r in result["decoder"].items():
+        print(f"decoder {k}: {r['ms_median']:.1f} ms per box prompt; "
+              + "  ".join(f"{d} {r[f'dice_{d}']:.4f}" for d in DATASETS))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BankError
+from .image_io import MAX_PIXELS
 
 BANK_FILE = "bank.json"
 FORMAT = "napari-matchseg-bank"
@@ -113,6 +114,9 @@ def _record_problem(d: dict[str, Any]) -> str | None:
     if (not isinstance(shape, list) or len(shape) not in (2, 3)
             or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
         return f"its shape {shape!r} is not a list of 2 or 3 positive integers"
+    if shape[0] * shape[1] > MAX_PIXELS or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
+        return (f"its shape {shape!r} is no image this package reads (at most {MAX_PIXELS / 1e6:.0f} million "
+                "pixels, and 1, 3 or 4 channels)")
     for key in ("image_sha256", "mask_sha256"):
         if not isinstance(d[key], str) or not _SHA256.fullmatch(d[key]):
             return f"its {key} is not a sha256 hex digest"

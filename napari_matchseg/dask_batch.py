@@ -47,9 +47,47 @@ def _dask():
     return distributed
 
 
+class OneLineLogs(logging.Filter):
+    """Dask logs a lost worker's connection (CommClosedError, StreamClosedError) with its traceback, although the
+    run retries the chunk and succeeds: keep the message and the exception's name, drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            reason = type(exc).__name__ + (f": {detail}" if detail else "")
+            record.msg, record.args = f"{record.getMessage()} ({reason})", None
+            record.exc_info = record.exc_text = None
+        record.stack_info = None
+        return True
+
+
+@contextlib.contextmanager
+def one_line_logs(*names: str) -> Iterator[None]:
+    """:class:`OneLineLogs` on the handlers of the given loggers (and the root's) while the block runs."""
+    one_line = OneLineLogs()
+    handlers = {h for n in (*names, "") for h in logging.getLogger(n).handlers}
+    for h in handlers:
+        h.addFilter(one_line)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(one_line)
+
+
 @contextlib.contextmanager
 def dask_client(spec: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Iterator[tuple[object, int | None]]:
-    """(client, torch threads per worker or None) for ``spec``; a local cluster is shut down afterwards."""
+    """(client, torch threads per worker or None) for ``spec``; a local cluster is shut down afterwards. Dask's
+    own log lines stay one line each (no traceback) while it runs."""
+    _dask()  # (imported first: its log handlers exist from then on)
+    with one_line_logs("distributed"):
+        with _dask_client(spec, timeout_s) as out:
+            yield out
+
+
+@contextlib.contextmanager
+def _dask_client(spec: str, timeout_s: float) -> Iterator[tuple[object, int | None]]:
     kind, value = parse_scheduler(spec)
     distributed = _dask()
     if kind == "local":

@@ -10,7 +10,7 @@ propagated slice, so this is where CPU time goes. Runtimes (``MATCHSEG_ENCODER``
   bf16 where the CPU has it, else fp32. Converting takes about 10 s; the converted network is kept in
   ``$MATCHSEG_OPENVINO_DIR`` (default: ``openvino/`` in the weights cache folder), so later loads take 0.3 s;
 * ``auto`` (default): on a GPU, the device's half precision as before; on a CPU, ``openvino`` when it is installed
-  (the fastest here: 0.35 s per image against 1.55 s before, on two AMD EPYC cores), else ``bf16`` where the CPU has
+  (the fastest: 0.33 s per image against 1.27 s before, on two AMD EPYC cores), else ``bf16`` where the CPU has
   it, else ``fp32``; a failed OpenVINO conversion falls back to torch with a warning. docs/benchmarks.md has each
   runtime's time and its Dice against fp32 (all within 0.002).
 """

@@ -189,6 +189,10 @@ def _read_raw(path: Path, palette_indices: bool = False) -> tuple[np.ndarray, st
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
+                if len(tif.pages) > 1:
+                    raise InputError(f"{path} holds {len(tif.pages)} pages (a stack), not one 2D image: save one "
+                                     "page per file, or open it as a volume (the napari reader, matchseg "
+                                     "propagate)")
                 page = tif.pages[0]
                 _check_pixel_count(path, int(np.prod(page.shape[:2])) if page.ndim >= 2 else 0)
                 arr = tif.asarray()

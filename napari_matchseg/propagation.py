@@ -51,7 +51,7 @@ class PropagationSettings:
     box_margin: float = 0.05  # of the box's longer side, around the previous slice's mask (prompt proposers)
     reach: float = 0.25  # a proposal is kept within this part of the previous mask's size (+ 5 px) of that mask
     min_continuity: float = 0.3  # Dice with the previous slice's mask below which the structure has ended
-    encode_ahead: bool = True  # embed the walk's next slice on a second thread while this one is proposed
+    encode_ahead: bool = False  # embed the next slice on a second thread meanwhile (slower on 2 CPU cores: docs)
 
     def check(self) -> PropagationSettings:
         if self.neighbours < 1:

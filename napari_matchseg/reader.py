@@ -8,6 +8,7 @@ and what the writer needs to write a mask like it in ``metadata["volume"]``.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,8 @@ def read_volume_layer(path) -> list[tuple]:
     from .volume_io import read_volume, volume_stem
 
     vol = read_volume(path)
+    for note in vol.notes:  # napari shows warnings as notifications
+        warnings.warn(note, stacklevel=2)
     kwargs = {"name": volume_stem(path), "scale": vol.spacing, "rgb": vol.data.ndim == 4,
               "metadata": {"volume": {"source": vol.source, "kind": vol.kind, "spacing": vol.spacing,
                                       "affine": vol.affine.tolist(), "header": vol.header}}}

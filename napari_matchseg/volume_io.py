@@ -36,6 +36,7 @@ class Volume:
     source: str = ""
     header: Any = None  # the NIfTI header, written back with a mask
     contrast_limits: tuple[float, float] | None = None  # DICOM's window, when the header gives one
+    notes: list[str] = dataclasses.field(default_factory=list)  # what the reader left out, for the user to see
 
     @property
     def n_slices(self) -> int:
@@ -114,11 +115,12 @@ def read_nifti(path: str | Path) -> Volume:
 def _nifti_bytes(mask_zyx: np.ndarray, like: Volume | None, gz: bool) -> bytes:
     import nibabel as nib
 
-    arr = np.ascontiguousarray(mask_zyx.transpose(2, 1, 0)).astype(np.uint8)
-    affine = like.affine if like is not None else _affine_from_spacing((1.0, 1.0, 1.0))
+    dtype = mask_zyx.dtype if mask_zyx.dtype in (np.uint8, np.uint16) else np.uint8
+    arr = np.ascontiguousarray(mask_zyx.transpose(2, 1, 0)).astype(dtype)
+    affine = like.affine if like is not None else affine_from_spacing((1.0, 1.0, 1.0))
     header = like.header.copy() if like is not None and like.header is not None else None
     img = nib.Nifti1Image(arr, affine, header=header)
-    img.set_data_dtype(np.uint8)
+    img.set_data_dtype(dtype)
     img.header.set_slope_inter(1, 0)
     if like is not None and like.header is None:
         img.header.set_zooms(like.spacing[::-1])
@@ -126,7 +128,7 @@ def _nifti_bytes(mask_zyx: np.ndarray, like: Volume | None, gz: bool) -> bytes:
     return gzip.compress(data, compresslevel=6, mtime=0) if gz else data
 
 
-def _affine_from_spacing(spacing_zyx) -> np.ndarray:
+def affine_from_spacing(spacing_zyx) -> np.ndarray:
     return np.diag([spacing_zyx[2], spacing_zyx[1], spacing_zyx[0], 1.0])
 
 
@@ -162,6 +164,10 @@ def read_dicom(path: str | Path) -> Volume:
     files = _dicom_files(folder)
     if not files:
         raise InputError(f"{folder} holds no DICOM files (none starts with the 'DICM' preamble)")
+    others = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p not in files)
+    notes = [f"{folder.name}: left out {len(others)} file(s) that are not DICOM: "
+             f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''}"] if others else []
     series: dict[str, list] = {}
     for f in files:
         try:
@@ -198,7 +204,7 @@ def read_dicom(path: str | Path) -> Volume:
         raise InputError(f"the slices of {folder.name} share one position: not one 3D series")
     spacing = (abs(dz), dy, dx)
     return Volume(_finite(data, folder), spacing=spacing, affine=_dicom_affine(slices[0], spacing, normal),
-                  kind="dicom", source=str(folder), contrast_limits=_window(slices[0]))
+                  kind="dicom", source=str(folder), contrast_limits=_window(slices[0]), notes=notes)
 
 
 def _slice_normal(ds) -> np.ndarray | None:
@@ -212,7 +218,7 @@ def _slice_normal(ds) -> np.ndarray | None:
 def _dicom_affine(ds, spacing, normal) -> np.ndarray:
     """Voxel (x, y, z) -> RAS world (NIfTI's convention: DICOM's LPS with x and y flipped)."""
     if normal is None or not hasattr(ds, "ImagePositionPatient"):
-        return _affine_from_spacing(spacing)
+        return affine_from_spacing(spacing)
     iop = np.asarray(ds.ImageOrientationPatient, float)
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2] = iop[:3] * spacing[2], iop[3:] * spacing[1], normal * spacing[0]
@@ -254,7 +260,7 @@ def read_tiff_stack(path: str | Path) -> Volume:
         raise
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path.name} is not a readable TIFF stack ({type(exc).__name__}: {exc})") from exc
-    return Volume(_finite(data, path), spacing=spacing, affine=_affine_from_spacing(spacing), kind="tiff",
+    return Volume(_finite(data, path), spacing=spacing, affine=affine_from_spacing(spacing), kind="tiff",
                   source=str(path))
 
 
@@ -278,17 +284,18 @@ def _tiff_bytes(mask_zyx: np.ndarray, like: Volume | None) -> bytes:
 
     spacing = like.spacing if like is not None else (1.0, 1.0, 1.0)
     buf = io.BytesIO()
-    tifffile.imwrite(buf, (mask_zyx > 0).astype(np.uint8) * 255, imagej=True,
+    pixels = mask_zyx if mask_zyx.dtype != np.uint8 or mask_zyx.max(initial=0) > 1 else mask_zyx * np.uint8(255)
+    tifffile.imwrite(buf, pixels, imagej=True,
                      resolution=(1 / spacing[2], 1 / spacing[1]), metadata={"spacing": spacing[0], "axes": "ZYX"})
     return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------------------ writing
 def write_mask_volume(path: str | Path, mask: np.ndarray, like: Volume | None = None, *,
-                      overwrite: bool = False) -> Path:
+                      overwrite: bool = False, values: bool = False) -> Path:
     """Write a (Z, Y, X) mask as NIfTI (``.nii`` / ``.nii.gz``: 0/1 uint8 with ``like``'s affine and header) or as
     a TIFF stack (``.tif``: 0/255 with ``like``'s spacing); atomically, and never over an existing file unless
-    ``overwrite``."""
+    ``overwrite``. ``values``: keep label values (several objects: 0, 1, 2, ...; uint8, or uint16 above 255)."""
     path = Path(path)
     mask = np.asarray(mask)
     if mask.ndim != 3:
@@ -298,11 +305,17 @@ def write_mask_volume(path: str | Path, mask: np.ndarray, like: Volume | None = 
     if path.exists() and not overwrite:
         raise InputError(f"{path} exists; nothing was written. Choose another name or allow overwriting")
     name = path.name.lower()
-    binary = (mask > 0).astype(np.uint8)
+    if values:
+        if mask.dtype.kind not in "ui" or mask.min(initial=0) < 0 or mask.max(initial=0) > 65535:
+            raise InputError(f"label values must be whole numbers from 0 to 65535; got {mask.dtype} "
+                             f"from {mask.min(initial=0)} to {mask.max(initial=0)}")
+        voxels = mask.astype(np.uint8 if mask.max(initial=0) <= 255 else np.uint16)
+    else:
+        voxels = (mask > 0).astype(np.uint8)
     if name.endswith(NIFTI_SUFFIXES):
-        data = _nifti_bytes(binary, like, gz=name.endswith(".gz"))
+        data = _nifti_bytes(voxels, like, gz=name.endswith(".gz"))
     elif name.endswith(TIFF_SUFFIXES):
-        data = _tiff_bytes(binary, like)
+        data = _tiff_bytes(voxels, like)
     else:
         raise InputError(f"{path.name}: write a mask volume as .nii.gz, .nii or .tif")
     return atomic_write_bytes(path, data, overwrite=overwrite)

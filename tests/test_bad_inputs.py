@@ -278,3 +278,52 @@ def test_segment_removes_the_unfinished_masks_a_killed_run_left(tmp_path, capsys
     assert code == 0, capsys.readouterr().err
     assert not ours.exists() and other.exists() and (out / "a.png").is_file()  # only our own leftovers go
     assert "removed 1 unfinished mask file" in capsys.readouterr().err
+
+
+def test_a_full_disk_during_segment_stops_with_the_count_of_complete_masks(tmp_path, capsys, bank, tiny_ckpt,
+                                                                           monkeypatch):
+    import errno
+
+    from napari_matchseg import image_io
+
+    images = tmp_path / "q"
+    images.mkdir()
+    for name in "abcd":
+        Image.fromarray((rng.random((40, 50)) * 255).astype(np.uint8)).save(images / f"{name}.png")
+    out = tmp_path / "out"
+    real, calls = image_io.atomic_write_bytes, []
+
+    def fills_up(path, data, **kw):
+        calls.append(path)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(image_io, "atomic_write_bytes", fills_up)
+    code, _, err = run(capsys, "segment", "--bank", bank.path, "--images", images, "--out", out, "--checkpoint",
+                       tiny_ckpt, "--overwrite")
+    assert code != 0 and "Traceback" not in err
+    assert "stopped with 2 of 4 masks written" in err and "No space left on device" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]  # complete ones, no half-written file
+
+
+def test_a_multi_page_tiff_is_no_2d_image_or_mask(tmp_path):
+    import tifffile
+
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, (np.arange(5 * 40 * 50) % 2).astype(np.uint8).reshape(5, 40, 50) * 255,
+                     photometric="minisblack")
+    for read in (read_mask, read_image):
+        with pytest.raises(InputError, match="holds 5 pages \\(a stack\\), not one 2D image"):
+            read(stack)
+
+
+def test_a_bank_record_claiming_an_impossible_shape_is_refused_at_open(bank):
+    from napari_matchseg.errors import BankError
+
+    meta = json.loads((bank.path / "bank.json").read_text())
+    meta["references"][0]["shape"] = [10**12, 10**12]
+    (bank.path / "bank.json").write_text(json.dumps(meta))
+    with pytest.raises(BankError, match="is no image this package reads"):
+        ReferenceBank.open(bank.path)
+

@@ -176,11 +176,54 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(batch, scheduler
     assert killed.is_set(), "the batch finished before a worker could be killed; make it longer"
     assert batch_proc.returncode == 0, stderr
     assert f"wrote {N_QUERIES} masks" in stdout
+    assert "Traceback" not in stderr, stderr  # Dask's lost-connection logs stay one line each
     leftovers = [p.name for p in out.iterdir() if ".tmp-" in p.name]
     for name in leftovers:  # a write cut by the kill leaves at most a temp file, which readers ignore
         (out / name).unlink()
     assert len(leftovers) <= 1
     assert_same_masks(out, batch / "plain")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Child processes of ``pid``, children before grandchildren (Linux /proc)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return children + [d for c in children for d in _descendants(c)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes through Linux /proc")
+def test_a_local_workers_death_is_one_line_on_stderr_and_the_batch_completes(batch, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([BIN / "matchseg", *segment(batch, out, "--dask", "local:2", "--chunk-size", "1")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = threading.Event()
+
+    def kill_a_worker_when_under_way():
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            written = len([p for p in out.glob("*.png") if ".tmp-" not in p.name]) if out.exists() else 0
+            workers = [d for d in _descendants(proc.pid) if "spawn_main" in Path(f"/proc/{d}/cmdline").read_text()]
+            if 2 <= written < N_QUERIES - 6 and workers:
+                os.kill(workers[-1], signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_a_worker_when_under_way)
+    watcher.start()
+    try:
+        stdout, stderr = proc.communicate(timeout=400)
+    finally:
+        watcher.join()
+        if proc.poll() is None:
+            proc.kill()
+    assert killed.is_set(), "the batch finished before a worker could be killed; make it longer"
+    assert proc.returncode == 0 and f"wrote {N_QUERIES} masks" in stdout, stderr
+    assert "Traceback" not in stderr, stderr
 
 
 def test_the_docs_local_scheduler_snippet_runs_as_written(batch, tmp_path):
@@ -223,3 +266,29 @@ def test_chunks_cover_every_item_once():
     assert default_chunk_size(10**6, 4) == 64 and default_chunk_size(3, 8) == 1
     with pytest.raises(InputError, match="at least 1"):
         list(chunks(items, 0))
+
+
+def test_dask_log_lines_with_a_traceback_become_one_line(capsys):
+    """What Dask logs with exc_info (a lost worker's CommClosedError) prints as one line while a batch runs."""
+    import logging
+
+    from napari_matchseg.dask_batch import one_line_logs
+
+    logger = logging.getLogger("distributed.core")
+    handler = logging.StreamHandler()
+    logging.getLogger("distributed").addHandler(handler)
+    try:
+        with one_line_logs("distributed"):
+            try:
+                raise ConnectionError("Stream is closed\nwhile reading from tcp://127.0.0.1:1")
+            except ConnectionError:
+                logger.exception("Exception while handling op %s", "gather")
+        err = capsys.readouterr().err
+        assert err.strip() == "Exception while handling op gather (ConnectionError: Stream is closed)", err
+        try:
+            raise ConnectionError("later")
+        except ConnectionError:
+            logger.exception("outside a batch")  # the filter is gone afterwards: logging is as before
+        assert "Traceback" in capsys.readouterr().err
+    finally:
+        logging.getLogger("distributed").removeHandler(handler)

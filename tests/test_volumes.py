@@ -110,6 +110,27 @@ def test_a_dicom_series_is_read_in_slice_order_with_spacing_rescale_and_window(t
     assert read_volume(tmp_path / "mask.nii.gz").spacing == pytest.approx(vol.spacing)
 
 
+def test_files_that_are_not_dicom_in_a_series_are_left_out_and_reported(tmp_path, capsys):
+    from napari_matchseg.cli import main
+    from napari_matchseg.reader import read_volume_layer
+
+    planes = [np.full((16, 16), 10 * (z + 1), np.uint16) for z in range(3)]
+    write_dicom_series(tmp_path / "series", planes)
+    (tmp_path / "series" / "README.txt").write_text("scanned 2024")
+    (tmp_path / "series" / "preview.jpg").write_bytes(b"\xff\xd8\xff not a slice")
+    vol = read_volume(tmp_path / "series")
+    assert vol.data.shape == (3, 16, 16)
+    assert vol.notes == ["series: left out 2 file(s) that are not DICOM: README.txt, preview.jpg"]
+    with pytest.warns(UserWarning, match="left out 2 file"):  # napari shows it as a notification
+        read_volume_layer(str(tmp_path / "series"))
+    labels = np.zeros((3, 16, 16), np.uint8)
+    labels[1, 4:10, 4:10] = 1
+    write_mask_volume(tmp_path / "labels.nii.gz", labels, like=vol)
+    main(["propagate", str(tmp_path / "series"), "--labels", str(tmp_path / "labels.nii.gz"),
+          "--out", str(tmp_path / "out.nii.gz")])
+    assert "note: series: left out 2 file(s) that are not DICOM" in capsys.readouterr().err
+
+
 def test_a_folder_mixing_dicom_series_is_refused_naming_them(tmp_path):
     planes = [np.zeros((16, 16), np.uint16)] * 3
     write_dicom_series(tmp_path / "mixed", planes, description="T1")
@@ -290,3 +311,28 @@ def test_a_2d_nifti_is_a_volume_of_one_slice(tmp_path):
     nib.save(nib.Nifti1Image(img, np.diag([0.5, 0.7, 1.0, 1.0])), str(tmp_path / "flat.nii.gz"))
     vol = read_volume(tmp_path / "flat.nii.gz")
     assert vol.data.shape == (1, 20, 30) and vol.spacing == pytest.approx((1.0, 0.7, 0.5))
+
+
+def test_labels_saved_from_napari_keep_the_source_volumes_geometry_and_object_values(tmp_path):
+    import nibabel as nib
+
+    from napari_matchseg.reader import read_volume_layer
+    from napari_matchseg.widgets import write_labels_volume
+
+    xyz = np.random.default_rng(1).integers(0, 1000, (30, 20, 9)).astype(np.int16)
+    source = write_nifti(tmp_path / "t1.nii.gz", xyz)
+    (_, image_meta, _), = read_volume_layer(str(source))
+    labels = np.zeros((9, 20, 30), np.uint8)
+    labels[3, 5:9, 4:10], labels[5, 10:15, 12:20] = 1, 2  # two objects
+    proposal_meta = {"metadata": {"volume": image_meta["metadata"]["volume"], "image": "t1"},
+                     "scale": image_meta["scale"]}  # what the plugin's proposal layer carries
+    written = write_labels_volume(str(tmp_path / "t1_mask.nii.gz"), labels, proposal_meta)
+    back = nib.load(written[0])
+    np.testing.assert_allclose(back.affine, AFFINE)
+    assert back.get_data_dtype() == np.uint8 and set(np.unique(read_volume(written[0]).data)) == {0, 1, 2}
+    assert np.array_equal(read_volume(written[0]).data, labels)
+    with pytest.raises(InputError, match="exists; nothing was written"):
+        write_labels_volume(str(tmp_path / "t1_mask.nii.gz"), labels, proposal_meta)
+    plain = write_labels_volume(str(tmp_path / "other.tif"), labels, {"scale": (2.0, 0.5, 0.5)})  # no source
+    assert read_volume(plain[0]).spacing == pytest.approx((2.0, 0.5, 0.5))
+    assert set(np.unique(read_volume(plain[0]).data)) == {0, 1, 2}

@@ -709,3 +709,66 @@ def test_remove_reference_can_be_undone(annotator, tmp_path):
     for r in bank:
         mask, source = before[r.original_name]
         assert np.array_equal(bank.load_mask(r.id), mask) and r.source == source
+
+
+def test_the_dock_follows_the_selected_image_and_refuses_another_images_proposal_as_its_labels(
+        annotator, qtbot, monkeypatch):
+    viewer, w = annotator
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    stack = viewer.layers["sample ultrasound"].data
+    labels = viewer.layers["sample ultrasound labels"].data
+    for i in range(3):  # references for the proposals
+        viewer.dims.set_current_step(0, i)
+        w.add_current_as_reference()
+    viewer.add_image(np.asarray(stack[5]), name="A")
+    viewer.add_image(np.asarray(stack[6]), name="B")  # the same size as A
+    viewer.layers.selection.active = viewer.layers["B"]
+    assert w.image_combo.currentText() == "B"  # the dock's image is the selected layer
+    w.propose_current()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert w.labels_combo.currentText() == "B proposal"
+    viewer.layers.selection.active = viewer.layers["A"]
+    assert w.image_combo.currentText() == "A"
+    bank = w.state.bank
+    before = len(bank)
+    w.add_current_as_reference()  # A's image with B's mask: refused, nothing stored
+    assert "labels 'B proposal' belong to image 'B', not to 'A'" in errors[-1] and len(bank) == before
+    viewer.add_labels((np.asarray(labels[5]) > 0).astype(np.uint8), name="A painted")
+    w.labels_combo.setCurrentText("A painted")  # the user's own labels: taken
+    w.add_current_as_reference()
+    assert len(bank) == before + 1
+    w.propose_current()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    viewer.layers.selection.active = viewer.layers["B"]  # A's proposal was chosen: the labels follow to B's
+    assert w.image_combo.currentText() == "B" and w.labels_combo.currentText() == "B proposal"
+
+
+def test_a_volumes_labels_save_as_nifti_with_the_sources_affine_and_objects(make_napari_viewer, tmp_path):
+    import napari
+    import nibabel as nib
+
+    from napari_matchseg.volume_io import read_volume
+
+    affine = np.array([[0.9, 0, 0, -10.0], [0, 0.8, 0, 5.0], [0, 0, 2.5, 30.0], [0, 0, 0, 1]])
+    xyz = np.random.default_rng(0).integers(0, 900, (40, 36, 7)).astype(np.int16)
+    source = tmp_path / "flair.nii.gz"
+    nib.save(nib.Nifti1Image(xyz, affine), str(source))
+    viewer = make_napari_viewer()
+    viewer.open(str(source), plugin="napari-matchseg")
+    image = viewer.layers[0]
+    w = ReferenceAnnotator(viewer)
+    painted = np.zeros((7, 36, 40), np.uint8)
+    painted[2, 5:10, 6:12], painted[4, 20:25, 3:9] = 1, 2  # two objects
+    viewer.add_labels(painted, name="my labels", scale=image.scale)  # what napari's New labels gives
+    w.image_combo.setCurrentText(image.name)
+    w.labels_combo.setCurrentText("my labels")
+    out = w.save_volume_mask(str(tmp_path / "mask.nii.gz"))
+    np.testing.assert_allclose(nib.load(out).affine, affine)
+    assert np.array_equal(read_volume(out).data, painted)  # both objects, with their values
+    assert w.save_volume_mask(str(tmp_path / "mask.nii.gz")) is None and "exists" in w.status.text()
+    proposal, _ = w.propose._proposal_layers(image)  # the plugin's proposal layer of the volume
+    proposal.data = painted
+    napari.save_layers(str(tmp_path / "saved.nii.gz"), [proposal], plugin="napari-matchseg")  # Save Selected Layers
+    np.testing.assert_allclose(nib.load(tmp_path / "saved.nii.gz").affine, affine)
+    assert np.array_equal(read_volume(tmp_path / "saved.nii.gz").data, painted)

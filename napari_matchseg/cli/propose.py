@@ -80,7 +80,9 @@ def cmd_segment(args) -> int:
                     results.append(segment_one(bank, pipeline, job, path, target, prompt))
                     update(i + 1, len(items))
     except (MatchsegError, OSError):
-        written = sum(t.exists() for _, t in todo)
+        # in this process, the results say it; a Dask run returns none when it stops, so look at the files
+        written = (sum(r.status == "written" for r in results) if results or not args.dask
+                   else sum(t.exists() for _, t in todo))
         print(f"stopped with {written} of {len(todo)} masks written to {out}; they are complete. Run the same "
               "command with --skip-existing to go on from there", file=sys.stderr)
         raise

@@ -43,12 +43,19 @@ def list_volumes(path: str | Path) -> list[Path]:
                                                                     and is_volume_path(p))))
 
 
+def said(volume):
+    """``volume``, after printing what its reader left out (e.g. non-DICOM files in a series folder)."""
+    for note in volume.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return volume
+
+
 def segment_volumes(args, volumes: list[Path], out: Path) -> int:
     """Each volume's slices proposed from the bank; one mask volume each (same shape, affine and header)."""
     from ..propagation import segment_volume
     from ..volume_io import read_volume, write_mask_volume
 
-    vols = [(p, read_volume(p)) for p in volumes]
+    vols = [(p, said(read_volume(p))) for p in volumes]
     targets = [mask_name(p, out, v.kind) for p, v in vols]
     existing = [t.name for t in targets if t.exists()]
     if existing and not args.overwrite:
@@ -69,7 +76,7 @@ def cmd_propagate(args) -> int:
     from ..proposers import PROPOSERS
     from ..volume_io import read_volume, write_mask_volume
 
-    vol, labels = read_volume(args.volume), read_volume(args.labels)
+    vol, labels = said(read_volume(args.volume)), said(read_volume(args.labels))
     if labels.data.shape[:3] != vol.data.shape[:3]:
         raise InputError(f"--labels is {labels.data.shape[:3]} but {Path(args.volume).name} is "
                          f"{vol.data.shape[:3]}: give the partial labels of this volume")

@@ -107,6 +107,7 @@ class ReferenceAnnotator(QWidget):
         self.viewer.layers.selection.events.active.connect(self._follow_selection)
         self.viewer.dims.events.current_step.connect(self.embed_shown)
         self.image_combo.currentTextChanged.connect(self.embed_shown)
+        self.image_combo.currentTextChanged.connect(self._follow_image)
         if self.settings.background_embedding:
             self.background.request("", None)  # the model first, before any image
             self.embed_shown()
@@ -116,6 +117,14 @@ class ReferenceAnnotator(QWidget):
         active = self.viewer.layers.selection.active
         if is_users_image(active) and self.image_combo.findText(active.name) >= 0:
             self.image_combo.setCurrentText(active.name)
+
+    def _follow_image(self, name: str) -> None:
+        """Labels chosen for another image (its proposal) follow the dock's image to this image's proposal; labels
+        the user made are left chosen."""
+        current = self.labels_combo.currentText()
+        owner = (self.viewer.layers[current].metadata or {}).get("image") if current in self.viewer.layers else None
+        if owner is not None and owner != name and self.labels_combo.findText(f"{name} proposal") >= 0:
+            self.labels_combo.setCurrentText(f"{name} proposal")
 
     def embed_shown(self, *_) -> None:
         """Hand the image on screen to the background embedder (when the user wants it)."""

@@ -6,7 +6,7 @@ from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QGroupBox, QLabel, QL
 
 from ..errors import MatchsegError
 from ._qt import button, notify_error, reference_item, row, shows_errors, typed_path
-from .slices import get_layer, labels_slice, slice_name, slice_origin
+from .slices import check_pair, get_layer, labels_slice, slice_name, slice_origin
 
 
 class BankPanel(QGroupBox):
@@ -78,6 +78,7 @@ class BankPanel(QGroupBox):
         bank = ctx.state.need_bank()
         layer, idx, image = ctx.current_slice()
         labels = get_layer(ctx.viewer, ctx.labels_combo.currentText(), "labels")
+        check_pair(layer, labels)
         self.store(bank, image, labels_slice(labels, idx, image), slice_name(layer, idx), "manual",
                    slice_origin(layer, idx))
 

@@ -14,7 +14,7 @@ from ..errors import InputError, MatchsegError, name_list
 from ..fsutil import atomic_write_text
 from ..image_io import write_mask, write_mask_tiff
 from ._qt import Panel, button, notify_error, row
-from .slices import all_slices, get_layer, slice_name
+from .slices import all_slices, check_pair, get_layer, slice_name, spatial_shape
 
 FORMATS = {"png-255": (".png", 255), "png-labels": (".png", 1), "tif-255": (".tif", 255)}
 
@@ -30,6 +30,42 @@ class ExportPanel(Panel):
                                  "every slice of this image layer that is in the bank (labelled by hand or an "
                                  "accepted proposal), with annotations.csv")
         self.rows.addLayout(row(QLabel("export as"), self.export_format, self.export_btn))
+        self.volume_btn = button("Save volume mask...", self._browse_volume,
+                                 "the labels of this volume (all its objects, label values kept) as one NIfTI or "
+                                 "TIFF stack, with the source's affine, header and spacing")
+        volume_row = row(self.volume_btn)
+        volume_row.addStretch()  # its own width, not the dock's
+        self.rows.addLayout(volume_row)
+
+    def _browse_volume(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the volume mask", "", "NIfTI (*.nii.gz *.nii);;TIFF (*.tif)")
+        if path:
+            self.save_volume_mask(path)
+
+    def save_volume_mask(self, path: str) -> Path | None:
+        """The chosen labels of the current image (a stack or volume) as one mask volume at ``path``
+        (``.nii.gz``, ``.nii`` or ``.tif``) with the source volume's geometry; never over an existing file."""
+        from .writer import write_labels_volume
+
+        ctx = self.ctx
+        try:
+            layer = get_layer(ctx.viewer, ctx.image_combo.currentText(), "image")
+            labels = get_layer(ctx.viewer, ctx.labels_combo.currentText(), "labels")
+            check_pair(layer, labels)
+            if len(spatial_shape(layer)) != 3 or labels.data.shape != spatial_shape(layer):
+                raise InputError(f"Save volume mask needs a stack or volume and labels of its shape; {layer.name!r} "
+                                 f"is {spatial_shape(layer)}, {labels.name!r} is {labels.data.shape}")
+            meta = {"metadata": {**(labels.metadata or {}), "volume": (layer.metadata or {}).get("volume")},
+                    "scale": tuple(layer.scale)}
+            if meta["metadata"]["volume"] is None:
+                del meta["metadata"]["volume"]
+            written = Path(write_labels_volume(path, labels.data, meta)[0])
+        except (MatchsegError, OSError) as exc:
+            notify_error(str(exc))
+            ctx.status.setText(f"save failed: {exc}")
+            return None
+        ctx.status.setText(f"saved {labels.name!r} as {written}")
+        return written
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export masks to")

@@ -166,11 +166,15 @@ class ProposePanel(QGroupBox):
         """The proposal (labels) and probability (image) layers of ``layer``, made when missing or resized."""
         viewer, shape = self.ctx.viewer, spatial_shape(layer)
         made = {}
-        for name, add in ((f"{layer.name} proposal", lambda n: viewer.add_labels(np.zeros(shape, np.uint8), name=n,
-                                                                                    opacity=0.5)),
+        # the proposal's metadata: whose it is, and a volume's geometry (Save as .nii.gz keeps the source's affine)
+        volume = (layer.metadata or {}).get("volume")
+        meta = {ROLE: "proposal", "image": layer.name, **({"volume": volume} if volume else {})}
+        for name, add in ((f"{layer.name} proposal", lambda n: viewer.add_labels(
+                              np.zeros(shape, np.uint8), name=n, opacity=0.5, metadata=meta, scale=layer.scale)),
                           (f"{layer.name} probability", lambda n: viewer.add_image(
                               np.zeros(shape, np.float32), name=n, colormap="magma", opacity=0.4,
-                              contrast_limits=(0, 1), visible=False, metadata={ROLE: "probability"}))):
+                              contrast_limits=(0, 1), visible=False, metadata={ROLE: "probability"},
+                              scale=layer.scale))):
             if name not in viewer.layers or viewer.layers[name].data.shape != shape:
                 if name in viewer.layers:
                     viewer.layers.remove(name)

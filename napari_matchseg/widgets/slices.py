@@ -70,6 +70,15 @@ def slice_origin(image_layer, idx: int | None) -> dict | None:
     return {"volume": Path(volume["source"]).name or image_layer.name, "slice": int(idx), "axis": "z"}
 
 
+def check_pair(image_layer, labels_layer) -> None:
+    """Refuse labels the plugin made for another image (its proposal layer): storing them would pair one image with
+    another's mask. Labels the user made have no owner and pass (their shape is checked when read)."""
+    owner = (getattr(labels_layer, "metadata", None) or {}).get("image")
+    if owner is not None and owner != image_layer.name:
+        raise InputError(f"labels {labels_layer.name!r} belong to image {owner!r}, not to {image_layer.name!r}: "
+                         f"choose {image_layer.name!r}'s labels, or select {owner!r}")
+
+
 def labels_slice(labels_layer, idx: int | None, image: np.ndarray) -> np.ndarray:
     data = np.asarray(labels_layer.data)
     sl = data if idx is None or data.ndim == 2 else data[idx]
