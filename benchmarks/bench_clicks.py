@@ -7,8 +7,10 @@ Rows (the same deterministic user, napari_matchseg.simulated_user, for all):
 * ``context k=8``: the in-context proposal from 8 retrieved references, then clicks through the same proposer;
 * ``context k=0``: no references, clicks only (the first click starts the mask);
 * ``litemedsam``: LiteMedSAM from the clicks alone (the litemedsam proposer);
-* ``v2 + litemedsam``: what the plugin did before the context proposer: MatchSeg v2's proposal, then LiteMedSAM
-  with the proposal's box and the clicks (napari_matchseg.interactive.prompted_mask).
+* ``v2 + litemedsam``: the plugin's clicks on a proposal without references: MatchSeg v2's proposal, then
+  LiteMedSAM through napari_matchseg.interactive.prompted_mask (its click rule: the proposal's box or a box around
+  the positive clicks, whichever the decoder's IoU estimate prefers);
+* ``v2 + litemedsam (proposal box)``: the same with the rule before (always the proposal's box).
 Also the milliseconds per click (every embedding cached: the decoder, the map and the click rules).
 """
 
@@ -32,7 +34,7 @@ from napari_matchseg.proposers.litemedsam import LiteMedSamProposer
 from napari_matchseg.proposers.matchseg import MatchSegPredictor
 from napari_matchseg.simulated_user import REPORTED_CLICKS, clicks_to_reach, simulate
 
-ROWS = ("context k=8", "context k=0", "litemedsam", "v2 + litemedsam")
+ROWS = ("context k=8", "context k=0", "litemedsam", "v2 + litemedsam", "v2 + litemedsam (proposal box)")
 
 
 def run_dataset(args, name, predictor, models) -> dict:
@@ -44,6 +46,7 @@ def run_dataset(args, name, predictor, models) -> dict:
         predictor.embedding(img)
         ids = reference_ids(bank, img, rid, "retrieved", 8)
         s_img, s_mask = [bank.load_image(i) for i in ids], [bank.load_mask(i) for i in ids]
+        base = v2.predict(img, s_img, s_mask) if any(r.startswith("v2") for r in args.rows) else None
         for row in args.rows:
             first, predict = None, None
             if row == "context k=8":
@@ -54,9 +57,10 @@ def run_dataset(args, name, predictor, models) -> dict:
             elif row == "litemedsam":
                 predict = lambda pts: lite.predict(img, prompts={"points": pts}) >= 0.5  # noqa: E731
             else:
-                base = v2.predict(img, s_img, s_mask)
                 first = base >= 0.5
-                predict = lambda pts: prompted_mask(predictor, img, Prompts(pts, []), base)[0] >= 0.5  # noqa: E731
+                rule = "proposal-box" if row.endswith("(proposal box)") else "choose"
+                predict = lambda pts, rule=rule: prompted_mask(predictor, img, Prompts(pts, []), base,  # noqa: E731
+                                                               click_rule=rule)[0] >= 0.5
 
             def timed(pts, predict=predict, row=row):
                 t = time.perf_counter()

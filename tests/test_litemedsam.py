@@ -175,3 +175,31 @@ def test_a_pipeline_of_medsam_retrieval_and_litemedsam_refinement_loads_one_netw
     p = Pipeline(PipelineConfig(retriever="medsam", proposer="litemedsam", refiner="litemedsam", device="cpu"))
     assert isinstance(p.retriever, medsam.MedSamRetriever)
     assert p.proposer.predictor is p.retriever.predictor is p.refiner.predictor and len(built) == 1
+
+
+def test_a_positive_click_on_an_object_the_proposal_missed_starts_from_the_click(predictor):
+    """Issue 38 item 5: a proposal in the wrong place; a positive click at the object's centre must correct it
+    (before, the proposal's wrong box was reused and the click made the mask worse)."""
+    from scipy import ndimage as ndi
+
+    from napari_matchseg.interactive import Prompts, prompted_mask
+
+    image, gt = load_real("busi", real_ids("busi", "test", n=1, groups=("benign",))[0])
+    h, w = gt.shape
+    wrong = np.zeros(gt.shape, np.float32)  # a confident proposal far from the lesion
+    ys, xs = np.nonzero(gt)
+    cy, cx = (h - 1 - int(ys.mean())), (w - 1 - int(xs.mean()))
+    wrong[max(0, cy - 20):cy + 20, max(0, cx - 20):cx + 20] = 0.95
+    assert not (wrong > 0.5)[gt].any()
+    depth = ndi.distance_transform_edt(gt)
+    y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+    click = Prompts([[float(x), float(y), 1]], [])
+    old, _, _ = prompted_mask(predictor, image, click, wrong, click_rule="proposal-box")
+    new, _, how = prompted_mask(predictor, image, click, wrong)
+    assert dice(new >= 0.5, gt) > 0.7 and dice(new >= 0.5, gt) > dice(old >= 0.5, gt) + 0.3, how
+    assert how.startswith("a box around your clicks")
+    good = gt.astype(np.float32)  # a good proposal: a click inside it keeps it (the proposal's box wins)
+    kept, _, how = prompted_mask(predictor, image, click, good)
+    assert dice(kept >= 0.5, gt) > 0.85, how
+    with pytest.raises(InputError, match="unknown click rule 'magic'"):
+        prompted_mask(predictor, image, click, good, click_rule="magic")
