@@ -104,9 +104,10 @@ def test_label_propose_edit_accept_export(annotator, qtbot, tmp_path):
     assert set(np.unique(np.array(Image.open(written[-1])))) == {0, 255}
     assert np.array_equal(np.array(Image.open(written[-1])) > 0, bank.load_mask(accepted[0].id) > 0)
     log = (tmp_path / "export" / "annotations.csv").read_text().splitlines()
-    assert log[0] == "file,slice,source,reference,edited_before_accept" and len(log) == 6
-    assert log[1].startswith("sample ultrasound_0000.png,0,manual,") and log[5].endswith(",accepted_proposal,"
-                                                                                          f"{accepted[0].id},1")
+    assert log[0] == "file,slice,source,reference,edited_before_accept,clicks,boxes,seconds" and len(log) == 6
+    assert log[1].startswith("sample ultrasound_0000.png,0,manual,")
+    assert log[5].split(",")[:7] == ["sample ultrasound_0006.png", "6", "accepted_proposal", accepted[0].id, "1",
+                                     "0", "0"] and float(log[5].split(",")[7]) >= 0
     assert w.export_labelled(str(tmp_path / "export")) == []  # never overwritten silently
     assert w.status.text().startswith("export failed:")  # and the status says so
 
@@ -772,3 +773,29 @@ def test_a_volumes_labels_save_as_nifti_with_the_sources_affine_and_objects(make
     napari.save_layers(str(tmp_path / "saved.nii.gz"), [proposal], plugin="napari-matchseg")  # Save Selected Layers
     np.testing.assert_allclose(nib.load(tmp_path / "saved.nii.gz").affine, affine)
     assert np.array_equal(read_volume(tmp_path / "saved.nii.gz").data, painted)
+
+
+def test_the_effort_log_counts_clicks_boxes_and_seconds_per_accepted_slice(annotator, qtbot, tmp_path):
+    import csv
+
+    viewer, w = annotator
+    for i in range(3):
+        viewer.dims.set_current_step(0, i)
+        w.add_current_as_reference()
+    viewer.dims.set_current_step(0, 6)
+    w.start_prompts()
+    clicks, boxes = viewer.layers["sample ultrasound clicks"], viewer.layers["sample ultrasound box"]
+    boxes.add_rectangles(np.array([[6, 40, 40], [6, 40, 120], [6, 120, 120], [6, 120, 40]], float))
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    w.add_click(clicks, (6.0, 80.0, 80.0), positive=True)
+    qtbot.waitUntil(lambda: not w.busy and not w.prompts._dirty, timeout=60_000)
+    w.add_click(clicks, (6.0, 45.0, 45.0), positive=False)
+    qtbot.waitUntil(lambda: not w.busy and not w.prompts._dirty, timeout=60_000)
+    w.clear_prompts()  # cleared prompts still count as effort
+    w.accept_current()
+    w.export_labelled(str(tmp_path / "export"))
+    rows = list(csv.DictReader(open(tmp_path / "export" / "annotations.csv")))
+    accepted = [r for r in rows if r["source"] == "accepted_proposal"]
+    assert len(rows) == 4 and len(accepted) == 1 and accepted[0]["slice"] == "6"
+    assert (accepted[0]["clicks"], accepted[0]["boxes"]) == ("2", "1") and float(accepted[0]["seconds"]) > 0
+    assert all((r["clicks"], r["boxes"]) == ("0", "0") for r in rows if r["source"] == "manual")

@@ -127,12 +127,13 @@ class ReferenceAnnotator(QWidget):
             self.labels_combo.setCurrentText(f"{name} proposal")
 
     def embed_shown(self, *_) -> None:
-        """Hand the image on screen to the background embedder (when the user wants it)."""
-        if not self.settings.background_embedding:
-            return
+        """The image on screen starts its effort clock and goes to the background embedder (when wanted)."""
         try:
             layer, idx, image = self.current_slice()
         except Exception:  # noqa: BLE001 - no image, or not one LiteMedSAM reads: nothing to prepare
+            return
+        self.state.effort.shown((layer.name, idx))
+        if not self.settings.background_embedding:
             return
         self.background.request(layer.name if idx is None else f"{layer.name} slice {idx}", image)
 

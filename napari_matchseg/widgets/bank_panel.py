@@ -81,6 +81,7 @@ class BankPanel(QGroupBox):
         check_pair(layer, labels)
         self.store(bank, image, labels_slice(labels, idx, image), slice_name(layer, idx), "manual",
                    slice_origin(layer, idx))
+        ctx.state.effort.record((layer.name, idx))
 
     def store(self, bank, image, mask, name: str, source: str, origin: dict | None = None) -> None:
         ref, added = bank.add_or_update(image, mask, name=name, source=source, origin=origin)

@@ -98,10 +98,13 @@ class ExportPanel(Panel):
             edited = ctx.state.edited_on_accept.get(layer.name, {})
             buf = io.StringIO()
             out = csv.writer(buf)
-            out.writerow(["file", "slice", "source", "reference", "edited_before_accept"])
+            out.writerow(["file", "slice", "source", "reference", "edited_before_accept", "clicks", "boxes",
+                          "seconds"])
             for t, i, ref in targets:
                 flag = "" if ref.source != "accepted_proposal" or i not in edited else int(edited[i])
-                out.writerow([t.name, "" if i is None else i, ref.source, ref.id, flag])
+                effort = ctx.state.effort.row((layer.name, i))
+                out.writerow([t.name, "" if i is None else i, ref.source, ref.id, flag, effort["clicks"],
+                              effort["boxes"], effort["seconds"]])
             atomic_write_text(log, buf.getvalue(), overwrite=False)
         except (MatchsegError, OSError) as exc:
             notify_error(str(exc))

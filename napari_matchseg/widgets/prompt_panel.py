@@ -140,6 +140,7 @@ class PromptPanel(QGroupBox):
         if not prompts:
             return
         key = (layer.name, idx)
+        ctx.state.effort.prompts(key, len(prompts.points), len(prompts.boxes))
         self._base.setdefault(key, ctx.state.probabilities.get(key))
         base, state, self._dirty = self._base[key], ctx.state, False
         c = ctx.propose.choices(need_bank=False)

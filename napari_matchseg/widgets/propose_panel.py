@@ -151,6 +151,7 @@ class ProposePanel(QGroupBox):
     def propose_current(self) -> None:
         c, tasks, state = self._ready_to_propose()
         layer, idx, image = self.ctx.current_slice()
+        state.effort.shown((layer.name, idx))
 
         def work():
             tasks.report(0, 0, "loading the model...")
@@ -302,3 +303,4 @@ class ProposePanel(QGroupBox):
         ctx.bank_panel.store(bank, image, labels_slice(labels, idx, image), slice_name(layer, idx),
                              "accepted_proposal", slice_origin(layer, idx))
         ctx.state.accepted.setdefault(layer.name, set()).add(idx)
+        ctx.state.effort.record((layer.name, idx))

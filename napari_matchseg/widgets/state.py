@@ -15,6 +15,7 @@ from ..bank import ReferenceBank
 from ..errors import InputError
 from ..settings import Settings
 from .edits import MaskWriter
+from .effort import EffortLog
 
 
 @dataclasses.dataclass
@@ -48,6 +49,7 @@ class AnnotatorState:
         self._model_lock = threading.Lock()
         self.edited_on_accept: dict[str, dict] = {}  # layer -> {slice: the user edited the proposal first}
         self.edits = MaskWriter()  # what the plugin wrote on each slice: the user's edits are never overwritten
+        self.effort = EffortLog()  # seconds, clicks and boxes per slice, for annotations.csv
 
     def open_bank(self, path: str) -> ReferenceBank:
         self.bank = ReferenceBank.open(path, create=True)
