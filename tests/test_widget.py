@@ -187,6 +187,11 @@ def test_series_propose_all_and_suggest_next(annotator, qtbot, tmp_path):
     assert w.status.text() == "proposed 6 of 6 unlabelled slices"
     assert {k[1] for k in w._probabilities} == {2, 3, 4, 5, 6, 7}
     assert not w.references.item(0).icon().isNull()  # thumbnails
+    here = viewer.dims.current_step[0]
+    w.accept_and_next()  # Alt+Shift+A: the proposal joins the bank, the next suggestion is shown
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert here in w.accepted["sample ultrasound"] and len(w.suggestions) == 5
+    assert viewer.dims.current_step[0] == w.suggestions[0].index != here
 
 
 def test_folder_reader_and_labels_writer(tmp_path):

@@ -87,7 +87,8 @@ class ReferenceAnnotator(QWidget):
         form.addRow("labels", self.labels_combo)
         return box
 
-    KEYS = {"Alt-P": "propose_current", "Alt-A": "accept_current", "Alt-N": "suggest_next"}  # docs/plugin.md
+    KEYS = {"Alt-P": "propose_current", "Alt-A": "accept_current", "Alt-N": "suggest_next",  # docs/plugin.md
+            "Alt-Shift-A": "accept_and_next"}
 
     def _bind_keys(self) -> None:
         """Viewer keys that no napari layer uses (P is paint in a Labels layer, A and N are taken too), so they

@@ -290,7 +290,8 @@ class ProposePanel(QGroupBox):
         self.ctx.state.edits.write(labels, idx, (prob >= value / 100).astype(np.uint8))
 
     @shows_errors
-    def accept_current(self) -> None:
+    def accept_current(self) -> bool:
+        """Store the current slice's (edited) proposal in the bank; True once stored."""
         ctx = self.ctx
         bank = ctx.state.need_bank()
         layer, idx, image = ctx.current_slice()
@@ -304,3 +305,9 @@ class ProposePanel(QGroupBox):
                              "accepted_proposal", slice_origin(layer, idx))
         ctx.state.accepted.setdefault(layer.name, set()).add(idx)
         ctx.state.effort.record((layer.name, idx))
+        return True
+
+    def accept_and_next(self) -> None:
+        """Accept, then go to the suggested next slice (one key, Alt+Shift+A); nothing moves if Accept failed."""
+        if self.accept_current():
+            self.suggest_next()
