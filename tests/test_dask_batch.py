@@ -187,12 +187,23 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(batch, scheduler
 def _descendants(pid: int) -> list[int]:
     """Child processes of ``pid``, children before grandchildren (Linux /proc)."""
     children = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").glob("*"))
+    except OSError:  # the process ended meanwhile
+        return []
+    for task in tasks:
         try:
             children += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
             pass
     return children + [d for c in children for d in _descendants(c)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:  # the process ended meanwhile
+        return ""
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes through Linux /proc")
@@ -206,7 +217,7 @@ def test_a_local_workers_death_is_one_line_on_stderr_and_the_batch_completes(bat
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
             written = len([p for p in out.glob("*.png") if ".tmp-" not in p.name]) if out.exists() else 0
-            workers = [d for d in _descendants(proc.pid) if "spawn_main" in Path(f"/proc/{d}/cmdline").read_text()]
+            workers = [d for d in _descendants(proc.pid) if "spawn_main" in _cmdline(d)]
             if 2 <= written < N_QUERIES - 6 and workers:
                 os.kill(workers[-1], signal.SIGKILL)
                 killed.set()
