@@ -804,3 +804,38 @@ def test_the_effort_log_counts_clicks_boxes_and_seconds_per_accepted_slice(annot
     assert len(rows) == 4 and len(accepted) == 1 and accepted[0]["slice"] == "6"
     assert (accepted[0]["clicks"], accepted[0]["boxes"]) == ("2", "1") and float(accepted[0]["seconds"]) > 0
     assert all((r["clicks"], r["boxes"]) == ("0", "0") for r in rows if r["source"] == "manual")
+
+
+def test_a_proposal_that_ends_after_its_image_is_deleted_or_left_leaves_the_user_where_they_are(annotator, qtbot):
+    viewer, w = annotator
+    for i in range(3):
+        viewer.dims.set_current_step(0, i)
+        w.add_current_as_reference()
+    stack = viewer.layers["sample ultrasound"].data
+    viewer.add_image(np.asarray(stack[6]), name="A")
+    viewer.add_image(np.asarray(stack[7]), name="B")
+    viewer.layers.selection.active = viewer.layers["A"]
+    w.propose_current()
+    viewer.layers.selection.active = viewer.layers["B"]  # the user moves on while A's proposal runs
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert "A proposal" in viewer.layers  # drawn on A's own layer ...
+    assert viewer.layers.selection.active is viewer.layers["B"] and w.image_combo.currentText() == "B"  # ... only
+    assert w.labels_combo.currentText() != "A proposal"
+    viewer.layers.selection.active = viewer.layers["B"]
+    w.propose_current()
+    viewer.layers.remove("B")  # deleted while its proposal runs
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert "B proposal" not in viewer.layers and "B probability" not in viewer.layers
+    assert "the image layer is gone" in w.status.text()
+
+
+def test_several_label_values_added_as_one_reference_are_said_to_be_merged(annotator):
+    viewer, w = annotator
+    labels = viewer.layers["sample ultrasound labels"]
+    data = np.asarray(labels.data).copy()
+    data[0, 5:15, 5:15] = 2  # a second object
+    labels.data = data
+    viewer.dims.set_current_step(0, 0)
+    w.add_current_as_reference()
+    assert "2 label values were merged into one mask" in w.status.text()
+    assert w.state.bank.load_mask(w.state.bank.ids()[0])[5:15, 5:15].all()

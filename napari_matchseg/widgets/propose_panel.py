@@ -190,8 +190,13 @@ class ProposePanel(QGroupBox):
         or "replace". ``select``: make that layer the active one."""
         layer, idx, image, result = payload
         ctx = self.ctx
+        if layer not in ctx.viewer.layers:  # the image was deleted while its proposal ran: nothing to show it on
+            ctx.status.setText(f"the proposal for {layer.name!r} was dropped: the image layer is gone")
+            return False
         ctx.state.probabilities[(layer.name, idx)] = result.probability
         active = ctx.viewer.layers.selection.active
+        # the user moved on to another image meanwhile: the proposal is drawn, but their choices stay as they are
+        moved_on = ctx.image_combo.currentText() != layer.name
         labels, prob_layer = self._proposal_layers(layer)
         if idx is None:
             prob_layer.data = result.probability
@@ -211,6 +216,10 @@ class ProposePanel(QGroupBox):
         if over_edits == "merge":
             mask = ctx.state.edits.with_edits(labels, idx, mask)
         ctx.state.edits.write(labels, idx, mask)
+        if moved_on:
+            ctx.viewer.layers.selection.active = active
+            ctx.status.setText(f"the proposal for {layer.name!r} is in {labels.name!r}")
+            return True
         ctx.labels_combo.setCurrentText(labels.name)
         ctx.viewer.layers.selection.active = labels if select or active is None else active
         ctx.state.last_matches = result.supports
