@@ -839,3 +839,13 @@ def test_several_label_values_added_as_one_reference_are_said_to_be_merged(annot
     w.add_current_as_reference()
     assert "2 label values were merged into one mask" in w.status.text()
     assert w.state.bank.load_mask(w.state.bank.ids()[0])[5:15, 5:15].all()
+
+
+def test_a_failed_bank_open_says_which_bank_is_still_in_use(annotator, tmp_path, monkeypatch):
+    viewer, w = annotator
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    (tmp_path / "a-file").write_text("not a folder")
+    w.open_bank(str(tmp_path / "a-file"))
+    assert errors and w.state.bank.path == tmp_path / "bank"
+    assert w.bank_label.text() == f"could not open {tmp_path / 'a-file'}; still using {tmp_path / 'bank'}: 0 references"

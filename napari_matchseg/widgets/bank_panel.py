@@ -52,6 +52,10 @@ class BankPanel(QGroupBox):
             bank = self.ctx.state.open_bank(typed_path(path))
         except MatchsegError as exc:
             notify_error(str(exc))
+            current = self.ctx.state.bank  # unchanged: the label says which bank is still in use
+            self.bank_label.setText(f"could not open {path.strip()}; "
+                                    + (f"still using {current.path}: {len(current)} references" if current is not None
+                                       else "no bank open"))
             return
         self.bank_path.setText(str(bank.path))
         self.ctx.save_settings()
