@@ -81,6 +81,22 @@ def run_cli(args: list[str]) -> tuple[int | None, str, str]:
         signal.signal(signal.SIGALRM, old)
 
 
+def judge(args: list, what: str, counts: dict, problems: list, refused: str | None) -> tuple[int | None, str]:
+    """Run one command and count what went wrong: a hang, a traceback, or (``refused`` names the count) an exit 0
+    where a refusal was due. Returns (exit code, stderr)."""
+    code, err, escaped = run_cli(args)
+    if escaped.startswith("hang"):
+        counts["hangs"] += 1
+        problems.append(f"{what}: {escaped}")
+    elif escaped or "Traceback" in err:
+        counts["tracebacks"] += 1
+        problems.append(f"{what}: {escaped or err.strip().splitlines()[-1]}")
+    elif refused is not None and code == 0:
+        counts[refused] += 1
+        problems.append(f"{what}: accepted (exit 0)")
+    return code, err
+
+
 def snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
             for p in sorted(folder.rglob("*"))}
@@ -233,18 +249,9 @@ def crafted_banks(work: Path, names: list[str], with_segment: bool, log=print) -
         if with_segment:
             ops.insert(4, ["segment", "--bank", bank, "--images", query, "--out", root / "masks"])
         for op in ops:
-            code, err, escaped = run_cli(op)
             counts["operations"] += 1
-            what = f"{name}: {' '.join(str(a) for a in op[:2])}"
-            if escaped.startswith("hang"):
-                counts["hangs"] += 1
-                problems.append(f"{what}: {escaped}")
-            elif escaped or "Traceback" in err:
-                counts["tracebacks"] += 1
-                problems.append(f"{what}: {escaped or err.strip().splitlines()[-1]}")
-            elif hostile and code == 0:
-                counts["hostile_accepted"] += 1
-                problems.append(f"{what}: exit 0 on a hostile bank")
+            judge(op, f"{name}: {' '.join(str(a) for a in op[:2])}", counts, problems,
+                  "hostile_accepted" if hostile else None)
         after = snapshot(outside)
         touched = [k for k in set(before) | set(after) if before.get(k) != after.get(k)]
         counts["outside_touched"] += len(touched)
@@ -326,17 +333,8 @@ def bad_inputs(work: Path, log=print) -> dict:
     counts = {"inputs": 0, "accepted": 0, "tracebacks": 0, "hangs": 0}
     problems = []
     for name, args in cases.items():
-        code, err, escaped = run_cli(args)
         counts["inputs"] += 1
-        if escaped.startswith("hang"):
-            counts["hangs"] += 1
-            problems.append(f"{name}: {escaped}")
-        elif escaped or "Traceback" in err:
-            counts["tracebacks"] += 1
-            problems.append(f"{name}: {escaped or err.strip().splitlines()[-1]}")
-        elif code == 0:
-            counts["accepted"] += 1
-            problems.append(f"{name}: accepted (exit 0)")
+        code, err = judge(args, name, counts, problems, "accepted")
         line = (err.strip().splitlines() or [""])[-1]
         log(f"  bad input: {name:32s} exit {code}: {line[:110]}")
     return {**counts, "problems": problems}

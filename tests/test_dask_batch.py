@@ -145,36 +145,45 @@ def test_a_local_cluster_of_two_workers_writes_the_plain_runs_masks(batch, tmp_p
     assert_same_masks(tmp_path / "out", batch / "plain")
 
 
+def run_killing_a_worker(cmd: list, out: Path, victim, timeout_s: float = 400) -> tuple[int, str, str, bool]:
+    """Run the batch ``cmd``; once some but not most masks are in ``out``, SIGKILL the process ``victim(pid of the
+    batch)`` names (None: none yet). (exit code, stdout, stderr, whether a kill happened)."""
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = threading.Event()
+
+    def kill_when_under_way():
+        deadline = time.monotonic() + timeout_s / 2
+        while time.monotonic() < deadline and proc.poll() is None:
+            written = len([p for p in out.glob("*.png") if ".tmp-" not in p.name]) if out.exists() else 0
+            target = victim(proc.pid) if 2 <= written < N_QUERIES - 6 else None
+            if target is not None:
+                os.kill(target, signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_when_under_way)
+    watcher.start()
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    finally:
+        watcher.join()
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, stdout, stderr, killed.is_set()
+
+
 def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(batch, scheduler, tmp_path):
     """The batch runs as a separate ``matchseg`` process; one worker is SIGKILLed once some masks are written.
     Dask reruns that worker's chunks elsewhere; they find the masks already written and keep them."""
     out = tmp_path / "out"
     with distributed.Client(scheduler, timeout="30s") as client:
         pids = client.run(os.getpid)
-    batch_proc = subprocess.Popen([BIN / "matchseg", *segment(batch, out, "--dask", scheduler, "--chunk-size", "1")],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed = threading.Event()
-
-    def kill_one_worker_when_under_way():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and batch_proc.poll() is None:
-            written = len([p for p in out.glob("*.png") if ".tmp-" not in p.name]) if out.exists() else 0
-            if 2 <= written < N_QUERIES - 6:
-                os.kill(next(iter(pids.values())), signal.SIGKILL)
-                killed.set()
-                return
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=kill_one_worker_when_under_way)
-    watcher.start()
-    try:
-        stdout, stderr = batch_proc.communicate(timeout=300)
-    finally:
-        watcher.join()
-        if batch_proc.poll() is None:
-            batch_proc.kill()
-    assert killed.is_set(), "the batch finished before a worker could be killed; make it longer"
-    assert batch_proc.returncode == 0, stderr
+    victim = next(iter(pids.values()))
+    returncode, stdout, stderr, killed = run_killing_a_worker(
+        [BIN / "matchseg", *segment(batch, out, "--dask", scheduler, "--chunk-size", "1")], out, lambda pid: victim)
+    assert killed, "the batch finished before a worker could be killed; make it longer"
+    assert returncode == 0, stderr
     assert f"wrote {N_QUERIES} masks" in stdout
     assert "Traceback" not in stderr, stderr  # Dask's lost-connection logs stay one line each
     leftovers = [p.name for p in out.iterdir() if ".tmp-" in p.name]
@@ -209,31 +218,15 @@ def _cmdline(pid: int) -> str:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes through Linux /proc")
 def test_a_local_workers_death_is_one_line_on_stderr_and_the_batch_completes(batch, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([BIN / "matchseg", *segment(batch, out, "--dask", "local:2", "--chunk-size", "1")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed = threading.Event()
 
-    def kill_a_worker_when_under_way():
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            written = len([p for p in out.glob("*.png") if ".tmp-" not in p.name]) if out.exists() else 0
-            workers = [d for d in _descendants(proc.pid) if "spawn_main" in _cmdline(d)]
-            if 2 <= written < N_QUERIES - 6 and workers:
-                os.kill(workers[-1], signal.SIGKILL)
-                killed.set()
-                return
-            time.sleep(0.05)
+    def a_worker(pid: int) -> int | None:  # a LocalCluster worker: a spawned child of the batch process
+        workers = [d for d in _descendants(pid) if "spawn_main" in _cmdline(d)]
+        return workers[-1] if workers else None
 
-    watcher = threading.Thread(target=kill_a_worker_when_under_way)
-    watcher.start()
-    try:
-        stdout, stderr = proc.communicate(timeout=400)
-    finally:
-        watcher.join()
-        if proc.poll() is None:
-            proc.kill()
-    assert killed.is_set(), "the batch finished before a worker could be killed; make it longer"
-    assert proc.returncode == 0 and f"wrote {N_QUERIES} masks" in stdout, stderr
+    returncode, stdout, stderr, killed = run_killing_a_worker(
+        [BIN / "matchseg", *segment(batch, out, "--dask", "local:2", "--chunk-size", "1")], out, a_worker)
+    assert killed, "the batch finished before a worker could be killed; make it longer"
+    assert returncode == 0 and f"wrote {N_QUERIES} masks" in stdout, stderr
     assert "Traceback" not in stderr, stderr
 
 

@@ -16,11 +16,16 @@ pytestmark = pytest.mark.gui
 
 
 
-def label_then_propose(viewer, w, qtbot, references: int, at: int) -> None:
-    """Add the first slices as references, then propose for slice ``at`` and wait for it."""
-    for i in range(references):
+def add_references(viewer, w, n: int) -> None:
+    """Add the first ``n`` slices of the current stack as references (their labels as painted)."""
+    for i in range(n):
         viewer.dims.set_current_step(0, i)
         w.add_current_as_reference()
+
+
+def label_then_propose(viewer, w, qtbot, references: int, at: int) -> None:
+    """Add the first slices as references, then propose for slice ``at`` and wait for it."""
+    add_references(viewer, w, references)
     viewer.dims.set_current_step(0, at)
     w.propose_current()
     qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
@@ -116,9 +121,7 @@ def test_mirror_option_averages_both_views(annotator, qtbot, tmp_path):
     from napari_matchseg.proposers.matchseg import MatchSegPredictor
 
     viewer, w = annotator
-    for i in range(3):
-        viewer.dims.set_current_step(0, i)
-        w.add_current_as_reference()
+    add_references(viewer, w, 3)
     viewer.dims.set_current_step(0, 5)
     w.k_spin.setValue(3)
     w.mirror_check.setChecked(True)
@@ -158,9 +161,7 @@ def test_cancel_and_bad_inputs_notify_instead_of_crashing(annotator, qtbot, monk
     w.accept_current()  # no proposal for this image: never the labels picker's mask instead
     assert "has no proposal to accept" in errors[-1] and len(w.state.bank) == 0  # nothing stored
     w.labels_combo.setCurrentText("sample ultrasound labels")
-    for i in range(3):
-        viewer.dims.set_current_step(0, i)
-        w.add_current_as_reference()
+    add_references(viewer, w, 3)
     viewer.dims.set_current_step(0, 5)
     w.propose_current()
     w.cancel()  # right away: the worker stops at its next check, before the bank is embedded
@@ -308,9 +309,7 @@ def test_a_bank_typed_relative_or_with_a_tilde_is_kept_absolute(annotator, tmp_p
 @pytest.mark.slow
 def test_finetune_in_the_background_switches_checkpoint(annotator, qtbot, tmp_path):
     viewer, w = annotator
-    for i in range(3):
-        viewer.dims.set_current_step(0, i)
-        w.add_current_as_reference()
+    add_references(viewer, w, 3)
     seen = []
     w.tasks._signals.progress.connect(lambda d, t, text: seen.append(text))
     w.finetune()
@@ -353,9 +352,7 @@ def test_learn_from_unlabelled_slices_in_the_background(annotator, qtbot, tmp_pa
     from napari_matchseg.training.semi import SemiConfig
 
     viewer, w = annotator
-    for i in range(3):
-        viewer.dims.set_current_step(0, i)
-        w.add_current_as_reference()
+    add_references(viewer, w, 3)
     n_slices = viewer.layers["sample ultrasound"].data.shape[0]
     w.semi_config = SemiConfig(warmup_steps=1, steps_per_round=2, labelled_batch=2, unlabelled_batch=2)
     w.rounds_spin.setValue(1)
@@ -699,9 +696,7 @@ def test_propagate_follows_the_axis_the_viewer_steps_through(make_napari_viewer,
 
 def test_remove_reference_can_be_undone(annotator, tmp_path):
     viewer, w = annotator
-    for i in range(3):
-        viewer.dims.set_current_step(0, i)
-        w.add_current_as_reference()
+    add_references(viewer, w, 3)
     bank = ReferenceBank.open(tmp_path / "bank")
     before = {r.original_name: (bank.load_mask(r.id), r.source) for r in bank}
     w.references.item(1).setSelected(True)
@@ -724,9 +719,7 @@ def test_the_dock_follows_the_selected_image_and_refuses_another_images_proposal
     monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
     stack = viewer.layers["sample ultrasound"].data
     labels = viewer.layers["sample ultrasound labels"].data
-    for i in range(3):  # references for the proposals
-        viewer.dims.set_current_step(0, i)
-        w.add_current_as_reference()
+    add_references(viewer, w, 3)  # references for the proposals
     viewer.add_image(np.asarray(stack[5]), name="A")
     viewer.add_image(np.asarray(stack[6]), name="B")  # the same size as A
     viewer.layers.selection.active = viewer.layers["B"]
@@ -784,9 +777,7 @@ def test_the_effort_log_counts_clicks_boxes_and_seconds_per_accepted_slice(annot
     import csv
 
     viewer, w = annotator
-    for i in range(3):
-        viewer.dims.set_current_step(0, i)
-        w.add_current_as_reference()
+    add_references(viewer, w, 3)
     viewer.dims.set_current_step(0, 6)
     w.start_prompts()
     clicks, boxes = viewer.layers["sample ultrasound clicks"], viewer.layers["sample ultrasound box"]
@@ -808,9 +799,7 @@ def test_the_effort_log_counts_clicks_boxes_and_seconds_per_accepted_slice(annot
 
 def test_a_proposal_that_ends_after_its_image_is_deleted_or_left_leaves_the_user_where_they_are(annotator, qtbot):
     viewer, w = annotator
-    for i in range(3):
-        viewer.dims.set_current_step(0, i)
-        w.add_current_as_reference()
+    add_references(viewer, w, 3)
     stack = viewer.layers["sample ultrasound"].data
     viewer.add_image(np.asarray(stack[6]), name="A")
     viewer.add_image(np.asarray(stack[7]), name="B")

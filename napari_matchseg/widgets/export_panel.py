@@ -55,10 +55,9 @@ class ExportPanel(Panel):
             if len(spatial_shape(layer)) != 3 or labels.data.shape != spatial_shape(layer):
                 raise InputError(f"Save volume mask needs a stack or volume and labels of its shape; {layer.name!r} "
                                  f"is {spatial_shape(layer)}, {labels.name!r} is {labels.data.shape}")
-            meta = {"metadata": {**(labels.metadata or {}), "volume": (layer.metadata or {}).get("volume")},
+            volume = (layer.metadata or {}).get("volume")  # the image's geometry, whatever made the labels
+            meta = {"metadata": {**(labels.metadata or {}), **({"volume": volume} if volume else {})},
                     "scale": tuple(layer.scale)}
-            if meta["metadata"]["volume"] is None:
-                del meta["metadata"]["volume"]
             written = Path(write_labels_volume(path, labels.data, meta)[0])
         except (MatchsegError, OSError) as exc:
             notify_error(str(exc))
