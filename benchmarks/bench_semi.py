@@ -14,8 +14,9 @@ In one run, evaluated on the test split with the labelled images as the bank (k 
   the targets; same compute as (b2));  (c3) as (c2) with a mean teacher (a moving average of the network
   labels every weak view as it is drawn), what ``matchseg semi`` does by default;
   (c4), (c5) as (c2), (c3) with CutMix between the strong views (``--cutmix``, probability ``--cutmix-p``);
-  (d) the SAM-Match refinement path, from (b), with the round teacher (paired with (c2) for the pseudo-labels'
-  Dice before and after refinement): ``--d-refiner litemedsam`` (default; real pretrained weights) or
+  (d) the SAM-Match refinement path, from (b), with the round teacher (the pseudo-labels' Dice is reported
+  before and after refinement; ``--features DIR`` keeps LiteMedSAM's embeddings in a folder shared between
+  draws, see ``encode_split.py``): ``--d-refiner litemedsam`` (default; real pretrained weights) or
   ``sam2``: no SAM 2 weights can be downloaded on the development machines, so that runs with a randomly
   initialised SAM 2 (tiny, at ``--sam2-image-size``) unless the real checkpoint is in the weights cache. ``--rows`` picks the rows (default
   a,b,b2,c3,d: the issue's four with the default loop as (c), and the equal-compute control; any of
@@ -61,6 +62,7 @@ DEFAULT_ROWS = ("a", "b", "b2", "c3", "d")  # each training row is about 20 min 
 FINETUNED = {"b": "finetuned.safetensors", "b2": "finetuned-2x.safetensors"}
 LOOP_FOLDERS = {"c": "semi", "c2": "semi-after-ft", "c3": "semi-ema-after-ft", "c4": "semi-cutmix-after-ft",
                 "c5": "semi-ema-cutmix-after-ft"}  # each holds a run_semi run folder
+D_FOLDER = "semi-litemedsam"  # row (d) with LiteMedSAM
 # how every row is scored: the labelled images as the bank, k = 8, handcrafted retrieval (paired_dice.py too)
 EVAL_CONFIG = PipelineConfig(k=8, threshold=0.5, support="retrieved", allow_self=False)
 
@@ -72,21 +74,32 @@ def test_pairs(data: Path, name: str, split: str = "test") -> list[tuple[Path, P
 
 
 def pseudo_label_quality(run: Path, truth: dict[str, np.ndarray]) -> list[dict]:
+    """Each round's pseudo-labels against the (hidden) truth; with a refiner also the model's own masks before
+    refinement (``unrefined``), and over the refined images how many refinement helped or hurt (Dice +-0.01)."""
     out = []
     for folder in sorted((run / "pseudo").glob("round-*")):
         store = PseudoLabelStore(folder)
-        d_all, acc = [], []
+        d_all, d_before, acc, changes = [], [], [], []
         for rec in store.records():
             mask, conf = store.load(rec["name"])
             gt = truth[rec["name"]]
             d_all.append(dice(mask, gt))
+            d_before.append(dice(store.load_unrefined(rec["name"]), gt))
+            if rec["method"] != "confident":
+                changes.append(d_all[-1] - d_before[-1])
             acc.append(float((mask == gt)[conf].mean()) if conf.any() else float("nan"))
         chosen = set(json.loads((folder / "selected.json").read_text()))
         d_sel = [d for d, rec in zip(d_all, store.records()) if rec["name"] in chosen]
-        out.append({"round": folder.name, "dice_vs_truth": round(float(np.mean(d_all)), 4),
-                    "selected": len(chosen), "selected_dice_vs_truth": round(float(np.mean(d_sel)), 4),
-                    "confident_pixel_accuracy": round(float(np.nanmean(acc)), 4),
-                    "refined": sum(r["method"] != "confident" for r in store.records()), "images": len(store)})
+        q = {"round": folder.name, "dice_vs_truth": round(float(np.mean(d_all)), 4),
+             "selected": len(chosen), "selected_dice_vs_truth": round(float(np.mean(d_sel)), 4),
+             "confident_pixel_accuracy": round(float(np.nanmean(acc)), 4),
+             "refined": len(changes), "images": len(store)}
+        if changes:
+            q |= {"unrefined_dice_vs_truth": round(float(np.mean(d_before)), 4),
+                  "refined_mean_dice_change": round(float(np.mean(changes)), 4),
+                  "refinement_helped": sum(c > 0.01 for c in changes),
+                  "refinement_hurt": sum(c < -0.01 for c in changes)}
+        out.append(q)
     return out
 
 
@@ -113,6 +126,7 @@ def main() -> None:
                     help="the refiner of row (d): LiteMedSAM's real weights, or SAM 2 (random unless its "
                     "checkpoint is in the weights cache)")
     ap.add_argument("--sam2-image-size", type=int, default=256)
+    ap.add_argument("--features", help="where row (d) keeps the refiner's image embeddings (default: its run folder)")
     ap.add_argument("--skip-sam2", action="store_true", help="leave out row (d)")
     ap.add_argument("--rows", default=",".join(DEFAULT_ROWS),
                     help=f"which rows to run, comma-separated, of {','.join(ROWS)}")
@@ -191,7 +205,7 @@ def main() -> None:
                  refiner=None) -> None:
         """Run (or reuse) the loop in ``work/folder`` and score it, with its pseudo-labels against the truth."""
         out = run_semi(bank, unlabelled, work / folder, base=start, cfg=row_cfg, refiner=refiner,
-                       log=lambda m: print("  " + m, flush=True))
+                       log=lambda m: print("  " + m, flush=True), features_dir=args.features)
         score(label, out, semi_seconds(out), {**(extra or {}),
                                              "pseudo_labels": pseudo_label_quality(work / folder, truth)})
 
@@ -216,7 +230,7 @@ def main() -> None:
         semi_row("(c5) semi, mean teacher + CutMix", LOOP_FOLDERS["c5"], ft,
                  dataclasses.replace(cfg, teacher="ema", cutmix=args.cutmix_p))
     if "d" in rows and args.d_refiner == "litemedsam":
-        semi_row("(d) semi, LiteMedSAM refined, from (b)", "semi-litemedsam", ft,
+        semi_row("(d) semi, LiteMedSAM refined, from (b)", D_FOLDER, ft,
                  dataclasses.replace(cfg, refine="litemedsam"), {"refiner": "litemedsam (pretrained)"})
     elif "d" in rows:
         from napari_matchseg.sam2_model import build_sam2_model

@@ -5,7 +5,8 @@
 
 Each ``--runs`` folder is the ``--work`` of one ``bench_semi.py`` run (one ``--seed``: one draw of the labelled
 images). Its checkpoints (b) ``finetuned``, (b2) ``finetuned-2x``, (c2) ``semi-after-ft`` (round teacher) and
-(c3) ``semi-ema-after-ft`` (mean teacher), where present, segment the split with that draw's bank, scored as in
+(c3) ``semi-ema-after-ft`` (mean teacher) and (d) ``semi-litemedsam`` (round teacher, LiteMedSAM-refined
+pseudo-labels), where present, segment the split with that draw's bank, scored as in
 ``bench_semi.py``. For each comparison it reports each draw's paired difference with its 95 % interval over the
 images (as ``paired_dice.py``) and the mean over the draws. The test images are the same for every draw, so the
 mean's interval resamples the images once for all draws: it is the test-image noise of that mean, given these
@@ -24,14 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_foundation import machine  # noqa: E402
-from bench_semi import FINETUNED, LOOP_FOLDERS, test_pairs  # noqa: E402
+from bench_semi import D_FOLDER, FINETUNED, LOOP_FOLDERS, test_pairs  # noqa: E402
 from paired_dice import image_dice, paired_interval, parse_scoring_args, scoring_parser  # noqa: E402
 
 from napari_matchseg.bank import ReferenceBank  # noqa: E402
 from napari_matchseg.training.semi import FINAL_NAME  # noqa: E402
 
-CHECKPOINTS = {**FINETUNED, "c2": f"{LOOP_FOLDERS['c2']}/{FINAL_NAME}", "c3": f"{LOOP_FOLDERS['c3']}/{FINAL_NAME}"}
-COMPARISONS = (("b", "c2"), ("b", "c3"), ("b2", "c2"), ("b2", "c3"), ("c2", "c3"), ("b", "b2"))
+CHECKPOINTS = {**FINETUNED, "c2": f"{LOOP_FOLDERS['c2']}/{FINAL_NAME}", "c3": f"{LOOP_FOLDERS['c3']}/{FINAL_NAME}",
+               "d": f"{D_FOLDER}/{FINAL_NAME}"}
+COMPARISONS = (("b", "c2"), ("b", "c3"), ("b2", "c2"), ("b2", "c3"), ("c2", "c3"), ("b", "b2"), ("b", "d"),
+               ("c3", "d"), ("c2", "d"))
 
 
 def subset_means(diffs: list[np.ndarray], draws: int = 10_000, seed: int = 0) -> tuple[float, float, float]:

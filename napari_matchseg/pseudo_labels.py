@@ -6,7 +6,8 @@ With refinement (SAM-Match: SAM 2 or LiteMedSAM) the confident pixels become pro
 pixels where SAM 2 contradicts a confident prediction are left out.
 
 A :class:`PseudoLabelStore` is a folder that says what it is (``info.json``), with ``masks/<name>.png`` and
-``confidence/<name>.png`` (0/255) and one JSON line per image in ``labels.jsonl`` (``"kind": "pseudo_label"``,
+``confidence/<name>.png`` (0/255), for a refined one also the model's own mask ``unrefined/<name>.png`` (what
+refinement changed), and one JSON line per image in ``labels.jsonl`` (``"kind": "pseudo_label"``,
 ``"reviewed": false``, how it was made). It is never a bank: the bank accepts only references a person
 drew or accepted, so a pseudo-label cannot be mistaken for one.
 """
@@ -85,14 +86,21 @@ class PseudoLabelStore:
     def records(self) -> list[dict]:
         return list(self._records.values())
 
-    def add(self, name: str, mask: np.ndarray, confident: np.ndarray, **info) -> dict:
-        """Write the mask and confidence map, then append the record (so a record always has its files)."""
+    def add(self, name: str, mask: np.ndarray, confident: np.ndarray, unrefined: np.ndarray | None = None,
+            **info) -> dict:
+        """Write the mask and confidence map (and ``unrefined``, the model's mask before a refiner changed it),
+        then append the record (so a record always has its files)."""
         mask, confident = np.asarray(mask, bool), np.asarray(confident, bool)
-        if mask.shape != confident.shape:
-            raise InputError(f"pseudo-label {name}: mask {mask.shape} and confidence {confident.shape} differ")
+        if mask.shape != confident.shape or (unrefined is not None and np.shape(unrefined) != mask.shape):
+            raise InputError(f"pseudo-label {name}: mask {mask.shape}, confidence {confident.shape}"
+                             + ("" if unrefined is None else f" and unrefined mask {np.shape(unrefined)}")
+                             + " differ")
+        if unrefined is not None:
+            atomic_write_bytes(self.folder / "unrefined" / f"{name}.png", encode_mask_png(np.asarray(unrefined, bool)))
         atomic_write_bytes(self.folder / "masks" / f"{name}.png", encode_mask_png(mask))
         atomic_write_bytes(self.folder / "confidence" / f"{name}.png", encode_mask_png(confident))
         rec = {"name": name, "kind": KIND, "reviewed": False, **info,
+               **({"has_unrefined": True} if unrefined is not None else {}),
                "foreground_fraction": round(float(mask.mean()), 5),
                "confident_fraction": round(float(confident.mean()), 5)}
         with open(self.folder / "labels.jsonl", "a") as f:
@@ -108,6 +116,13 @@ class PseudoLabelStore:
             raise KeyError(f"no pseudo-label for {name!r} in {self.folder}")
         mask = read_mask(self.folder / "masks" / f"{name}.png", allow_full=True)
         return mask, read_mask(self.folder / "confidence" / f"{name}.png", mask.shape, allow_full=True)
+
+    def load_unrefined(self, name: str) -> np.ndarray:
+        """The model's own mask before refinement (the pseudo-label itself when it was not refined)."""
+        f = self.folder / "unrefined" / f"{name}.png"
+        if self._records.get(name, {}).get("has_unrefined") and f.is_file():
+            return read_mask(f, allow_full=True)
+        return self.load(name)[0]
 
 
 __all__ = ["PseudoLabelStore", "confident_pseudo_label", "refined_pseudo_label", "KIND"]

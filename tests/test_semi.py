@@ -280,6 +280,31 @@ def test_litemedsam_refines_the_pseudo_labels_with_one_encoding_per_image(semi_s
     # one embedding per unlabelled image, kept in the run folder for the next round (and a resumed run)
     assert refiner.predictor.encodings == len(unlabelled)
     assert len(list((tmp / "run" / "features").glob("*/*.npy"))) == len(unlabelled)
+    # a refined pseudo-label keeps the model's own mask beside it (what refinement changed)
+    store = PseudoLabelStore(tmp / "run" / "pseudo" / "round-0")
+    for rec in store.records():
+        kept = (store.folder / "unrefined" / f"{rec['name']}.png").is_file()
+        assert kept == (rec["method"] == "litemedsam") == bool(rec.get("has_unrefined"))
+        before, (after, _) = store.load_unrefined(rec["name"]), store.load(rec["name"])
+        assert before.shape == after.shape and (kept or np.array_equal(before, after))
+    assert any(not np.array_equal(store.load_unrefined(r["name"]), store.load(r["name"])[0])
+               for r in store.records() if r["method"] == "litemedsam")
+
+
+@pytest.mark.slow
+def test_runs_share_a_refiners_embeddings_folder(semi_setup):
+    from napari_matchseg.litemedsam import LiteMedSamPredictor
+    from napari_matchseg.refiners.litemedsam import LiteMedSamRefiner
+
+    bank, unlabelled, _, tmp = semi_setup
+    cfg = SemiConfig(**dict(FAST, rounds=1), refine="litemedsam")
+    for run, expected in (("one", len(unlabelled)), ("two", 0)):  # the second run reads the first one's files
+        refiner = LiteMedSamRefiner(model=LiteMedSamPredictor("cpu"), min_agreement=0.0)
+        run_semi(bank, unlabelled, tmp / run, cfg=cfg, refiner=refiner, log=lambda m: None,
+                 features_dir=tmp / "shared")
+        assert refiner.predictor.encodings == expected
+    assert len(list((tmp / "shared" / "features").glob("*/*.npy"))) == len(unlabelled)
+    assert not (tmp / "one" / "features").exists()
 
 
 @pytest.mark.slow
@@ -380,7 +405,8 @@ def test_semi_command_end_to_end(semi_setup, capsys):
     for name, _, _ in unlabelled:
         (folder / f"{name}.png").symlink_to(dataset_dir("kvasir") / "images" / f"{name}.png")
     code = main(["semi", "--bank", str(bank.path), "--unlabelled", str(folder), "--checkpoint", str(base),
-                 "--rounds", "1", "--steps", "2", "-k", "3", "--select", "confidence"])
+                 "--rounds", "1", "--steps", "2", "-k", "3", "--select", "confidence", "--embeddings",
+                 str(tmp / "embeddings")])
     out = capsys.readouterr().out
     assert code == 0 and "fine-tuned checkpoint" in out
     assert (tmp / "bank.semi" / FINAL_NAME).exists()

@@ -59,7 +59,7 @@ def cmd_semi(args) -> int:
     run = Path(args.out) if args.out else default_run_dir(bank)
     with progress_bar("semi-supervised") as update:
         out = run_semi(bank, unlabelled, run, base=args.checkpoint, cfg=cfg, progress=lambda d, t, s: update(d, t),
-                       log=lambda msg: print(msg, file=sys.stderr), threads=args.threads)
+                       log=lambda msg: print(msg, file=sys.stderr), threads=args.threads, features_dir=args.embeddings)
     print(f"pseudo-labels (not references, never in the bank): {run / 'pseudo'}")
     print(f"fine-tuned checkpoint: {out} (use it with --checkpoint {out})")
     return 0
@@ -144,6 +144,8 @@ def register(sub) -> None:
                choices={"select": tuple(SELECT_SCORES), "teacher": ("auto", "round", "ema")})
     c.add_argument("--checkpoint", help="start from this MatchSeg checkpoint (default: the shipped one)")
     c.add_argument("--out", help="run folder (default: <bank>.semi beside the bank); resumes if it holds a run")
+    c.add_argument("--embeddings", help="folder where the refiner keeps its image embeddings, shared between runs "
+                                        "on the same images (default: the run folder)")
     add_registry_options(c, REFINERS)
     add_device_args(c, threads=True)
     c.set_defaults(func=cmd_semi)

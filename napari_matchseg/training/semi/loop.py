@@ -8,7 +8,8 @@ below plain fine-tuning). Then each round (``matchseg semi``, or "Learn from unl
 1. **Pseudo-label** every unlabelled image with the current MatchSeg, supports retrieved from the bank, on
    the weak view (the image and its mirror image, averaged). Confident pixels (``max(p, 1 - p) >=
    confidence``) are kept; with ``refine="litemedsam"`` (or ``"sam2"``) they become prompts and the SAM's
-   mask is the label (SAM-Match). Without the refiner's weights the confident prediction itself is the label. Pseudo-labels go to
+   mask is the label (SAM-Match). Without the refiner's weights the confident prediction itself is the label.
+   Pseudo-labels go to
    ``RUN/pseudo/round-<r>/`` (:class:`~napari_matchseg.pseudo_labels.PseudoLabelStore`), never to the bank.
 2. **Fine-tune** on batches of labelled episodes (query and supports from the bank, as ``finetune`` does)
    plus unlabelled episodes in FixMatch style: the pseudo-label from the weak view supervises a strongly
@@ -63,7 +64,8 @@ Progress = Callable[[int, int, str], None]
 def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, str]], run_dir: str | Path | None = None,
              base: str | Path | None = None, cfg: SemiConfig | None = None, progress: Progress | None = None,
              cancel: Callable[[], bool] | None = None, log: Callable[[str], None] = print,
-             refiner=None, threads: int | None = None, new_run_if_different: bool = False) -> Path:
+             refiner=None, threads: int | None = None, new_run_if_different: bool = False,
+             features_dir: str | Path | None = None) -> Path:
     """Run (or resume) the loop; returns the fine-tuned checkpoint. ``unlabelled``: (name, image, source)
     triples (see :func:`read_unlabelled_folder`); ``refiner``: a ready SAM 2 refiner (tests, benchmarks).
     A run folder started with other settings is an error, or with ``new_run_if_different`` (the plugin) the
@@ -85,7 +87,8 @@ def run_semi(bank: ReferenceBank, unlabelled: Sequence[tuple[str, np.ndarray, st
     run = open_run(run, settings, new_run_if_different, log)
     if (run / FINAL_NAME).exists():
         return run / FINAL_NAME
-    loop = _Loop(bank, items, run, cfg, model.config.image_size, progress, cancel, log, SamRefiner(cfg, log, refiner, features_dir=run))
+    sam = SamRefiner(cfg, log, refiner, features_dir=Path(features_dir) if features_dir else run)
+    loop = _Loop(bank, items, run, cfg, model.config.image_size, progress, cancel, log, sam)
     previous = loop.warm_up(base)  # the teacher: its pseudo-labels are only as good as what it learnt from the bank
     for r in range(cfg.rounds):
         previous = loop.round(r, previous)  # pseudo-label with the previous model, then fine-tune on them

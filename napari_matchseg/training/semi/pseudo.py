@@ -19,8 +19,9 @@ from .config import SELECT_SCORES, SemiConfig
 
 class SamRefiner:
     """Builds the configured refiner (``cfg.refine``) once, on first use; without its weights, says so once and
-    returns None. A LiteMedSAM refiner keeps its image embeddings in the run folder (``features_dir``), so later
-    rounds and a resumed run do not encode the unlabelled images again."""
+    returns None. A LiteMedSAM refiner keeps its image embeddings under ``features_dir`` (the run folder, or a folder
+    shared between runs: the files are named by image content), so later rounds, a resumed run and other runs on
+    the same images do not encode them again."""
 
     def __init__(self, cfg: SemiConfig, log, refiner=None, features_dir=None):
         self.cfg, self.log, self.refiner, self.tried = cfg, log, refiner, False
@@ -83,7 +84,8 @@ def pseudo_label_round(predictor: MatchSegPredictor, bank: ReferenceBank, bank_i
                                                                 cfg.refine_threshold, cfg.refine_margin)
             else:
                 (mask, conf), method, note = confident_pseudo_label(prob, cfg.confidence), "confident", ""
-            store.add(name, mask, conf, reliability=round(agreement(p >= 0.5, p_m >= 0.5), 5),
+            unrefined = None if method == "confident" else prob >= 0.5  # kept: what refinement changed
+            store.add(name, mask, conf, unrefined=unrefined, reliability=round(agreement(p >= 0.5, p_m >= 0.5), 5),
                       foreground_confidence=round(foreground_confidence(prob), 5),
                       source=source, image_sha256=sha, round=round_,
                       method=method, note=note, checkpoint=checkpoint, supports=sup_ids)
