@@ -1,7 +1,9 @@
 """npe2 reader: a folder of images opened as a series (one image = one slice), or a volume.
 
-Images of one size become one stack layer (the file names are kept in ``metadata["files"]`` so exports reuse
-their stems); a folder of mixed sizes becomes one layer per image, named by its stem. A volume (NIfTI file,
+A folder becomes one stack layer whose slider steps through its images, one on screen at a time (the file names
+are kept in ``metadata["files"]`` so exports reuse their stems). A folder of mixed sizes is padded into one stack
+and ``metadata["series"]`` says each image's own size, channels and dtype (:mod:`napari_matchseg.series`), so the
+plugin works on every image exactly as read. A volume (NIfTI file,
 DICOM series folder, multi-page TIFF) becomes one (Z, Y, X) layer with its voxel spacing as napari's ``scale``
 and what the writer needs to write a mask like it in ``metadata["volume"]``.
 """
@@ -10,8 +12,6 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-
-import numpy as np
 
 from .image_io import list_images, read_image
 
@@ -33,16 +33,12 @@ def get_folder_reader(path):
 
 
 def read_folder(path) -> list[tuple]:
+    from .series import stack_series
+
     files = list_images(path)
-    images = [read_image(f) for f in files]
-    shapes = {(im.shape, im.dtype.str) for im in images}
-    if len(shapes) == 1:
-        rgb = images[0].ndim == 3
-        stack = np.stack(images)
-        return [(stack, {"name": Path(path).name, "rgb": rgb, "metadata": {"files": [str(f) for f in files]}},
-                 "image")]
-    return [(im, {"name": f.stem, "rgb": im.ndim == 3, "metadata": {"files": [str(f)]}}, "image")
-            for f, im in zip(files, images)]
+    stack, info = stack_series([read_image(f) for f in files])
+    meta = {"files": [str(f) for f in files], **({"series": info.as_metadata()} if info is not None else {})}
+    return [(stack, {"name": Path(path).name, "rgb": stack.ndim == 4, "metadata": meta}, "image")]
 
 
 def read_volume_layer(path) -> list[tuple]:

@@ -109,12 +109,15 @@ def test_label_propose_edit_accept_export(annotator, qtbot, tmp_path):
     assert set(np.unique(np.array(Image.open(written[-1])))) == {0, 255}
     assert np.array_equal(np.array(Image.open(written[-1])) > 0, bank.load_mask(accepted[0].id) > 0)
     log = (tmp_path / "export" / "annotations.csv").read_text().splitlines()
-    assert log[0] == "file,slice,source,reference,edited_before_accept,clicks,boxes,seconds" and len(log) == 6
+    assert log[0] == "file,slice,source,reference,edited_before_accept,clicks,boxes,seconds,sha256" and len(log) == 6
     assert log[1].startswith("sample ultrasound_0000.png,0,manual,")
     assert log[5].split(",")[:7] == ["sample ultrasound_0006.png", "6", "accepted_proposal", accepted[0].id, "1",
                                      "0", "0"] and float(log[5].split(",")[7]) >= 0
-    assert w.export_labelled(str(tmp_path / "export")) == []  # never overwritten silently
-    assert w.status.text().startswith("export failed:")  # and the status says so
+    # the same export again: an update of the earlier one, nothing changed, nothing rewritten
+    assert w.export_labelled(str(tmp_path / "export")) == [] and "5 unchanged" in w.status.text()
+    (tmp_path / "export" / "sample ultrasound_0001.png").write_bytes(b"someone else's file")
+    assert w.export_labelled(str(tmp_path / "export")) == []  # never written over a changed file
+    assert w.status.text().startswith("export failed:") and "changed after the export" in w.status.text()
 
 
 def test_mirror_option_averages_both_views(annotator, qtbot, tmp_path):
@@ -201,8 +204,8 @@ def test_folder_reader_and_labels_writer(tmp_path):
     from napari_matchseg.widgets import write_labels
 
     write_sample(tmp_path / "s", n_per_kind=2)
-    layers = get_folder_reader(str(tmp_path / "s" / "images"))(str(tmp_path / "s" / "images"))
-    assert len(layers) == 4  # two sizes: one layer per image
+    (mixed, meta, _), = get_folder_reader(str(tmp_path / "s" / "images"))(str(tmp_path / "s" / "images"))
+    assert mixed.shape == (4, 160, 160, 3) and meta["metadata"]["series"]["sizes"] == [[128, 128]] * 2 + [[160, 160]] * 2
     (tmp_path / "same").mkdir()
     for f in sorted((tmp_path / "s" / "images").glob("ultrasound_*.png")):
         (tmp_path / "same" / f.name).write_bytes(f.read_bytes())

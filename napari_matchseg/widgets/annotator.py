@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QProgressBar, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QProgressBar, QScrollArea, QVBoxLayout, \
+    QWidget
 
 from ..background import BackgroundEmbedder
 from ..errors import InputError
@@ -22,7 +24,7 @@ from .learn_panel import LearnPanel
 from .prompt_panel import PromptPanel
 from .propagate_panel import PropagatePanel
 from .propose_panel import ProposePanel
-from .slices import all_slices, get_layer, is_users_image, slice_at_cursor
+from .slices import all_slices, current_index, get_layer, is_users_image, series_info, slice_at_cursor, slice_name
 from .state import AnnotatorState
 from .tasks import TaskRunner
 
@@ -76,6 +78,7 @@ class ReferenceAnnotator(QWidget):
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
         self._start_background()
+        self.show_where()
         if self.settings.bank and (Path(self.settings.bank) / "bank.json").is_file():
             self.open_bank(self.settings.bank)
 
@@ -85,7 +88,41 @@ class ReferenceAnnotator(QWidget):
         self.image_combo, self.labels_combo = QComboBox(), QComboBox()
         form.addRow("image", self.image_combo)
         form.addRow("labels", self.labels_combo)
+        self.where = QLabel("")  # which image of a series is on screen
+        self.where.setWordWrap(True)
+        self.prev_btn = button("< Previous", lambda: self.step_image(-1), "the previous image of the series (Left)")
+        self.next_btn = button("Next >", lambda: self.step_image(1), "the next image of the series (Right)")
+        form.addRow(row(self.prev_btn, self.where, self.next_btn))
         return box
+
+    def step_image(self, step: int) -> None:
+        """Show the previous or next image of a stack or series (napari's Left/Right keys do the same)."""
+        try:
+            layer = get_layer(self.viewer, self.image_combo.currentText(), "image")
+            idx = current_index(self.viewer, layer)
+        except InputError:
+            return
+        if idx is not None:
+            n = np.asarray(layer.data).shape[0]
+            self.viewer.dims.set_current_step(0, min(max(idx + step, 0), n - 1))
+
+    def show_where(self, *_) -> None:
+        """'image 3 of 12: benign (7) (420 x 380)' for a stack or series; nothing for a single image."""
+        try:
+            layer = get_layer(self.viewer, self.image_combo.currentText(), "image")
+            idx = current_index(self.viewer, layer)
+        except InputError:
+            idx = None
+        stack = idx is not None
+        for w in (self.prev_btn, self.next_btn, self.where):
+            w.setVisible(stack)
+        if not stack:
+            return
+        n, info = np.asarray(layer.data).shape[0], series_info(layer)
+        h, w = info.sizes[idx] if info is not None else np.asarray(layer.data).shape[1:3]
+        self.where.setText(f"image {idx + 1} of {n}: {slice_name(layer, idx)} ({w} x {h})")
+        self.prev_btn.setEnabled(idx > 0)
+        self.next_btn.setEnabled(idx < n - 1)
 
     KEYS = {"Alt-P": "propose_current", "Alt-A": "accept_current", "Alt-N": "suggest_next",  # docs/plugin.md
             "Alt-Shift-A": "accept_and_next"}
@@ -107,7 +144,9 @@ class ReferenceAnnotator(QWidget):
         self.destroyed.connect(self.background.close)
         self.viewer.layers.selection.events.active.connect(self._follow_selection)
         self.viewer.dims.events.current_step.connect(self.embed_shown)
+        self.viewer.dims.events.current_step.connect(self.show_where)
         self.image_combo.currentTextChanged.connect(self.embed_shown)
+        self.image_combo.currentTextChanged.connect(self.show_where)
         self.image_combo.currentTextChanged.connect(self._follow_image)
         if self.settings.background_embedding:
             self.background.request("", None)  # the model first, before any image

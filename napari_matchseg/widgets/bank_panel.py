@@ -86,7 +86,7 @@ class BankPanel(QGroupBox):
         check_pair(layer, labels)
         data = np.asarray(labels.data)
         values = np.unique(data if idx is None or data.ndim == 2 else data[idx])
-        self.store(bank, image, labels_slice(labels, idx, image), slice_name(layer, idx), "manual",
+        self.store(bank, image, labels_slice(labels, idx, image, layer), slice_name(layer, idx), "manual",
                    slice_origin(layer, idx))
         ctx.state.effort.record((layer.name, idx))
         if (values != 0).sum() > 1:  # say it: the bank keeps one mask (all objects as foreground) per image

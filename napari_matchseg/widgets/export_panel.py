@@ -1,20 +1,19 @@
 """Export: every labelled slice's mask (hand-labelled references and accepted proposals) as a file, in the chosen
-format, with ``annotations.csv`` saying where each came from; never over an existing file."""
+format, with ``annotations.csv`` saying where each came from; a second export of the same images updates the
+first, and nothing else is ever written over."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import csv
-import io
-
 from qtpy.QtWidgets import QComboBox, QFileDialog, QLabel
 
-from ..errors import InputError, MatchsegError, name_list
+from ..errors import InputError, MatchsegError
+from ..export_log import LOG_NAME, file_sha256, plan_export
 from ..fsutil import atomic_write_text
-from ..image_io import write_mask, write_mask_tiff
+from ..image_io import encode_mask_png, write_mask, write_mask_tiff
 from ._qt import Panel, button, notify_error, row
-from .slices import all_slices, check_pair, get_layer, slice_name, spatial_shape
+from .slices import series_info, all_slices, check_pair, get_layer, slice_name, spatial_shape
 
 FORMATS = {"png-255": (".png", 255), "png-labels": (".png", 1), "tif-255": (".tif", 255)}
 
@@ -52,6 +51,9 @@ class ExportPanel(Panel):
             layer = get_layer(ctx.viewer, ctx.image_combo.currentText(), "image")
             labels = get_layer(ctx.viewer, ctx.labels_combo.currentText(), "labels")
             check_pair(layer, labels)
+            if series_info(layer) is not None:
+                raise InputError(f"{layer.name!r} is a series of separate images, not a volume: use Export labelled "
+                                 "masks (one file per image)")
             if len(spatial_shape(layer)) != 3 or labels.data.shape != spatial_shape(layer):
                 raise InputError(f"Save volume mask needs a stack or volume and labels of its shape; {layer.name!r} "
                                  f"is {spatial_shape(layer)}, {labels.name!r} is {labels.data.shape}")
@@ -74,7 +76,8 @@ class ExportPanel(Panel):
     def export_labelled(self, folder: str) -> list[Path]:
         """Write the bank's mask of every slice of the current image layer that is a reference (labelled by hand
         or accepted) as ``<stem>.png|.tif`` in the chosen format, and ``annotations.csv`` (file, source,
-        reference, edited before Accept); never over an existing file."""
+        reference, edited before Accept, effort, sha256). Into a folder that holds an earlier export of these
+        images it updates that export (:mod:`napari_matchseg.export_log`); it never writes over anything else."""
         ctx = self.ctx
         suffix, value = FORMATS[self.export_format.currentText()]
         try:
@@ -87,27 +90,28 @@ class ExportPanel(Panel):
             if not found:
                 raise InputError("no slice of this image layer is labelled yet: Add as reference or Accept first")
             targets = [(Path(folder) / f"{slice_name(layer, i)}{suffix}", i, bank.get(rid)) for i, rid in found]
-            log = Path(folder) / "annotations.csv"
-            existing = [t.name for t, _, _ in targets if t.exists()] + ([log.name] if log.exists() else [])
-            if existing:
-                raise InputError(f"{len(existing)} files already exist in {folder} ({name_list(existing)}); "
-                                 "nothing was written. Choose an empty folder")
+            plan = plan_export(folder, [t.name for t, _, _ in targets])
             write = write_mask if suffix == ".png" else write_mask_tiff
-            written = [write(t, bank.load_mask(ref.id) != 0, overwrite=False, value=value) for t, _, ref in targets]
             edited = ctx.state.edited_on_accept.get(layer.name, {})
-            buf = io.StringIO()
-            out = csv.writer(buf)
-            out.writerow(["file", "slice", "source", "reference", "edited_before_accept", "clicks", "boxes",
-                          "seconds"])
+            written, unchanged, rows = [], 0, []
             for t, i, ref in targets:
+                mask = bank.load_mask(ref.id) != 0
+                if suffix == ".png" and t.name in plan.replace and t.read_bytes() == encode_mask_png(mask, value):
+                    unchanged += 1  # the same file as last time: it stays as it is
+                else:
+                    written.append(write(t, mask, overwrite=t.name in plan.replace, value=value))
                 flag = "" if ref.source != "accepted_proposal" or i not in edited else int(edited[i])
                 effort = ctx.state.effort.row((layer.name, i))
-                out.writerow([t.name, "" if i is None else i, ref.source, ref.id, flag, effort["clicks"],
-                              effort["boxes"], effort["seconds"]])
-            atomic_write_text(log, buf.getvalue(), overwrite=False)
+                rows.append({"file": t.name, "slice": "" if i is None else i, "source": ref.source,
+                             "reference": ref.id, "edited_before_accept": flag, **effort,
+                             "sha256": file_sha256(t)})
+            atomic_write_text(Path(folder) / LOG_NAME, plan.csv_text(rows), overwrite=True)
         except (MatchsegError, OSError) as exc:
             notify_error(str(exc))
             ctx.status.setText(f"export failed: {exc}")
             return []
-        ctx.status.setText(f"exported {len(written)} masks and annotations.csv to {folder}")
+        kept = f", {unchanged} unchanged" if unchanged else ""
+        updated = len(plan.replace) - unchanged
+        again = f" ({updated} updated from the earlier export{kept})" if plan.replace else ""
+        ctx.status.setText(f"exported {len(written)} masks and {LOG_NAME} to {folder}{again}")
         return written

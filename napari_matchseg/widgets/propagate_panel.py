@@ -13,7 +13,7 @@ from ..errors import MatchsegError
 from ..propagation import PROPAGATION_PROPOSER, PropagationSettings
 from ..proposers import PROPOSERS
 from ._qt import Panel, button, row, shows_errors
-from .slices import check_pair, get_layer, spatial_shape
+from .slices import series_info, check_pair, get_layer, spatial_shape
 
 
 def _spin(value: float, tip: str) -> QDoubleSpinBox:
@@ -63,6 +63,9 @@ class PropagatePanel(Panel):
         layer = get_layer(ctx.viewer, ctx.image_combo.currentText(), "image")
         labels_layer = get_layer(ctx.viewer, ctx.labels_combo.currentText(), "labels")
         check_pair(layer, labels_layer)
+        if series_info(layer) is not None:
+            raise MatchsegError(f"{layer.name!r} is a series of separate images of different sizes, not a volume: "
+                                "propose them (Propose all) instead of propagating")
         volume, labels = np.asarray(layer.data), np.asarray(labels_layer.data)
         if len(spatial_shape(layer)) != 3 or labels.shape != spatial_shape(layer):
             raise MatchsegError(f"Propagate works on a stack or volume and a labels layer of its shape; "

@@ -16,7 +16,7 @@ from ..proposers import PROPOSERS
 from ..refiners import refiner_choices
 from ..retrieval import RETRIEVERS
 from ._qt import button, notify_error, row, shows_errors, typed_path
-from .slices import ROLE, get_layer, labels_slice, slice_name, slice_origin, spatial_shape
+from .slices import ROLE, get_layer, labels_slice, slice_name, slice_origin, spatial_shape, to_frame
 from .state import Choices
 
 
@@ -201,7 +201,7 @@ class ProposePanel(QGroupBox):
         if idx is None:
             prob_layer.data = result.probability
         else:
-            prob_layer.data[idx] = result.probability
+            prob_layer.data[idx] = to_frame(layer, result.probability)
             prob_layer.refresh()
         key = (labels.name, idx)
         if over_edits not in ("replace", "merge") and ctx.state.edits.edited(labels, idx) and \
@@ -212,7 +212,7 @@ class ProposePanel(QGroupBox):
                                    "Propose again to replace them (Ctrl+Z undoes that)")
             return False
         self._confirm_overwrite = None
-        mask = result.mask(self.threshold.value() / 100).astype(np.uint8)
+        mask = to_frame(layer, result.mask(self.threshold.value() / 100).astype(np.uint8))
         if over_edits == "merge":
             mask = ctx.state.edits.with_edits(labels, idx, mask)
         ctx.state.edits.write(labels, idx, mask)
@@ -296,7 +296,7 @@ class ProposePanel(QGroupBox):
         if self.ctx.state.edits.edited(labels, idx):
             self.ctx.status.setText("this slice has your edits: the threshold applies to new proposals only")
             return
-        self.ctx.state.edits.write(labels, idx, (prob >= value / 100).astype(np.uint8))
+        self.ctx.state.edits.write(labels, idx, to_frame(layer, (prob >= value / 100).astype(np.uint8)))
 
     @shows_errors
     def accept_current(self) -> bool:
@@ -310,7 +310,7 @@ class ProposePanel(QGroupBox):
                                 "mask in a labels layer and use Add as reference")
         labels = get_layer(ctx.viewer, name, "labels")
         ctx.state.edited_on_accept.setdefault(layer.name, {})[idx] = ctx.state.edits.edited(labels, idx)
-        ctx.bank_panel.store(bank, image, labels_slice(labels, idx, image), slice_name(layer, idx),
+        ctx.bank_panel.store(bank, image, labels_slice(labels, idx, image, layer), slice_name(layer, idx),
                              "accepted_proposal", slice_origin(layer, idx))
         ctx.state.accepted.setdefault(layer.name, set()).add(idx)
         ctx.state.effort.record((layer.name, idx))

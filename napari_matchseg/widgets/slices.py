@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..image_io import check_image, check_mask
+from ..series import SeriesInfo
 from ..volume_io import volume_stem
 
 
@@ -32,24 +33,51 @@ def spatial_shape(image_layer) -> tuple[int, ...]:
     return data.shape[: data.ndim - (1 if image_layer.rgb else 0)]
 
 
-def slice_at_cursor(viewer, image_layer) -> tuple[int | None, np.ndarray]:
-    """(slice index or None for a 2D image, the checked image) at the viewer's current position."""
+def series_info(image_layer) -> SeriesInfo | None:
+    """For a folder of images of different sizes opened as one padded stack: each image's own size (else None)."""
+    info = SeriesInfo.from_metadata((getattr(image_layer, "metadata", None) or {}).get("series"))
+    data = np.asarray(image_layer.data)
+    return info if info is not None and data.ndim - (1 if image_layer.rgb else 0) == 3 and \
+        len(info) == data.shape[0] else None
+
+
+def _slice(image_layer, data: np.ndarray, idx: int) -> np.ndarray:
+    info = series_info(image_layer)
+    return data[idx] if info is None else info.original(data[idx], idx)
+
+
+def current_index(viewer, image_layer) -> int | None:
+    """The slice on screen (None for a 2D image)."""
     data = np.asarray(image_layer.data)
     spatial = data.ndim - (1 if image_layer.rgb else 0)
     if spatial == 2:
-        return None, check_image(data, name=image_layer.name)
+        return None
     if spatial == 3:
-        idx = min(max(int(viewer.dims.current_step[0]), 0), data.shape[0] - 1)
-        return idx, check_image(data[idx], name=f"{image_layer.name} slice {idx}")
+        return min(max(int(viewer.dims.current_step[0]), 0), data.shape[0] - 1)
     raise InputError(f"layer {image_layer.name!r} has shape {data.shape}: expected a 2D image or a stack of 2D "
                      "images (one slice = one image)")
+
+
+def slice_at_cursor(viewer, image_layer) -> tuple[int | None, np.ndarray]:
+    """(slice index or None for a 2D image, the checked image) at the viewer's current position."""
+    idx = current_index(viewer, image_layer)
+    data = np.asarray(image_layer.data)
+    if idx is None:
+        return None, check_image(data, name=image_layer.name)
+    return idx, check_image(_slice(image_layer, data, idx), name=f"{image_layer.name} slice {idx}")
 
 
 def all_slices(image_layer) -> list[np.ndarray]:
     data = np.asarray(image_layer.data)
     if data.ndim - (1 if image_layer.rgb else 0) == 2:
         return [check_image(data, name=image_layer.name)]
-    return [data[i] for i in range(data.shape[0])]
+    return [_slice(image_layer, data, i) for i in range(data.shape[0])]
+
+
+def to_frame(image_layer, array: np.ndarray) -> np.ndarray:
+    """A mask or probability map of one slice as the layer's slice: padded into a series' frame when it is one."""
+    info = series_info(image_layer)
+    return array if info is None else info.to_frame(array, spatial_shape(image_layer)[1:])
 
 
 def slice_name(image_layer, idx: int | None) -> str:
@@ -79,7 +107,11 @@ def check_pair(image_layer, labels_layer) -> None:
                          f"choose {image_layer.name!r}'s labels, or select {owner!r}")
 
 
-def labels_slice(labels_layer, idx: int | None, image: np.ndarray) -> np.ndarray:
+def labels_slice(labels_layer, idx: int | None, image: np.ndarray, image_layer=None) -> np.ndarray:
+    """The labels of slice ``idx``; of a series' image, cut to that image's own size (the padding is not in it)."""
     data = np.asarray(labels_layer.data)
     sl = data if idx is None or data.ndim == 2 else data[idx]
+    info = None if image_layer is None or idx is None else series_info(image_layer)
+    if info is not None and sl.shape == spatial_shape(image_layer)[1:]:
+        sl = info.crop(sl, idx)
     return check_mask(sl, image.shape, name=f"labels {labels_layer.name!r}")
