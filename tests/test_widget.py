@@ -205,7 +205,8 @@ def test_folder_reader_and_labels_writer(tmp_path):
 
     write_sample(tmp_path / "s", n_per_kind=2)
     (mixed, meta, _), = get_folder_reader(str(tmp_path / "s" / "images"))(str(tmp_path / "s" / "images"))
-    assert mixed.shape == (4, 160, 160, 3) and meta["metadata"]["series"]["sizes"] == [[128, 128]] * 2 + [[160, 160]] * 2
+    sizes = meta["metadata"]["series"]["sizes"]  # two sizes, gray and colour: one series
+    assert mixed.shape == (4, 160, 160, 3) and sizes == [[128, 128]] * 2 + [[160, 160]] * 2
     (tmp_path / "same").mkdir()
     for f in sorted((tmp_path / "s" / "images").glob("ultrasound_*.png")):
         (tmp_path / "same" / f.name).write_bytes(f.read_bytes())

@@ -22,7 +22,8 @@ def mixed_folder(tmp_path) -> Path:
 
     write_sample(tmp_path / "s", n_per_kind=2)
     folder = tmp_path / "s" / "images"
-    Image.fromarray(np.array(Image.open(folder / "ultrasound_01.png"))[:100, :120]).save(folder / "ultrasound_small.png")
+    small = np.array(Image.open(folder / "ultrasound_01.png"))[:100, :120]
+    Image.fromarray(small).save(folder / "ultrasound_small.png")
     mask = np.array(Image.open(tmp_path / "s" / "masks" / "ultrasound_01.png"))[:100, :120]
     Image.fromarray(mask).save(tmp_path / "s" / "masks" / "ultrasound_small.png")
     return folder
