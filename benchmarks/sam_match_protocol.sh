@@ -10,7 +10,8 @@
 # so a step cut off by the end of a session is run again and continues: finished trainings, rows and pseudo-labels
 # are reused, a cut-off training resumes from its last.pt, encoded images are skipped.
 # Environment: DATASET (busi), ROUNDS (2), STEPS (300 per round; (b) gets ROUNDS x STEPS, (c3) and (d) as many on
-# top of it), LOO_STEPS (2400), THREADS (2), DEVICE (auto), DATA (../shared/data), RESULTS (benchmarks/results).
+# top of it), LOO_STEPS (2400), START (the start checkpoint of the draws: the leave-one-out run's best.safetensors),
+# THREADS (2), DEVICE (auto), DATA (../shared/data), RESULTS (benchmarks/results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
@@ -25,6 +26,7 @@ DEVICE=${DEVICE:-auto}
 PY=.venv/bin/python
 declare -A OTHERS=([busi]="kvasir wbc" [kvasir]="busi wbc" [wbc]="busi kvasir")
 LOO=$CACHE/loo/no-$DATASET
+START=${START:-$LOO/best.safetensors}
 mkdir -p "$CACHE" "$RESULTS"
 
 case ${1:-} in
@@ -37,9 +39,9 @@ case ${1:-} in
       --device "$DEVICE" ;;
   draw)
     seed=${2:?draw SEED}
-    [ -f "$LOO/best.safetensors" ] || { echo "no start checkpoint: run '$0 start' first" >&2; exit 2; }
+    [ -f "$START" ] || { echo "no start checkpoint $START: run '$0 start' first" >&2; exit 2; }
     $PY benchmarks/bench_semi.py --data "$DATA" --dataset "$DATASET" --threads "$THREADS" --device "$DEVICE" \
-      --seed "$seed" --rows a,b,c3,d --rounds "$ROUNDS" --steps "$STEPS" --checkpoint "$LOO/best.safetensors" \
+      --seed "$seed" --rows a,b,c3,d --rounds "$ROUNDS" --steps "$STEPS" --checkpoint "$START" \
       --features "$CACHE" --work "$CACHE/draw-$seed" --json "$RESULTS/sam_match_seed${seed}_$DATASET.json" ;;
   table)
     shift

@@ -1,4 +1,4 @@
-"""Which image to label next: the ones the bank covers worst.
+"""Which image to label next: the ones the bank covers worst; which proposal to review next: the least sure one.
 
 Two signals, both in [0, 1]: how far an image is from its nearest reference (1 - cosine similarity of the
 retrieval vectors, halved), and how unsure its current proposal is (mean of 1 - |2p - 1| over the pixels).
@@ -27,6 +27,19 @@ class Suggestion:
 def uncertainty(prob: np.ndarray) -> float:
     p = np.asarray(prob, np.float32)
     return float(np.mean(1 - np.abs(2 * p - 1)))
+
+
+def proposal_confidence(prob: np.ndarray) -> float:
+    """How sure a proposal is of the object it found: mean ``max(p, 1 - p)`` over its foreground pixels; 0 for
+    an empty proposal (nothing found is the first thing to review)."""
+    p = np.asarray(prob, np.float32)
+    fg = p >= 0.5
+    return float(np.maximum(p, 1 - p)[fg].mean()) if fg.any() else 0.0
+
+
+def review_order(confidences: dict[int | None, float]) -> list[tuple[int | None, float]]:
+    """Proposals to review, least sure first (ties by slice)."""
+    return sorted(confidences.items(), key=lambda kv: (kv[1], -1 if kv[0] is None else kv[0]))
 
 
 def rank_unlabelled(bank: ReferenceBank, retriever: Retriever, images: Sequence[np.ndarray],

@@ -24,6 +24,20 @@ def test_manifest_is_valid_and_discovered():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_the_reader_is_offered_only_for_what_it_reads(tmp_path):
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+
+    def offered(path) -> bool:
+        return any(r.command.startswith("napari-matchseg.") for r in pm.iter_compatible_readers([str(path)]))
+
+    (tmp_path / "folder").mkdir()
+    assert offered(tmp_path / "folder") and offered(tmp_path / "brain.nii.gz") and offered(tmp_path / "s.TIF")
+    assert not offered(tmp_path / "photo.png") and not offered(tmp_path / "notes.csv")  # napari's own readers
+
+
 @pytest.mark.slow
 def test_built_wheel_carries_the_top_level_manifest(tmp_path):
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",

@@ -76,6 +76,7 @@ def test_references_proposals_accept_and_export_cover_the_series_at_each_images_
         w.add_current_as_reference()
     bank = ReferenceBank.open(tmp_path / "bank")
     assert len(bank) == 2
+    assert w.references.item(0).text() == "cells_00  [manual]"  # its name once, not id and name
     for ref in bank:  # each reference is its file's own image and mask, not the padded slice
         f = mixed_folder / f"{ref.original_name}.png"
         assert np.array_equal(bank.load_image(ref.id), read_image(f))
@@ -123,3 +124,50 @@ def test_a_series_is_not_a_volume(series, tmp_path, monkeypatch):
     assert len(errors) == 1 and "not a volume" in errors[0] and not viewer.layers["truth"].data[1].any()
     assert w.save_volume_mask(str(tmp_path / "v.nii.gz")) is None and not (tmp_path / "v.nii.gz").exists()
     assert "not a volume" in w.status.text()
+
+
+def test_the_dock_fits_a_laptop_screen_with_its_everyday_actions_in_view(make_napari_viewer, qtbot):
+    from qtpy.QtCore import QPoint
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-matchseg", "ultrasound")
+    _, w = viewer.window.add_plugin_dock_widget("napari-matchseg", "Segment by reference")
+    viewer.window._qt_window.resize(1366, 768)
+    for _ in range(5):
+        QApplication.processEvents()
+    port = w.scroll.viewport()
+    content = w.scroll.widget()
+    assert content.minimumSizeHint().width() <= port.width(), (content.minimumSizeHint().width(), port.width())
+    assert content.width() <= port.width()  # no part of a panel hidden to the right
+    for b in (w.propose_btn, w.accept_btn, w.accept_next_btn, w.next_btn, w.propose_all_btn):
+        top = b.mapTo(port, QPoint(0, 0))
+        assert b.isVisible() and top.y() + b.height() <= port.height(), (b.text(), top.y(), port.height())
+        assert top.x() + b.width() <= port.width(), (b.text(), top.x(), b.width(), port.width())
+    assert not w.options.isVisible()  # the model's options are folded away until asked for
+    w.options_btn.click()
+    assert w.options.isVisible() and w.retriever_combo.isVisible()
+
+
+def test_propose_all_fills_a_review_queue_least_sure_first_and_accept_next_walks_it(series, qtbot):
+    viewer, w, layer = series
+    for i in (0, 2):
+        viewer.dims.set_current_step(0, i)
+        w.add_current_as_reference()
+    assert w.review.isHidden()  # nothing to review yet
+    w.k_spin.setValue(2)
+    w.propose_all()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    queue = w.state.review_queue("images")
+    sure = [c for _, c in queue]
+    assert {i for i, _ in queue} == {1, 3, 4} and sure == sorted(sure)
+    assert w.review.count() == 3 and not w.review.isHidden() and w.review.label.text() == "to review (3)"
+    assert w.review.item(0).text().startswith(f"{queue[0][0] + 1}: ")
+    w.review.itemClicked.emit(w.review.item(2))  # a click on an entry goes there
+    assert viewer.dims.current_step[0] == queue[2][0]
+    viewer.dims.set_current_step(0, queue[0][0])
+    w.accept_and_next()  # Alt+Shift+A: accepted, and on to the least sure of the rest
+    assert viewer.dims.current_step[0] == queue[1][0] and w.review.count() == 2
+    w.accept_and_next()
+    assert viewer.dims.current_step[0] == queue[2][0] and w.review.count() == 1
+    assert len(ReferenceBank.open(w.bank.path)) == 4

@@ -21,6 +21,16 @@ class Panel(QWidget):
         self.rows.setContentsMargins(0, 0, 0, 0)
 
 
+def narrow_combos(parent: QWidget, chars: int = 6) -> None:
+    """Let every drop-down under ``parent`` shrink below its longest entry (shown in full when it opens), so a
+    long layer or model name never widens the dock."""
+    from qtpy.QtWidgets import QComboBox
+
+    for combo in parent.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(chars)
+
+
 class StatusLine(QLabel):
     """One line that never grows the dock: long text is elided to the width, the full text is the tooltip and
     what :meth:`text` returns."""

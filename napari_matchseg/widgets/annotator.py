@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QProgressBar, QScrollArea, QVBoxLayout, \
     QWidget
 
 from ..background import BackgroundEmbedder
 from ..errors import InputError
 from ..settings import Settings
-from ._qt import StatusLine, button, row
+from ._qt import StatusLine, button, narrow_combos, row
 from .bank_panel import BankPanel
 from .export_panel import ExportPanel
 from .learn_panel import LearnPanel
@@ -45,8 +45,8 @@ class ReferenceAnnotator(QWidget):
         outer = QVBoxLayout(self)
         content = QWidget()  # the panels scroll; progress, Cancel and the status line stay in view
         root = QVBoxLayout(content)
+        # the everyday actions first (which image, propose, accept, correct), the bank and the rest below
         self.bank_panel = BankPanel(self)
-        root.addWidget(self.bank_panel)
         root.addWidget(self._layers_box())
         self.propose = ProposePanel(self)
         root.addWidget(self.propose)
@@ -54,6 +54,7 @@ class ReferenceAnnotator(QWidget):
         self.propose.layout().addRow(self.propagation)
         self.prompts = PromptPanel(self)
         root.addWidget(self.prompts)
+        root.addWidget(self.bank_panel)
         self.export = ExportPanel(self)
         root.addWidget(self.export)
         self.learn = LearnPanel(self)
@@ -61,9 +62,11 @@ class ReferenceAnnotator(QWidget):
         root.addStretch()
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # the panels fit the dock's width
         self.scroll.setFrameShape(QScrollArea.NoFrame)
         self.scroll.setWidget(content)
         outer.addWidget(self.scroll)
+        narrow_combos(content)
         self.progress = QProgressBar()
         self.progress.setVisible(False)
         self.cancel_btn = button("Cancel", self.cancel)
@@ -92,7 +95,8 @@ class ReferenceAnnotator(QWidget):
         self.where.setWordWrap(True)
         self.prev_btn = button("< Previous", lambda: self.step_image(-1), "the previous image of the series (Left)")
         self.next_btn = button("Next >", lambda: self.step_image(1), "the next image of the series (Right)")
-        form.addRow(row(self.prev_btn, self.where, self.next_btn))
+        form.addRow(self.where)
+        form.addRow(row(self.prev_btn, self.next_btn))
         return box
 
     def step_image(self, step: int) -> None:
@@ -147,6 +151,7 @@ class ReferenceAnnotator(QWidget):
         self.viewer.dims.events.current_step.connect(self.show_where)
         self.image_combo.currentTextChanged.connect(self.embed_shown)
         self.image_combo.currentTextChanged.connect(self.show_where)
+        self.image_combo.currentTextChanged.connect(lambda *_: self.propose.refresh_review())
         self.image_combo.currentTextChanged.connect(self._follow_image)
         if self.settings.background_embedding:
             self.background.request("", None)  # the model first, before any image

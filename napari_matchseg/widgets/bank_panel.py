@@ -31,7 +31,7 @@ class BankPanel(QGroupBox):
                               "the current image/slice with its current labels")
         self.undo_remove_btn = button("Undo remove", self.undo_remove, "put the references removed last back")
         self.undo_remove_btn.setEnabled(False)
-        lay.addLayout(row(self.add_btn, button("Remove selected", self.remove_selected,
+        lay.addLayout(row(self.add_btn, button("Remove", self.remove_selected,
                                                "remove the selected references from the bank (Undo remove "
                                                "brings them back)"), self.undo_remove_btn))
         self._removed: list[tuple] = []  # (image, mask, record) of the last removal, for Undo remove
@@ -71,7 +71,9 @@ class BankPanel(QGroupBox):
         bank.refresh()
         for ref in bank:
             tag = "accepted" if ref.source == "accepted_proposal" else "manual"
-            self.references.addItem(self.item(f"{ref.id}  [{tag}]  {ref.original_name}", ref.id))
+            name = ref.original_name  # said once: only where the file's name is not the id already
+            extra = "" if not name or name.replace(" ", "_") == ref.id else f"  {name}"
+            self.references.addItem(self.item(f"{ref.id}  [{tag}]{extra}", ref.id))
         self.bank_label.setText(f"{bank.path}: {len(bank)} references")
 
     def item(self, text: str, ref_id: str):

@@ -25,10 +25,11 @@ class ExportPanel(Panel):
         self.export_format.addItems(list(FORMATS))
         self.export_format.setToolTip("0/255 PNG, label values (0/1) PNG, or 0/255 TIFF")
         self.export_format.setCurrentText(ctx.state.settings.export_format)
-        self.export_btn = button("Export labelled masks...", self._browse,
+        self.export_btn = button("Export masks...", self._browse,
                                  "every slice of this image layer that is in the bank (labelled by hand or an "
                                  "accepted proposal), with annotations.csv")
-        self.rows.addLayout(row(QLabel("export as"), self.export_format, self.export_btn))
+        self.rows.addLayout(row(QLabel("export as"), self.export_format))
+        self.rows.addLayout(row(self.export_btn))
         self.volume_btn = button("Save volume mask...", self._browse_volume,
                                  "the labels of this volume (all its objects, label values kept) as one NIfTI or "
                                  "TIFF stack, with the source's affine, header and spacing")

@@ -28,7 +28,7 @@ class LearnPanel(Panel):
         self.rounds_spin.setToolTip("pseudo-label / fine-tune rounds of Learn from unlabelled; more than a finished "
                                     "run had goes on from it (its earlier result is kept)")
         self.rows.addLayout(row(self.finetune_btn, self.semi_btn))
-        self.rows.addLayout(row(QLabel("learning rounds"), self.rounds_spin, self.download_btn))
+        self.rows.addLayout(row(QLabel("rounds"), self.rounds_spin, self.download_btn))
 
     @shows_errors
     def finetune(self) -> None:

@@ -36,7 +36,7 @@ class PromptPanel(QGroupBox):
                       "box layer (R). The proposal updates at once.")
         hint.setWordWrap(True)
         box.addWidget(hint)
-        self.background_check = QCheckBox("Prepare each shown image in the background")
+        self.background_check = QCheckBox("Prepare images in the background")
         self.background_check.setToolTip("load LiteMedSAM when the dock opens and embed every image you look at, "
                                          "so that the first click on it does not wait for the encoder")
         self.background_check.setChecked(ctx.settings.background_embedding)

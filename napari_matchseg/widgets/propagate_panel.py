@@ -40,13 +40,13 @@ class PropagatePanel(Panel):
         self.propagate_btn = button("Propagate", self.propagate_volume,
                                     "fill the empty slices of the labels layer from its labelled ones, slice to "
                                     "slice, until the structure ends (a volume or stack)")
-        self.rows.addLayout(row(QLabel("propagate with"), self.propagate_combo, self.propagate_btn))
+        self.rows.addLayout(row(self.propagate_btn, QLabel("with"), self.propagate_combo))
         self.min_quality_spin = _spin(d.min_quality, "stop a walk where the model's own quality estimate (its "
                                                      "predicted IoU: litemedsam, context, sam2) drops below this")
         self.min_confidence_spin = _spin(d.min_confidence, "stop a walk where the mean foreground probability "
                                                            "(models without a quality estimate) drops below this")
-        self.rows.addLayout(row(QLabel("stop below: quality"), self.min_quality_spin, QLabel("confidence"),
-                                self.min_confidence_spin))
+        self.rows.addLayout(row(QLabel("stop below quality"), self.min_quality_spin))
+        self.rows.addLayout(row(QLabel("or confidence"), self.min_confidence_spin))
 
     def settings(self) -> PropagationSettings:
         return PropagationSettings(min_quality=self.min_quality_spin.value(),

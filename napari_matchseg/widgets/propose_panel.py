@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QListWidget, QSlider, \
-    QSpinBox
+    QSpinBox, QToolButton, QWidget
 
 from ..bank import ReferenceBank
 from ..errors import MatchsegError
@@ -17,6 +17,7 @@ from ..refiners import refiner_choices
 from ..retrieval import RETRIEVERS
 from ._qt import button, notify_error, row, shows_errors, typed_path
 from .slices import ROLE, get_layer, labels_slice, slice_name, slice_origin, spatial_shape, to_frame
+from .review import ReviewList
 from .state import Choices
 
 
@@ -55,31 +56,58 @@ class ProposePanel(QGroupBox):
         self.threshold.setRange(1, 99)
         self.threshold.setValue(int(round(s.threshold * 100)))
         self.threshold.valueChanged.connect(self._rethreshold)
-        form.addRow("retriever", self.retriever_combo)
-        form.addRow("k", self.k_spin)
-        form.addRow("proposer", self.proposer_combo)
-        form.addRow("refine", self.refiner_combo)
-        form.addRow("", self.mirror_check)
-        form.addRow("device", self.device_combo)
-        form.addRow("MatchSeg", row(
+        # the everyday actions first; the model's options folded away below (a 1366 x 768 screen shows the actions)
+        self.propose_btn = button("Propose", self.propose_current, "propose a mask for the current image/slice (Alt+P)")
+        self.accept_btn = button("Accept", self.accept_current, "add the (edited) proposal to the bank (Alt+A)")
+        self.accept_next_btn = button("Accept + next", self.accept_and_next,
+                                      "accept, then go to the next proposal to review, or the suggested next image "
+                                      "(Alt+Shift+A)")
+        form.addRow(row(self.propose_btn, self.accept_btn, self.accept_next_btn))
+        self.propose_all_btn = button("Propose all", self.propose_all,
+                                      "propose a mask for every image/slice not yet in the bank")
+        self.suggest_btn = button("Suggest next", self.suggest_next,
+                                  "go to the unlabelled slice the bank covers worst (Alt+N)")
+        form.addRow(row(self.propose_all_btn, self.suggest_btn))
+        self.threshold_value = QLabel(f"{s.threshold:.2f}")
+        self.threshold.valueChanged.connect(lambda v: self.threshold_value.setText(f"{v / 100:.2f}"))
+        form.addRow("threshold", row(self.threshold, self.threshold_value))
+        self.review = ReviewList(ctx)  # the proposals not yet accepted, least sure first
+        form.addRow(self.review.label, self.review)
+        self.matches = QListWidget()
+        self.matches.setMaximumHeight(80)
+        form.addRow("retrieved", self.matches)
+        self.options_btn = QToolButton()
+        self.options_btn.setText("Model options")
+        self.options_btn.setCheckable(True)
+        self.options_btn.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.options_btn.setArrowType(Qt.RightArrow)
+        self.options = QWidget()
+        options = QFormLayout(self.options)
+        options.setContentsMargins(0, 0, 0, 0)
+        options.addRow("retriever", self.retriever_combo)
+        options.addRow("k", self.k_spin)
+        options.addRow("proposer", self.proposer_combo)
+        options.addRow("refine", self.refiner_combo)
+        options.addRow("", self.mirror_check)
+        options.addRow("device", self.device_combo)
+        options.addRow("MatchSeg", row(
             button("Choose...", self._browse_checkpoint, "propose with another MatchSeg checkpoint (.safetensors)"),
             button("Use shipped", lambda: self.use_checkpoint(""), "go back to the checkpoint the plugin ships")))
         self.checkpoint_label = QLabel()  # the one in use, on a line of its own: file names are long
         self.checkpoint_label.setWordWrap(True)
-        form.addRow("", self.checkpoint_label)
-        self.threshold_value = QLabel(f"{s.threshold:.2f}")
-        self.threshold.valueChanged.connect(lambda v: self.threshold_value.setText(f"{v / 100:.2f}"))
-        form.addRow("threshold", row(self.threshold, self.threshold_value))
-        self.propose_btn = button("Propose", self.propose_current, "propose a mask for the current image/slice (Alt+P)")
-        self.accept_btn = button("Accept", self.accept_current, "add the (edited) proposal to the bank (Alt+A)")
-        form.addRow(row(self.propose_btn, self.accept_btn))
-        self.propose_all_btn = button("Propose all unlabelled", self.propose_all)
-        self.suggest_btn = button("Suggest next", self.suggest_next,
-                                  "go to the unlabelled slice the bank covers worst (Alt+N)")
-        form.addRow(row(self.propose_all_btn, self.suggest_btn))
-        self.matches = QListWidget()
-        self.matches.setMaximumHeight(100)
-        form.addRow("retrieved", self.matches)
+        options.addRow("", self.checkpoint_label)
+        self.options_btn.toggled.connect(self.show_options)
+        form.addRow(self.options_btn)
+        form.addRow(self.options)
+        self.show_options(False)
+        self.refresh_review = self.review.refresh
+        self.refresh_review()
+
+    def show_options(self, shown: bool) -> None:
+        self.options.setVisible(shown)
+        self.options_btn.setArrowType(Qt.DownArrow if shown else Qt.RightArrow)
+        if self.options_btn.isChecked() != shown:
+            self.options_btn.setChecked(shown)
 
     def choices(self, need_bank: bool = True) -> Choices:
         """The current choices; ``need_bank=False`` for an action that works without a bank (Propagate)."""
@@ -194,6 +222,8 @@ class ProposePanel(QGroupBox):
             ctx.status.setText(f"the proposal for {layer.name!r} was dropped: the image layer is gone")
             return False
         ctx.state.probabilities[(layer.name, idx)] = result.probability
+        ctx.state.accepted.get(layer.name, set()).discard(idx)  # a new proposal is to review again
+        self.refresh_review()
         active = ctx.viewer.layers.selection.active
         # the user moved on to another image meanwhile: the proposal is drawn, but their choices stay as they are
         moved_on = ctx.image_combo.currentText() != layer.name
@@ -314,9 +344,17 @@ class ProposePanel(QGroupBox):
                              "accepted_proposal", slice_origin(layer, idx))
         ctx.state.accepted.setdefault(layer.name, set()).add(idx)
         ctx.state.effort.record((layer.name, idx))
+        self.refresh_review()
         return True
 
     def accept_and_next(self) -> None:
-        """Accept, then go to the suggested next slice (one key, Alt+Shift+A); nothing moves if Accept failed."""
+        """Accept, then go to the next proposal to review (the least sure), or when none is left to the suggested
+        next slice (one key, Alt+Shift+A); nothing moves if Accept failed."""
         if self.accept_current():
-            self.suggest_next()
+            nxt = self.review.next_to_review()
+            if nxt is None:
+                self.suggest_next()
+                return
+            self.ctx.viewer.dims.set_current_step(0, nxt)
+            left = len(self.review)
+            self.ctx.status.setText(f"accepted; {left} proposals left to review, the least sure shown")

@@ -113,6 +113,14 @@ class AnnotatorState:
                     self._prompt_model = LiteMedSamPredictor(self.settings.device)
             return self._prompt_model
 
+    def review_queue(self, layer_name: str) -> list[tuple[int | None, float]]:
+        """This layer's proposals not yet accepted, least sure first: (slice, confidence)."""
+        from ..active import proposal_confidence, review_order
+
+        done = self.accepted.get(layer_name, set())
+        return review_order({idx: proposal_confidence(p) for (name, idx), p in self.probabilities.items()
+                             if name == layer_name and idx not in done})
+
     def thumbnail(self, ref_id: str) -> np.ndarray:
         bank = self.need_bank()
         key = (str(bank.path), ref_id, bank.get(ref_id).mask_sha256)
