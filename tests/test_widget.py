@@ -192,10 +192,14 @@ def test_series_propose_all_and_suggest_next(annotator, qtbot, tmp_path):
     assert {k[1] for k in w._probabilities} == {2, 3, 4, 5, 6, 7}
     assert not w.references.item(0).icon().isNull()  # thumbnails
     here = viewer.dims.current_step[0]
-    w.accept_and_next()  # Alt+Shift+A: the proposal joins the bank, the next suggestion is shown
+    queue = [i for i, _ in w.state.review_queue("sample ultrasound") if i != here]
+    w.accept_and_next()  # Alt+Shift+A: the proposal joins the bank, the least sure proposal left is shown
+    assert here in w.accepted["sample ultrasound"] and viewer.dims.current_step[0] == queue[0]
+    w.state.probabilities.clear()  # no proposals left to review: Accept + next goes to the suggested slice
+    w.accept_and_next()
     qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
-    assert here in w.accepted["sample ultrasound"] and len(w.suggestions) == 5
-    assert viewer.dims.current_step[0] == w.suggestions[0].index != here
+    assert queue[0] in w.accepted["sample ultrasound"] and len(w.suggestions) == 4
+    assert viewer.dims.current_step[0] == w.suggestions[0].index not in (here, queue[0])
 
 
 def test_folder_reader_and_labels_writer(tmp_path):
