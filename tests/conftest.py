@@ -28,6 +28,16 @@ def _openvino_dir(tmp_path_factory):
         os.environ["MATCHSEG_OPENVINO_DIR"] = before
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _expected_qt_binding():
+    """With MATCHSEG_EXPECT_QT set (test_qt6.py runs GUI tests again under PyQt6), the tests run on that binding."""
+    expected = os.environ.get("MATCHSEG_EXPECT_QT")
+    if expected:
+        import qtpy
+
+        assert qtpy.API_NAME == expected, f"GUI tests asked for {expected} but run on {qtpy.API_NAME}"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """No test touches the user's weights cache or the network by accident."""
