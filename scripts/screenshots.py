@@ -2,11 +2,12 @@
 
     xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python scripts/screenshots.py
 
-Opens napari at 1366 x 768 (a laptop screen), docks "Segment by reference" from the plugin menu, labels four slices
-of the generated sample series, proposes a mask for a fifth with the shipped MatchSeg checkpoint, accepts it, asks
-what to label next, then learns from the unlabelled slices in the background; corrects a slice with a box and
-clicks (LiteMedSAM); propagates one painted slice through a generated volume; and saves each step. The first
-picture is also taken at 1920 x 1080.
+Opens napari at 1366 x 768 (a laptop screen), opens a folder of generated ultrasound images of four different sizes
+as one series (the plugin's reader), docks "Segment by reference" from the plugin menu, labels four images,
+proposes a mask for a fifth with the shipped MatchSeg checkpoint, accepts it, proposes all the others (the review
+queue), then learns from the unlabelled images in the background; corrects an image with a box and clicks
+(LiteMedSAM); propagates one painted slice through a generated volume; and saves each step. The first picture is
+also taken at 1920 x 1080.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import napari
+import numpy as np
 from qtpy.QtWidgets import QApplication
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
@@ -42,10 +44,16 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer()
     viewer.window.resize(1920, 1080)
-    viewer.open_sample("napari-matchseg", "ultrasound")
+    folder, masks = mixed_series(Path(tempfile.mkdtemp()))
+    viewer.open(str(folder), plugin="napari-matchseg")
+    series = viewer.layers[folder.name]
+    labels = np.zeros(series.data.shape[:3], np.uint8)
+    for i, m in enumerate(masks):
+        labels[i, :m.shape[0], :m.shape[1]] = m  # the true masks, as a person would have painted them
+    viewer.add_labels(labels, name=f"{folder.name} labels")
     _, w = viewer.window.add_plugin_dock_widget("napari-matchseg", "Segment by reference")
-    w.image_combo.setCurrentText("sample ultrasound")
-    w.labels_combo.setCurrentText("sample ultrasound labels")
+    w.image_combo.setCurrentText(folder.name)
+    w.labels_combo.setCurrentText(f"{folder.name} labels")
     bank = Path(tempfile.mkdtemp()) / "bank"
     w.open_bank(str(bank))
     for i in range(4):
@@ -56,15 +64,18 @@ def main() -> None:
     viewer.window.resize(1366, 768)
     QApplication.processEvents()
     viewer.screenshot(str(OUT / "1-references.png"), canvas_only=False)
-    viewer.dims.set_current_step(0, 6)
-    viewer.layers["sample ultrasound labels"].visible = False
+    viewer.dims.set_current_step(0, 5)
+    viewer.layers[f"{folder.name} labels"].visible = False
     w.propose_current()
     wait(w)
     viewer.screenshot(str(OUT / "2-proposal.png"), canvas_only=False)
     w.accept_current()
-    w.suggest_next()
+    w.propose_all()
     wait(w)
-    viewer.screenshot(str(OUT / "3-accepted-suggest-next.png"), canvas_only=False)
+    first = w.state.review_queue(folder.name)[0][0]
+    viewer.dims.set_current_step(0, first)
+    without_toasts(viewer)
+    viewer.screenshot(str(OUT / "3-review-queue.png"), canvas_only=False)
     from napari_matchseg.training.semi import SemiConfig
 
     w.semi_config = SemiConfig(warmup_steps=60, steps_per_round=60)
@@ -80,19 +91,37 @@ def main() -> None:
     viewer.close()
 
 
-def prompts(viewer, w) -> None:
-    """A box and a "not this" click on slice 7 of the sample series: LiteMedSAM's mask."""
-    import numpy as np
+def mixed_series(tmp: Path) -> tuple[Path, list]:
+    """A folder of 10 generated ultrasound images of four sizes (cropped and padded copies of the sample series)
+    and their masks."""
+    from PIL import Image
 
+    from napari_matchseg.sample_data import make_sample
+
+    folder = tmp / "ultrasound"
+    folder.mkdir()
+    masks = []
+    for i, (name, img, mask) in enumerate(make_sample("ultrasound", 10)):
+        h, w = ((160, 160), (128, 150), (150, 120), (112, 112))[i % 4]
+        cy, cx = np.argwhere(mask).mean(0).astype(int)  # crops around the object keep it in view
+        y0, x0 = int(np.clip(cy - h // 2, 0, 160 - h)), int(np.clip(cx - w // 2, 0, 160 - w))
+        Image.fromarray(img[y0:y0 + h, x0:x0 + w]).save(folder / f"{name}.png")
+        masks.append(mask[y0:y0 + h, x0:x0 + w].astype(np.uint8))
+    return folder, masks
+
+
+def prompts(viewer, w) -> None:
+    """A box and a "not this" click on image 8 of the series: LiteMedSAM's mask."""
+    name = w.image_combo.currentText()
     viewer.dims.set_current_step(0, 7)
     w.start_prompts()
-    truth = np.asarray(viewer.layers["sample ultrasound labels"].data[7]) > 0
+    truth = np.asarray(viewer.layers[f"{name} labels"].data[7]) > 0
     ys, xs = np.nonzero(truth)
     y0, y1, x0, x1 = ys.min() - 4, ys.max() + 4, xs.min() - 4, xs.max() + 4  # a 3D rectangle: four corners
-    viewer.layers["sample ultrasound box"].add_rectangles(
+    viewer.layers[f"{name} box"].add_rectangles(
         np.array([[7, y0, x0], [7, y0, x1], [7, y1, x1], [7, y1, x0]], float))
     wait(w)
-    w.add_click(viewer.layers["sample ultrasound clicks"], (7, float(ys.max()) + 2, float(xs.max()) + 2), False)
+    w.add_click(viewer.layers[f"{name} clicks"], (7, float(ys.max()) + 2, float(xs.max()) + 2), False)
     wait(w)
     while w.prompts._dirty or w.busy:
         QApplication.processEvents()
@@ -102,8 +131,6 @@ def prompts(viewer, w) -> None:
 
 def propagation(viewer, w) -> None:
     """One painted slice of a generated volume, propagated with LiteMedSAM."""
-    import numpy as np
-
     z, y, x = np.mgrid[:24, :128, :128]
     ball = ((z - 11.5) ** 2 + ((y - 70) / 3) ** 2 + ((x - 58) / 3) ** 2) <= 10 ** 2
     rng = np.random.default_rng(0)
