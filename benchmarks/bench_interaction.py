@@ -10,6 +10,12 @@ change and the mask being drawn. Medians and 90th percentiles in milliseconds; D
 Also what the plugin's background embedding gives: the first box on an image that was shown ``--shown`` seconds
 before (handed to :class:`~napari_matchseg.background.BackgroundEmbedder` when shown, as the plugin does), and the
 time to load the model (a fresh plugin loads it in the background when the dock opens).
+
+``--clicks DATASETS``: also the simulated user (napari_matchseg.simulated_user) correcting a MatchSeg v2 proposal
+(8 retrieved references) with clicks through the plugin's click rule (``prompted_mask``: the proposal's box or a box
+around the positive clicks, whichever LiteMedSAM's IoU estimate prefers) and with the rule before it (always the
+proposal's box): the Dice after 0/1/3/5 clicks per dataset, ``--click-n`` test images each (the rows
+``v2 + litemedsam`` of bench_clicks.py; its banks and embedding cache, see prefetch_context.py).
 """
 
 from __future__ import annotations
@@ -42,12 +48,43 @@ def timed(fn) -> tuple[float, object]:
     return 1000 * (time.perf_counter() - t), out
 
 
+def click_rule_dice(args, predictor) -> dict:
+    """Dice after 0/1/3/5 simulated clicks on a v2 proposal, the plugin's click rule against the one before."""
+    import argparse as _argparse
+
+    from bench_clicks import run_dataset
+    from context_data import DEFAULT_WORK
+
+    from napari_matchseg.feature_cache import FeatureCache
+    from napari_matchseg.proposers.matchseg import MatchSegPredictor
+
+    rows = ["v2 + litemedsam", "v2 + litemedsam (proposal box)"]
+    ns = _argparse.Namespace(data=args.data, work=args.work or DEFAULT_WORK, split="test", n=args.click_n,
+                             max_clicks=5, rows=rows)
+    predictor.attach_cache(FeatureCache(ns.work, predictor.model_id))
+    models = (None, None, MatchSegPredictor(None, "cpu"))
+    out = {}
+    for name in args.clicks:
+        r = run_dataset(ns, name, predictor, models)
+        out[name] = {row: {k: round(v, 4) for k, v in r[row].items() if k.startswith("dice") or k == "n"}
+                     for row in rows}
+        for row in rows:
+            d = out[name][row]
+            print(f"  {name} {row:>31}: Dice {d['dice_0']:.3f} -> 1 click {d['dice_1']:.3f}, 3: {d['dice_3']:.3f}, "
+                  f"5: {d['dice_5']:.3f} (n={d['n']:.0f})", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--shown", type=float, default=2.0, help="seconds an image is shown before the first prompt")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--clicks", nargs="*", default=[], metavar="DATASET",
+                    help="simulated-user Dice after 1/3/5 clicks with the plugin's click rule on these datasets")
+    ap.add_argument("--click-n", type=int, default=10, help="test images per dataset for --clicks")
+    ap.add_argument("--work", type=Path, help="bench_clicks.py's cache folder (default: its own)")
     args = ap.parse_args(argv)
     ids = [i for i in busi_rows(args.data)["test"] if not i.startswith("normal")][: args.n]
     load_ms, predictor = timed(LiteMedSamPredictor)
@@ -85,6 +122,8 @@ def main(argv=None) -> int:
     for k, r in rows.items():
         print(f"  {k:>40}: median {r['median_ms']:7.1f} ms   p90 {r['p90_ms']:7.1f} ms")
     print(f"  box prompt Dice {result['box_dice_mean']:.3f}")
+    if args.clicks:
+        result["clicks"] = click_rule_dice(args, predictor)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
