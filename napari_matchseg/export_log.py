@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 from pathlib import Path
 
 from .errors import InputError, name_list
+from .weights import sha256_file as file_sha256
 
 LOG_NAME = "annotations.csv"
 COLUMNS = ["file", "slice", "source", "reference", "edited_before_accept", "clicks", "boxes", "seconds", "sha256"]
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_log(folder: Path) -> dict[str, dict] | None:

@@ -13,7 +13,7 @@ from ..export_log import LOG_NAME, file_sha256, plan_export
 from ..fsutil import atomic_write_text
 from ..image_io import encode_mask_png, write_mask, write_mask_tiff
 from ._qt import Panel, button, notify_error, row
-from .slices import series_info, all_slices, check_pair, get_layer, slice_name, spatial_shape
+from .slices import all_slices, check_pair, get_layer, series_info, slice_name, spatial_shape
 
 FORMATS = {"png-255": (".png", 255), "png-labels": (".png", 1), "tif-255": (".tif", 255)}
 
@@ -53,8 +53,8 @@ class ExportPanel(Panel):
             labels = get_layer(ctx.viewer, ctx.labels_combo.currentText(), "labels")
             check_pair(layer, labels)
             if series_info(layer) is not None:
-                raise InputError(f"{layer.name!r} is a series of separate images, not a volume: use Export labelled "
-                                 "masks (one file per image)")
+                raise InputError(f"{layer.name!r} is a series of separate images, not a volume: use Export masks... "
+                                 "(one file per image)")
             if len(spatial_shape(layer)) != 3 or labels.data.shape != spatial_shape(layer):
                 raise InputError(f"Save volume mask needs a stack or volume and labels of its shape; {layer.name!r} "
                                  f"is {spatial_shape(layer)}, {labels.name!r} is {labels.data.shape}")

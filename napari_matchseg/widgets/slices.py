@@ -41,8 +41,7 @@ def series_info(image_layer) -> SeriesInfo | None:
         len(info) == data.shape[0] else None
 
 
-def _slice(image_layer, data: np.ndarray, idx: int) -> np.ndarray:
-    info = series_info(image_layer)
+def _slice(data: np.ndarray, idx: int, info: SeriesInfo | None) -> np.ndarray:
     return data[idx] if info is None else info.original(data[idx], idx)
 
 
@@ -64,14 +63,15 @@ def slice_at_cursor(viewer, image_layer) -> tuple[int | None, np.ndarray]:
     data = np.asarray(image_layer.data)
     if idx is None:
         return None, check_image(data, name=image_layer.name)
-    return idx, check_image(_slice(image_layer, data, idx), name=f"{image_layer.name} slice {idx}")
+    return idx, check_image(_slice(data, idx, series_info(image_layer)), name=f"{image_layer.name} slice {idx}")
 
 
 def all_slices(image_layer) -> list[np.ndarray]:
     data = np.asarray(image_layer.data)
     if data.ndim - (1 if image_layer.rgb else 0) == 2:
         return [check_image(data, name=image_layer.name)]
-    return [_slice(image_layer, data, i) for i in range(data.shape[0])]
+    info = series_info(image_layer)
+    return [_slice(data, i, info) for i in range(data.shape[0])]
 
 
 def to_frame(image_layer, array: np.ndarray) -> np.ndarray:

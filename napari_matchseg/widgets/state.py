@@ -38,6 +38,7 @@ class AnnotatorState:
         self.settings = settings or Settings.load()
         self.bank: ReferenceBank | None = None
         self.probabilities: dict[tuple[str, int | None], np.ndarray] = {}  # (layer, slice) -> last proposal
+        self._confidence: dict[tuple[str, int | None], tuple[int, float]] = {}  # key -> (id of its map, sureness)
         self.accepted: dict[str, set] = {}  # layer -> slices whose proposal was accepted
         self.last_matches: list = []
         self.suggestions: list = []
@@ -117,9 +118,14 @@ class AnnotatorState:
         """This layer's proposals not yet accepted, least sure first: (slice, confidence)."""
         from ..active import proposal_confidence, review_order
 
-        done = self.accepted.get(layer_name, set())
-        return review_order({idx: proposal_confidence(p) for (name, idx), p in self.probabilities.items()
-                             if name == layer_name and idx not in done})
+        done, sure = self.accepted.get(layer_name, set()), {}
+        for key, p in self.probabilities.items():
+            if key[0] == layer_name and key[1] not in done:
+                cached = self._confidence.get(key)
+                if cached is None or cached[0] != id(p):  # a new proposal: scored once, not at every refresh
+                    cached = self._confidence[key] = (id(p), proposal_confidence(p))
+                sure[key[1]] = cached[1]
+        return review_order(sure)
 
     def thumbnail(self, ref_id: str) -> np.ndarray:
         bank = self.need_bank()
