@@ -39,7 +39,10 @@ PROPOSERS.register(Entry(
     "LiteMedSAM's decoder draws each part; takes clicks and boxes, works with no references (-k 0)",
     weights=("litemedsam",), shares_model="litemedsam", title="in-context (LiteMedSAM)",
     options=(Option("--context-method", "method", "mean", "context: how the references score the query's "
-                    "cells: prototypes, a linear probe, or the mean of both", choices=("prototype", "probe", "mean")),
+                    "cells: prototypes, a linear probe, the mean of both, or a trained head (--context-head)",
+                    choices=("prototype", "probe", "mean", "head")),
+             Option("--context-head", "head", None, "context: the trained head's weights for --context-method "
+                    "head (benchmarks/train_context_head.py)"),
              Option("--context-decoder", "decoder", "box", "context: 'box' has LiteMedSAM's decoder draw each "
                     "part of the map from its box, 'box+mask' adds the map as its mask input, 'none' keeps the map",
                     choices=("none", "box", "box+mask")),

@@ -18,6 +18,7 @@ from scipy import ndimage as ndi
 from ..errors import InputError
 from ..image_io import check_image, check_mask, content_hash
 from ..in_context import METHODS, References, build_scorers, map_to_image, score_query
+from ..in_context_head import Memory, head_map, load_context_head
 from ..metrics import dice
 from .litemedsam import OnLiteMedSam
 
@@ -27,6 +28,7 @@ OBJECT_PIXELS = 4  # a reference's object counts from this size (nuclei of a 96 
 CLICK_BOX_SIZES = (0.1, 0.2, 0.35, 0.5)  # of the image's longer side: the boxes tried around a lone click
 CLICK_WEIGHT = 64  # a clicked cell of the image counts as this many reference cells
 MANY_OBJECTS = 3  # references with a median of this many objects or more (nuclei, cells): every part is kept
+HEAD = "head"  # the method that maps the query with a trained head (in_context_head) instead of fitted scorers
 
 
 @dataclasses.dataclass
@@ -47,7 +49,7 @@ class ContextProposer(OnLiteMedSam):
 
     def __init__(self, device: str | None = "auto", model=None, method: str = "mean", decoder: str = "box",
                  min_agreement: float = 0.8, min_iou: float = 0.5, max_objects: int = 8, min_pixels: int = 16,
-                 objects: str = "references", clicks: str = "map"):
+                 objects: str = "references", clicks: str = "map", head: str | None = None):
         """``model``: a LiteMedSamPredictor to share (else one is built); ``method``: how the references score the
         query's cells (in_context.METHODS); ``decoder``: 'none' keeps the map, 'box' decodes a box per part,
         'box+mask' adds the map as the decoder's mask input; a decoded part must agree with the map's part at Dice
@@ -57,9 +59,13 @@ class ContextProposer(OnLiteMedSam):
         others stay as the map draws them (many small objects: the map does as well, in a fraction of the time).
         ``clicks`` (with references): 'map' lets the clicked cells of the image join the references' cells (the
         map learns from them), 'decoder' re-draws the clicked object with LiteMedSAM's decoder; without references
-        clicks always go through the decoder."""
-        if method not in METHODS:
-            raise InputError(f"--context-method must be one of {', '.join(METHODS)}, not {method!r}")
+        clicks always go through the decoder. ``method`` 'head' maps the query with the trained head at ``head``
+        (a file written by ``training.context_head.save_head``); clicks then go through the decoder."""
+        if method not in (*METHODS, HEAD):
+            raise InputError(f"--context-method must be one of {', '.join((*METHODS, HEAD))}, not {method!r}")
+        if method == HEAD and not head:
+            raise InputError("--context-method head needs --context-head PATH (trained by "
+                             "benchmarks/train_context_head.py; no head is shipped)")
         if objects not in OBJECTS:
             raise InputError(f"--context-objects must be one of {', '.join(OBJECTS)}, not {objects!r}")
         if clicks not in ("map", "decoder"):
@@ -72,7 +78,9 @@ class ContextProposer(OnLiteMedSam):
         self.max_objects, self.min_pixels = max_objects, min_pixels
         self._scorers: OrderedDict[tuple, tuple[list, int, list[References]]] = OrderedDict()
         self._cells: OrderedDict[str, tuple[References, int]] = OrderedDict()
-        self.click_mode = clicks
+        self.click_mode = "decoder" if method == HEAD else clicks
+        self.head = load_context_head(head) if method == HEAD else None
+        self._memories: OrderedDict[str, tuple[Memory, int]] = OrderedDict()
 
     def prepare_references(self, bank, progress=None) -> None:
         ids = bank.ids()
@@ -101,6 +109,8 @@ class ContextProposer(OnLiteMedSam):
             raise InputError(f"{len(support_images)} reference images but {len(support_masks)} masks")
         if not len(support_images):
             return np.zeros(emb.size, np.float32), None
+        if self.head is not None:
+            return self._head_map(emb, support_images, support_masks)
         scorers, objects, cells = self._fitted(support_images, support_masks)
         if points and scorers:
             clicked = References.clicked(emb.features.cpu(), emb.scaled, emb.size, points, CLICK_WEIGHT)
@@ -126,6 +136,27 @@ class ContextProposer(OnLiteMedSam):
                 self._scorers.popitem(last=False)
         self._scorers.move_to_end(key)
         return self._scorers[key]
+
+    def _head_map(self, emb, images, masks) -> tuple[np.ndarray, int]:
+        """(the trained head's map of the image embedded as ``emb``, the references' median number of objects)."""
+        checked = [check_image(im, name=f"reference image {i}") for i, im in enumerate(images)]
+        memories = []
+        for i, (im, m) in enumerate(zip(checked, masks)):
+            m = check_mask(m, im.shape, name=f"reference mask {i}")
+            key = content_hash(im) + content_hash(m)
+            if key not in self._memories:
+                ref = self.predictor.embedding(im)
+                self._memories[key] = (Memory(self.head, ref.features.cpu(), ref.scaled, m),
+                                       count_objects(m, OBJECT_PIXELS))
+                while len(self._memories) > 256:
+                    self._memories.popitem(last=False)
+            self._memories.move_to_end(key)
+            memories.append(self._memories[key])
+        if not any(m.any() for m in masks):
+            return np.zeros(emb.size, np.float32), 0
+        cmap = head_map(self.head, emb.features.cpu(), emb.scaled, [m for m, _ in memories])
+        objects = int(np.ceil(np.median([n for _, n in memories])))
+        return map_to_image(cmap, emb.scaled, emb.size), objects
 
     def _reference(self, key: str, image: np.ndarray, mask: np.ndarray) -> tuple[References, int]:
         """One reference's cells and number of objects (kept for the last 256 references)."""

@@ -1,0 +1,146 @@
+"""Train the in-context memory-attention head on cached LiteMedSAM embeddings, in resumable runs (issue 36, stage 3).
+
+    .venv/bin/python benchmarks/encode_split.py --dataset DATASETS --split train val \\
+        --cache ~/.cache/napari-matchseg/bench-context                    # the embeddings, once (resumable)
+    .venv/bin/python benchmarks/train_context_head.py --minutes 40        # a run; run it again to continue
+
+Training: the train splits of ``--train`` (default: every shared dataset but drive, tg3k and fuseg, which stay
+out while the head is designed), only images whose embedding is cached. Validation: the first ``--val-n`` cached
+val images of every dataset, each with its ``k`` nearest cached train images (by mean embedding) as references;
+cell-level Dice of the head and of the training-free map (``in_context``, method ``mean``) on the same episodes.
+State and logs live in ``--run`` (outside the work tree); ``--export`` copies the best weights and the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench_foundation import machine  # noqa: E402
+from context_data import DATASETS, DEFAULT_WORK  # noqa: E402
+
+from napari_matchseg.image_io import check_image, content_hash, read_image, read_mask  # noqa: E402
+from napari_matchseg.in_context import References, build_scorers, mask_to_cells, score_query, valid_cells  # noqa: E402
+from napari_matchseg.litemedsam import EMBEDDING_SHAPE, scaled_size  # noqa: E402
+from napari_matchseg.training.context_head import Item, Settings, train  # noqa: E402
+from napari_matchseg.training.data import read_manifest  # noqa: E402
+from napari_matchseg.training.train import GROUPS  # noqa: E402
+
+HELD_OUT = ("drive_vessels", "fuseg_footulcer", "tg3k_thyroid")
+CACHES = (DEFAULT_WORK, Path.home() / ".cache" / "napari-matchseg" / "sam-match")
+DEFAULT_RUN = Path.home() / ".cache" / "napari-matchseg" / "context-head" / "run-1"
+
+
+def cached_files(caches) -> dict[str, Path]:
+    out = {}
+    for c in caches:
+        for p in glob.glob(str(Path(c) / "features" / "litemedsam-*" / "*.npy")):
+            out.setdefault(Path(p).stem, Path(p))
+    return out
+
+
+def load_items(data: Path, name: str, split: str, files: dict[str, Path], limit: int | None = None) -> list[Item]:
+    """The split's images whose embedding is cached (in manifest order), as training items."""
+    items = []
+    for rid in read_manifest(data, name, split, GROUPS.get(name)):
+        if limit is not None and len(items) >= limit:
+            break
+        img = check_image(read_image(data / name / "images" / f"{rid}.png"))
+        f = files.get(content_hash(img))
+        if f is None:
+            continue
+        mask = read_mask(data / name / "masks" / f"{rid}.png", img.shape, allow_full=True)
+        if split != "train" and not mask.any():
+            continue
+        feats = torch.from_numpy(np.load(f).reshape(EMBEDDING_SHAPE))  # float16
+        scaled = scaled_size(*img.shape[:2])
+        rows, cols = valid_cells(scaled)
+        frac, valid = torch.zeros(1, 64, 64), torch.zeros(1, 64, 64)
+        frac[0, :rows, :cols] = mask_to_cells(mask, scaled)
+        valid[0, :rows, :cols] = 1
+        items.append(Item(feats, frac, valid, f"{name}/{rid}"))
+    return items
+
+
+def val_episodes(queries: list[Item], pool: list[Item], k: int) -> list[tuple[Item, list[Item]]]:
+    if not pool:
+        return []
+    sig = torch.stack([p.signature for p in pool])
+    return [(q, [pool[int(i)] for i in torch.argsort(-(sig @ q.signature))[:k]]) for q in queries]
+
+
+def training_free(episodes) -> float:
+    """Cell-level Dice of the training-free map (method 'mean') on the same episodes."""
+    scores = []
+    for q, refs in episodes:
+        cells = []
+        for r in refs:
+            rows, cols = int(r.valid[0, :, 0].sum()), int(r.valid[0, 0].sum())
+            cells.append(References(torch.nn.functional.normalize(r.features[:, :rows, :cols].float().flatten(1).T,
+                                                                  dim=1), r.fraction[0, :rows, :cols].flatten()))
+        rows, cols = int(q.valid[0, :, 0].sum()), int(q.valid[0, 0].sum())
+        scorers = build_scorers(References.concat(cells), "mean")
+        prob = score_query(q.features[None].float(), (rows * 4, cols * 4), scorers).prob if scorers \
+            else torch.zeros(64, 64)
+        pred, truth = prob >= 0.5, q.fraction[0] >= 0.5
+        denom = pred.sum() + truth.sum()
+        scores.append(1.0 if denom == 0 else float(2 * (pred & truth).sum() / denom))
+    return float(np.mean(scores))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--caches", type=Path, nargs="+", default=list(CACHES))
+    ap.add_argument("--train", nargs="+", default=[d for d in DATASETS if d not in HELD_OUT])
+    ap.add_argument("--run", type=Path, default=DEFAULT_RUN)
+    ap.add_argument("--steps", type=int, default=Settings.steps)
+    ap.add_argument("--batch", type=int, default=Settings.batch)
+    ap.add_argument("--val-every", type=int, default=Settings.val_every)
+    ap.add_argument("--val-n", type=int, default=10)
+    ap.add_argument("--minutes", type=float, default=40.0)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--export", type=Path, help="copy best.safetensors and log.jsonl here when the run ends")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t = time.time()
+    files = cached_files(args.caches)
+    train_sets = {n: load_items(args.data, n, "train", files) for n in args.train}
+    val = {}
+    baseline = {}
+    for n in DATASETS:
+        pool = train_sets[n] if n in train_sets else load_items(args.data, n, "train", files)
+        val[n] = val_episodes(load_items(args.data, n, "val", files, args.val_n), pool, 8)
+        baseline[n] = training_free(val[n]) if val[n] else float("nan")
+    print(f"loaded in {time.time() - t:.0f} s: train " + ", ".join(f"{n} {len(v)}" for n, v in train_sets.items())
+          + "; val " + ", ".join(f"{n} {len(v)}" for n, v in val.items()), flush=True)
+    print("training-free map (cell Dice, same val episodes): " + json.dumps({n: round(v, 4) for n, v in
+                                                                              baseline.items()}), flush=True)
+    args.run.mkdir(parents=True, exist_ok=True)
+    (args.run / "baseline.json").write_text(json.dumps({"machine": machine(), "training_free": baseline}))
+    settings = Settings(steps=args.steps, batch=args.batch, val_every=args.val_every)
+    result = train(args.run, train_sets, val, settings, {"dim": args.dim}, minutes=args.minutes,
+                   log=lambda s: print(s, flush=True))
+    print(json.dumps(result), f"machine: {machine()}", flush=True)
+    if args.export:
+        args.export.mkdir(parents=True, exist_ok=True)
+        for f in ("best.safetensors", "log.jsonl", "baseline.json"):
+            if (args.run / f).is_file():
+                shutil.copyfile(args.run / f, args.export / f)
+
+
+if __name__ == "__main__":
+    main()

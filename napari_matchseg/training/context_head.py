@@ -1,0 +1,218 @@
+"""Training the in-context memory-attention head on cached LiteMedSAM embeddings (no encoder in the loop).
+
+An *episode* is one query image of a dataset and K reference images of the same dataset with their masks; the
+head learns to mark the query's foreground from what the references' masks say. Half of the episodes take the K
+references nearest the query by mean embedding (as retrieval would), half take random ones; a few swap foreground
+and background everywhere, so that only reading the references can tell which side is the object.
+
+Runs are cut by time (``minutes``) and resume exactly: every episode is drawn from ``(seed, step)``, and the
+optimizer's state is saved with the model in ``RUN/last.pt`` (plain tensors: loads with ``weights_only=True``).
+``RUN/log.jsonl`` gets a line per validation; the best validation's weights go to ``RUN/best.safetensors``
+(float16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..fsutil import atomic_write_bytes
+from ..modeling.context_head import ContextHead
+
+
+@dataclasses.dataclass
+class Item:
+    """One image of a dataset: its embedding (256, 64, 64) float16, mask fraction and valid cells (1, 64, 64)."""
+
+    features: torch.Tensor
+    fraction: torch.Tensor
+    valid: torch.Tensor
+    name: str = ""
+
+    pooled: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # as the head's memory sees it
+
+    def memory(self, head_pool: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(features, fraction, valid) pooled as the head's memory (computed once per item)."""
+        if self.pooled is None or self.pooled[0].shape[-1] != self.features.shape[-1] // head_pool:
+            f, fr, v = (F.avg_pool2d(t[None].float(), head_pool)[0] for t in (self.features, self.fraction,
+                                                                            self.valid))
+            self.pooled = (f, fr, (v > 0.5).float())
+        return self.pooled
+
+    @property
+    def signature(self) -> torch.Tensor:
+        """The mean of the valid cells' normalised features: how retrieval-like references are found."""
+        f = F.normalize(self.features.float(), dim=0)
+        v = self.valid[0] > 0.5
+        return F.normalize(f[:, v].mean(1), dim=0)
+
+
+@dataclasses.dataclass
+class Settings:
+    steps: int = 6000
+    batch: int = 4
+    ks: tuple[int, ...] = (4, 8)  # references per episode, by step parity
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: int = 200
+    nearest: float = 0.5  # share of episodes whose references are the query's nearest
+    swap: float = 0.1  # share of episodes with foreground and background swapped
+    val_every: int = 250
+    seed: int = 0
+
+
+class Episodes:
+    """Deterministic episodes over ``datasets`` ({name: [Item]}): the same (seed, step) gives the same batch."""
+
+    def __init__(self, datasets: dict[str, Sequence[Item]], settings: Settings, pool: int = 4):
+        self.names = sorted(n for n, items in datasets.items() if len(items) >= 2)
+        if not self.names:
+            raise ValueError("training needs at least one dataset with two or more embedded images")
+        self.items = {n: list(datasets[n]) for n in self.names}
+        self.queries = {n: [i for i, it in enumerate(self.items[n]) if it.fraction.max() > 0] for n in self.names}
+        self.sims = {n: _similarities(self.items[n]) for n in self.names}
+        self.s = settings
+        self.pool = pool
+
+    def batch(self, step: int) -> tuple[torch.Tensor, ...]:
+        rng = np.random.default_rng([self.s.seed, step])
+        k = self.s.ks[step % len(self.s.ks)]
+        rows = [self._episode(rng, k) for _ in range(self.s.batch)]
+        return tuple(torch.stack(col) for col in zip(*rows))
+
+    def _episode(self, rng: np.random.Generator, k: int):
+        name = self.names[rng.integers(len(self.names))]
+        items = self.items[name]
+        q = int(rng.choice(self.queries[name] or range(len(items))))
+        others = np.array([i for i in range(len(items)) if i != q])
+        k = min(k, len(others))
+        if rng.random() < self.s.nearest:
+            refs = others[np.argsort(-self.sims[name][q, others], kind="stable")[:k]]
+        else:
+            refs = rng.choice(others, size=k, replace=False)
+        swap = rng.random() < self.s.swap
+        return episode_tensors(items[q], [items[int(i)] for i in refs], swap, self.pool)
+
+
+def episode_tensors(query: Item, refs: Sequence[Item], swap: bool = False, pool: int = 4) -> tuple[torch.Tensor, ...]:
+    """(query, query_valid, refs, ref_fraction, ref_valid, target) of one episode, without a batch dimension; the
+    references pooled as a head with ``memory_pool=pool`` sees them."""
+    mem = [r.memory(pool) for r in refs]
+    feats, frac, valid = (torch.stack(col) for col in zip(*mem))
+    target = query.fraction
+    if swap:
+        frac, target = 1 - frac, (1 - target) * query.valid
+    return query.features, query.valid, feats, frac * valid, valid, target
+
+
+def _similarities(items: Sequence[Item]) -> np.ndarray:
+    sig = torch.stack([it.signature for it in items])
+    return (sig @ sig.T).numpy()
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Soft-target BCE plus soft Dice, over the valid cells only."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce = (bce * valid).sum() / valid.sum().clamp_min(1)
+    p = torch.sigmoid(logits) * valid
+    inter = (p * target).sum((1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
+    return bce + dice.mean()
+
+
+@torch.no_grad()
+def validate(head: ContextHead, val: dict[str, list[tuple[Item, list[Item]]]]) -> dict[str, float]:
+    """Mean cell-level Dice (probability >= 0.5 against fraction >= 0.5) per dataset of fixed episodes."""
+    head.eval()
+    out = {}
+    for name, episodes in val.items():
+        scores = []
+        for query, refs in episodes:
+            t = [x[None] for x in episode_tensors(query, refs, pool=head.memory_pool)]
+            pred = torch.sigmoid(head(*t[:5]))[0] >= 0.5
+            truth = t[5][0] >= 0.5
+            denom = pred.sum() + truth.sum()
+            scores.append(1.0 if denom == 0 else float(2 * (pred & truth).sum() / denom))
+        out[name] = float(np.mean(scores))
+    head.train()
+    return out
+
+
+def train(run: Path, datasets: dict[str, Sequence[Item]], val: dict[str, list[tuple[Item, list[Item]]]],
+          settings: Settings, config: dict | None = None, minutes: float | None = None, log=print) -> dict:
+    """Train (or go on training) the head in ``run``; stop after ``settings.steps`` or ``minutes``."""
+    run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    head = ContextHead(**(config or {}))
+    opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    step, best = 0, -1.0
+    last = run / "last.pt"
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        head = ContextHead(**state["config"])
+        head.load_state_dict(state["model"])
+        opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        opt.load_state_dict(state["optimizer"])
+        step, best = int(state["step"]), float(state["best"])
+        log(f"resumed at step {step} (best validation {best:.4f})")
+    episodes = Episodes(datasets, settings, head.memory_pool)
+    head.train()
+    start, losses = time.time(), []
+    while step < settings.steps:
+        *inputs, target = episodes.batch(step)
+        lr = settings.lr * _lr_factor(step, settings)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(head(*inputs), target, inputs[1])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        opt.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        out_of_time = minutes is not None and time.time() - start > 60 * minutes
+        if step % settings.val_every == 0 or step == settings.steps or out_of_time:
+            scores = validate(head, val) if val else {}
+            mean = float(np.mean(list(scores.values()))) if scores else -float(np.mean(losses))
+            record = {"step": step, "loss": float(np.mean(losses)), "val": scores, "val_mean": mean,
+                      "elapsed_s": round(time.time() - start, 1), "lr": lr}
+            losses = []
+            with open(run / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            log(json.dumps(record))
+            if mean > best:
+                best = mean
+                save_head(head, run / "best.safetensors", {"step": str(step), "val_mean": f"{mean:.4f}"})
+            state = {"config": head.config, "model": head.state_dict(), "optimizer": opt.state_dict(),
+                     "step": step, "best": best}
+            tmp = last.with_suffix(".tmp")
+            torch.save(state, tmp)
+            tmp.replace(last)
+        if out_of_time:
+            break
+    return {"step": step, "best": best, "done": step >= settings.steps}
+
+
+def _lr_factor(step: int, s: Settings) -> float:
+    if step < s.warmup:
+        return (step + 1) / s.warmup
+    return float(0.5 * (1 + np.cos(np.pi * min(1.0, (step - s.warmup) / max(1, s.steps - s.warmup)))))
+
+
+def save_head(head: ContextHead, path: Path, meta: dict[str, str] | None = None) -> None:
+    """The head's weights as float16 safetensors, its config in the metadata (written atomically)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().half().contiguous() for k, v in head.state_dict().items()}
+    metadata = {"config": json.dumps(head.config), **(meta or {})}
+    atomic_write_bytes(path, save(tensors, metadata))
+
+
+__all__ = ["Item", "Settings", "Episodes", "episode_tensors", "loss_fn", "validate", "train", "save_head"]
