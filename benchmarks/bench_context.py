@@ -36,10 +36,11 @@ from napari_matchseg.refiners.litemedsam import LiteMedSamRefiner
 DEFAULT_VARIANT = "mean/box"
 
 
-def context(predictor, spec: str) -> ContextProposer:
-    """``METHOD/DECODER[/OBJECTS][/MIN_AGREEMENT]``, e.g. ``mean/box/all/0.6``."""
+def context(predictor, spec: str, head: str | None = None) -> ContextProposer:
+    """``METHOD/DECODER[/OBJECTS][/MIN_AGREEMENT]``, e.g. ``mean/box/all/0.6``; METHOD ``head`` uses ``head``'s
+    weights (``--context-head``)."""
     method, decoder, *rest = spec.split("/")
-    extra = {}
+    extra = {"head": head} if method == "head" else {}
     for part in rest:
         if part in ("all", "references"):
             extra["objects"] = part
@@ -71,19 +72,20 @@ def run_dataset(args, name, predictor, v2, refiner) -> dict:
         predictor.embedding(img)  # cached by the prefetch step
         if args.table == "main":
             s_img, s_mask = supports(bank, foreign, rid, img, "retrieved", args.k)
-            p2 = score("v2", lambda: v2.predict(img, s_img, s_mask), gt)
-            r = refiner.refine(img, p2)
-            rows.setdefault("v2+litemedsam", []).append(dice(r.mask, gt))
+            if not args.no_v2:
+                p2 = score("v2", lambda: v2.predict(img, s_img, s_mask), gt)
+                r = refiner.refine(img, p2)
+                rows.setdefault("v2+litemedsam", []).append(dice(r.mask, gt))
             for spec in args.variants:
-                prop = proposers.setdefault(spec, context(predictor, spec))
+                prop = proposers.setdefault(spec, context(predictor, spec, args.context_head))
                 score(f"context {spec}", lambda: prop.predict(img, s_img, s_mask), gt)
         elif args.table == "k":
-            prop = proposers.setdefault(args.variant, context(predictor, args.variant))
+            prop = proposers.setdefault(args.variant, context(predictor, args.variant, args.context_head))
             for k in (1, 4, 8, 16):
                 s_img, s_mask = supports(bank, foreign, rid, img, "retrieved", k)
                 score(f"context k={k}", lambda: prop.predict(img, s_img, s_mask), gt)
         else:  # refs: retrieved vs random vs foreign
-            prop = proposers.setdefault(args.variant, context(predictor, args.variant))
+            prop = proposers.setdefault(args.variant, context(predictor, args.variant, args.context_head))
             for kind in ("retrieved", "random", "foreign"):
                 s_img, s_mask = supports(bank, foreign, rid, img, kind, args.k)
                 score(f"context {kind}", lambda: prop.predict(img, s_img, s_mask), gt)
@@ -99,6 +101,8 @@ def main() -> None:
     ap.add_argument("--table", default="main", choices=("main", "k", "refs"))
     ap.add_argument("--variants", nargs="+", default=["mean/none", DEFAULT_VARIANT])
     ap.add_argument("--variant", default=DEFAULT_VARIANT, help="the context variant of the k and refs tables")
+    ap.add_argument("--context-head", help="the trained head's weights, for variants of method 'head'")
+    ap.add_argument("--no-v2", action="store_true", help="main table: leave out v2 and v2 + LiteMedSAM")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 CHANNELS = 256  # LiteMedSAM's embedding channels
+PRIORS = 3  # training-free maps the decoder sees: foreground and background prototype similarity, label transfer
+TRANSFER_TEMPERATURE = 0.05  # of the label transfer's softmax over cosine similarities
 
 
 class MemoryAttention(nn.Module):
@@ -58,7 +60,7 @@ class ContextHead(nn.Module):
         self.label = nn.Embedding(2, dim)  # background, foreground: added to the memory's values by fraction
         self.layers = nn.ModuleList(MemoryAttention(dim, heads) for _ in range(layers))
         self.fine = nn.Linear(CHANNELS, fine)
-        self.decode = nn.Sequential(nn.Conv2d(dim + fine + 2, width, 3, padding=1), nn.GELU(),
+        self.decode = nn.Sequential(nn.Conv2d(dim + fine + PRIORS, width, 3, padding=1), nn.GELU(),
                                     nn.Conv2d(width, width, 3, padding=1), nn.GELU(), nn.Conv2d(width, 1, 1))
 
     def _tokens(self, grid: torch.Tensor) -> torch.Tensor:
@@ -85,13 +87,15 @@ class ContextHead(nn.Module):
         if refs.shape[-1] == g:
             refs, ref_fraction, ref_valid = self.pool_references(refs, ref_fraction, ref_valid)
         query = query.float()
-        priors = _prototype_priors(query, refs, ref_fraction, ref_valid)  # (B, 2, 64, 64)
-        # attention runs on a 32 x 32 query grid; the fine path keeps the 64 x 64 detail
-        q_tokens = self.embed(self._tokens(F.avg_pool2d(query, 2)))  # (B, 1024, dim)
+        coarse = F.avg_pool2d(query, 2)  # attention runs on a 32 x 32 query grid; the fine path keeps 64 x 64
+        mask = ref_valid.flatten(1).reshape(b, -1) > 0.5
+        transfer = _label_transfer(coarse, refs, ref_fraction, mask)  # (B, 1, 32, 32)
+        priors = torch.cat([_prototype_priors(query, refs, ref_fraction, ref_valid),
+                            F.interpolate(transfer, size=(g, g), mode="bilinear", align_corners=False)], 1)
+        q_tokens = self.embed(self._tokens(coarse))  # (B, 1024, dim)
         m_tokens = self.embed(self._tokens(refs.flatten(0, 1))).view(b, -1, q_tokens.shape[-1])  # (B, K*n, dim)
         frac_t = ref_fraction.flatten(1).reshape(b, -1, 1)
         values = m_tokens + frac_t * self.label.weight[1] + (1 - frac_t) * self.label.weight[0]
-        mask = ref_valid.flatten(1).reshape(b, -1) > 0.5
         x = q_tokens
         for layer in self.layers:
             x = layer(x, m_tokens, values, mask)
@@ -101,6 +105,20 @@ class ContextHead(nn.Module):
         fine = self.fine(self._tokens(query)).transpose(1, 2).reshape(b, -1, g, g)
         logits = self.decode(torch.cat([x, fine, priors], 1))
         return torch.where(query_valid > 0.5, logits, torch.full_like(logits, -20.0))
+
+
+def _label_transfer(coarse: torch.Tensor, refs: torch.Tensor, ref_fraction: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+    """Each query cell's foreground fraction as the mean of the references' cells it resembles (softmax of cosine
+    similarity): the references' masks carried over by appearance alone, whatever the kind of image."""
+    b, c, h, w = coarse.shape
+    q = F.normalize(coarse.flatten(2).transpose(1, 2), dim=2)  # (B, hw, C)
+    m = F.normalize(refs.transpose(2, 1).flatten(2).transpose(1, 2), dim=2)  # (B, K*n, C): channels last
+    frac = ref_fraction.flatten(1)[:, :, None]  # (B, K*n, 1)
+    with torch.no_grad():
+        att = F.scaled_dot_product_attention(q[:, None], m[:, None], frac[:, None], attn_mask=mask[:, None, None, :],
+                                             scale=1.0 / TRANSFER_TEMPERATURE)
+    return att[:, 0].transpose(1, 2).reshape(b, 1, h, w)
 
 
 def _prototype_priors(query, refs, ref_fraction, ref_valid) -> torch.Tensor:

@@ -2,8 +2,11 @@
 
 An *episode* is one query image of a dataset and K reference images of the same dataset with their masks; the
 head learns to mark the query's foreground from what the references' masks say. Half of the episodes take the K
-references nearest the query by mean embedding (as retrieval would), half take random ones; a few swap foreground
-and background everywhere, so that only reading the references can tell which side is the object.
+references nearest the query by mean embedding (as retrieval would), half take random ones. Two augmentations
+make reading the references pay more than remembering what the training datasets look like: some episodes swap
+foreground and background everywhere (only the references tell which side is the object), and some turn every
+feature vector of the episode by the same random rotation (similarities between query and references stay, what a
+feature means on its own is gone: the kinds of image never seen in training look like that to the head).
 
 Runs are cut by time (``minutes``) and resume exactly: every episode is drawn from ``(seed, step)``, and the
 optimizer's state is saved with the model in ``RUN/last.pt`` (plain tensors: loads with ``weights_only=True``).
@@ -63,7 +66,8 @@ class Settings:
     weight_decay: float = 0.01
     warmup: int = 200
     nearest: float = 0.5  # share of episodes whose references are the query's nearest
-    swap: float = 0.1  # share of episodes with foreground and background swapped
+    swap: float = 0.25  # share of episodes with foreground and background swapped
+    rotate: float = 0.5  # share of episodes whose features are rotated (one random orthogonal matrix each)
     val_every: int = 250
     seed: int = 0
 
@@ -98,7 +102,12 @@ class Episodes:
         else:
             refs = rng.choice(others, size=k, replace=False)
         swap = rng.random() < self.s.swap
-        return episode_tensors(items[q], [items[int(i)] for i in refs], swap, self.pool)
+        out = episode_tensors(items[q], [items[int(i)] for i in refs], swap, self.pool)
+        if rng.random() < self.s.rotate:
+            rot = torch.from_numpy(np.linalg.qr(rng.standard_normal((out[0].shape[0],) * 2))[0]).float()
+            query = torch.einsum("dc,chw->dhw", rot, out[0].float()).to(out[0].dtype)
+            out = (query, out[1], torch.einsum("dc,kchw->kdhw", rot, out[2]), *out[3:])
+        return out
 
 
 def episode_tensors(query: Item, refs: Sequence[Item], swap: bool = False, pool: int = 4) -> tuple[torch.Tensor, ...]:
