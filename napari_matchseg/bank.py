@@ -40,7 +40,7 @@ from .bank_writes import LOCK_TIMEOUT_S, Added, BankWrites, ProgressFn, file_sig
 from .embedding_store import EmbeddingStore
 from .errors import BankError, InputError, ReferenceNotFound
 from .fsutil import atomic_write_text
-from .image_io import check_image, content_hash, read_image, read_mask
+from .image_io import check_image, content_hash, read_image, read_labels, read_mask
 
 __all__ = ["JOURNAL", "LOCK_TIMEOUT_S", "Added", "Reference", "ReferenceBank"]
 
@@ -193,7 +193,18 @@ class ReferenceBank(BankWrites):
         return self._load(ref_id, lambda ref: read_image(self.file(ref.image_file)))
 
     def load_mask(self, ref_id: str) -> np.ndarray:
+        """The reference's foreground (bool): every object of it, as retrieval, proposers and training see it."""
         return self._load(ref_id, lambda ref: read_mask(self.file(ref.mask_file), ref.shape, allow_full=True))
+
+    def load_labels(self, ref_id: str) -> np.ndarray:
+        """The reference's object ids (uint8 / uint16: 0 background, each object its own value; a reference with
+        one object gives 0 / 1)."""
+        def read(ref):
+            if ref.objects is None:
+                return read_mask(self.file(ref.mask_file), ref.shape, allow_full=True).view(np.uint8)
+            return read_labels(self.file(ref.mask_file), ref.shape)
+
+        return self._load(ref_id, read)
 
     # ------------------------------------------------------------------ integrity
     def check(self, fix: bool = False, verify_hashes: bool = True) -> list[str]:

@@ -122,7 +122,8 @@ def integrity_problems(bank, verify_hashes: bool = True) -> tuple[list[str], lis
                 continue
             if verify_hashes:
                 try:
-                    arr = bank.load_image(ref.id) if kind == "image" else bank.load_mask(ref.id)
+                    arr = bank.load_image(ref.id) if kind == "image" else \
+                        bank.load_labels(ref.id) if ref.objects else bank.load_mask(ref.id)
                 except InputError as exc:
                     problems.append(f"{ref.id}: {exc}")
                     continue

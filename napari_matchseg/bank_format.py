@@ -72,12 +72,16 @@ class Reference:
     updated: str
     # a slice of a volume: {"volume": its name, "slice": index, "axis": "z"}; None for a 2D image
     origin: dict[str, Any] | None = dataclasses.field(default=None, hash=False)
+    # several objects kept apart: how many object ids the mask file holds (its values are the ids; mask_sha256
+    # is then the hash of the ids); None for one object, stored 0 / 255
+    objects: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["shape"] = list(self.shape)
-        if self.origin is None:
-            del d["origin"]  # records of 2D images stay as they were
+        for key in ("origin", "objects"):
+            if d[key] is None:
+                del d[key]  # records of 2D images with one object stay as they were
         return d
 
     @classmethod
@@ -128,6 +132,10 @@ def _record_problem(d: dict[str, Any]) -> str | None:
     for key in ("original_name", "dtype", "added", "updated"):
         if not isinstance(d[key], str):
             return f"its {key} is not a string"
+    objects = d.get("objects")
+    if objects is not None and (isinstance(objects, bool) or not isinstance(objects, int)
+                                or not 2 <= objects <= 65535):
+        return f"its objects {objects!r} is not a whole number from 2 to 65535"
     return origin_problem(d.get("origin"))
 
 

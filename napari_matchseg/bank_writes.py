@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import filelock
+import numpy as np
 
 from .bank_files import check_no_links, disk_error_message, journal, tidy
 from .bank_format import (SOURCES, BANK_FILE, Reference, format_bank_json, image_file_for, mask_file_for,
                           origin_problem, slug)
 from .errors import BankError, Cancelled, DuplicateReference, InputError
 from .fsutil import atomic_write_bytes, atomic_write_text
-from .image_io import check_image, check_mask, content_hash, encode_image, encode_mask_png
+from .image_io import (check_image, check_mask, content_hash, encode_image, encode_labels_png, encode_mask_png,
+                       object_labels)
 
 LOCK_TIMEOUT_S = 60.0
 ProgressFn = Callable[[int, int], None]
@@ -48,6 +50,15 @@ def file_signature(f: Path) -> tuple | None:
         return stat_signature(f.stat())
     except FileNotFoundError:
         return None
+
+
+def _mask_file(mask, foreground, name: str) -> tuple[bytes, str, int | None]:
+    """(the mask file's bytes, the hash recorded for it, its number of objects): several label values are kept
+    as object ids (an 8- or 16-bit PNG of the values), one object is a 0 / 255 PNG as always."""
+    labels = object_labels(mask, name)
+    if labels is None:
+        return encode_mask_png(foreground), content_hash(foreground), None
+    return encode_labels_png(labels), content_hash(labels), int(len(np.unique(labels)) - 1)
 
 
 class BankWrites:
@@ -130,11 +141,11 @@ class BankWrites:
         img = check_image(image, name=label)
         m = check_mask(mask, img.shape, name=f"mask of {label}", allow_empty=allow_empty)
         img_bytes, suffix = encode_image(img)
-        return img, m, content_hash(img), img_bytes, suffix, encode_mask_png(m), origin
+        return img, m, content_hash(img), img_bytes, suffix, *_mask_file(mask, m, label), origin
 
     def _plan(self, prepared, name, source, on_duplicate) -> tuple[Reference, bytes, bytes] | Reference:
         """The record of a new reference and its files' bytes (nothing written yet), or the existing one."""
-        img, m, h, img_bytes, suffix, mask_bytes, origin = prepared
+        img, m, h, img_bytes, suffix, mask_bytes, mask_sha, objects, origin = prepared
         existing = self._by_hash.get(h)
         if existing is not None:
             if on_duplicate == "skip":
@@ -145,8 +156,9 @@ class BankWrites:
         now = now_utc()
         ref = Reference(id=rid, original_name=str(name or ""), image_file=image_file_for(rid, suffix),
                         mask_file=mask_file_for(rid), shape=tuple(int(s) for s in img.shape), dtype=str(img.dtype),
-                        image_sha256=h, mask_sha256=content_hash(m), foreground_fraction=round(float(m.mean()), 6),
-                        source=source, added=now, updated=now, origin=dict(origin) if origin else None)
+                        image_sha256=h, mask_sha256=mask_sha, foreground_fraction=round(float(m.mean()), 6),
+                        source=source, added=now, updated=now, origin=dict(origin) if origin else None,
+                        objects=objects)
         self._refs[rid] = ref
         self._by_hash[h] = rid
         return ref, img_bytes, mask_bytes
@@ -229,8 +241,8 @@ class BankWrites:
             while (self.path / mask_file_for(ref_id, rev)).exists():
                 rev += 1
             mask_file = mask_file_for(ref_id, rev)
-            data = encode_mask_png(m)
-            new = dataclasses.replace(ref, mask_file=mask_file, mask_sha256=content_hash(m),
+            data, mask_sha, objects = _mask_file(mask, m, f"new mask of {ref_id}")
+            new = dataclasses.replace(ref, mask_file=mask_file, mask_sha256=mask_sha, objects=objects,
                                       foreground_fraction=round(float(m.mean()), 6),
                                       source=source or ref.source, updated=now_utc())
             with self._journal([mask_file], obsolete=[ref.mask_file]):

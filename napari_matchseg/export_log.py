@@ -19,7 +19,8 @@ from .errors import InputError, name_list
 from .weights import sha256_file as file_sha256
 
 LOG_NAME = "annotations.csv"
-COLUMNS = ["file", "slice", "source", "reference", "edited_before_accept", "clicks", "boxes", "seconds", "sha256"]
+COLUMNS = ["file", "slice", "source", "reference", "objects", "edited_before_accept", "clicks", "boxes", "seconds",
+           "sha256"]
 
 
 def read_log(folder: Path) -> dict[str, dict] | None:

@@ -109,6 +109,26 @@ def check_mask(mask, image_shape: tuple[int, ...] | None = None, name: str = "ma
     return out
 
 
+MAX_OBJECT_ID = 65535  # object ids are stored as 16-bit PNG values
+
+
+def object_labels(mask, name: str = "mask") -> np.ndarray | None:
+    """The mask's object ids as uint8 / uint16 when it holds two or more different non-zero values (several
+    objects kept apart), None when it is one object (or empty): that is stored as a plain 0/255 mask."""
+    arr = np.asarray(mask)
+    if arr.dtype.kind not in "iu":
+        return None
+    arr = arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
+    values = np.unique(arr)
+    values = values[values != 0]
+    if len(values) < 2:
+        return None
+    if values[0] < 0 or values[-1] > MAX_OBJECT_ID:
+        raise InputError(f"{name} holds label values from {values[0]} to {values[-1]}; object ids must be "
+                         f"between 1 and {MAX_OBJECT_ID} (0 is the background)")
+    return arr.astype(np.uint8 if values[-1] <= 255 else np.uint16)
+
+
 def content_hash(array: np.ndarray) -> str:
     """sha256 of dtype, shape and pixels: the same picture always gets the same key."""
     arr = np.ascontiguousarray(array)
@@ -301,6 +321,37 @@ def encode_mask_png(mask: np.ndarray, value: int = 255) -> bytes:
     buf = io.BytesIO()
     Image.fromarray((np.asarray(mask) != 0).view(np.uint8) * np.uint8(value)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def encode_labels_png(labels: np.ndarray) -> bytes:
+    """Object ids as an 8- or 16-bit PNG (values kept: 0 background, 1..n the objects)."""
+    from PIL import Image
+
+    arr = np.ascontiguousarray(labels)
+    buf = io.BytesIO()
+    Image.fromarray(arr if arr.dtype == np.uint8 else arr.astype(np.uint16)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def read_labels(path: str | os.PathLike, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """A label file's object ids (uint8 / uint16 (H, W)), as :func:`encode_labels_png` wrote them."""
+    path = Path(path)
+    arr, _ = _read_raw(path, palette_indices=True)
+    if arr.dtype.kind not in "u" or arr.ndim != 2:
+        raise InputError(f"{path} is not a label file (one channel of unsigned integers); it holds {arr.dtype} "
+                         f"pixels of shape {arr.shape}")
+    check_mask(arr, image_shape, name=str(path))
+    return arr
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = False) -> Path:
+    """Atomically write object ids as an 8- or 16-bit PNG."""
+    arr = np.asarray(labels)
+    check_mask(arr)
+    if arr.dtype.kind not in "biu" or (arr.size and (arr.min() < 0 or arr.max() > MAX_OBJECT_ID)):
+        raise InputError(f"labels for {path} must be integers from 0 to {MAX_OBJECT_ID}")
+    return atomic_write_bytes(path, encode_labels_png(arr.astype(np.uint8 if arr.max(initial=0) <= 255
+                                                                 else np.uint16)), overwrite=overwrite)
 
 
 def write_mask_tiff(path: str | os.PathLike, mask: np.ndarray, overwrite: bool = False,

@@ -109,10 +109,11 @@ def test_label_propose_edit_accept_export(annotator, qtbot, tmp_path):
     assert set(np.unique(np.array(Image.open(written[-1])))) == {0, 255}
     assert np.array_equal(np.array(Image.open(written[-1])) > 0, bank.load_mask(accepted[0].id) > 0)
     log = (tmp_path / "export" / "annotations.csv").read_text().splitlines()
-    assert log[0] == "file,slice,source,reference,edited_before_accept,clicks,boxes,seconds,sha256" and len(log) == 6
+    assert log[0] == "file,slice,source,reference,objects,edited_before_accept,clicks,boxes,seconds,sha256" \
+        and len(log) == 6
     assert log[1].startswith("sample ultrasound_0000.png,0,manual,")
-    assert log[5].split(",")[:7] == ["sample ultrasound_0006.png", "6", "accepted_proposal", accepted[0].id, "1",
-                                     "0", "0"] and float(log[5].split(",")[7]) >= 0
+    assert log[5].split(",")[:8] == ["sample ultrasound_0006.png", "6", "accepted_proposal", accepted[0].id, "1",
+                                     "1", "0", "0"] and float(log[5].split(",")[8]) >= 0
     # the same export again: an update of the earlier one, nothing changed, nothing rewritten
     assert w.export_labelled(str(tmp_path / "export")) == [] and "5 unchanged" in w.status.text()
     (tmp_path / "export" / "sample ultrasound_0001.png").write_bytes(b"someone else's file")
@@ -826,16 +827,36 @@ def test_a_proposal_that_ends_after_its_image_is_deleted_or_left_leaves_the_user
     assert "the image layer is gone" in w.status.text()
 
 
-def test_several_label_values_added_as_one_reference_are_said_to_be_merged(annotator):
+def test_several_objects_stay_apart_through_the_bank_and_export(annotator, tmp_path):
+    """Two label values on one image: the bank keeps both ids (retrieval and proposers see one foreground), the
+    label-values export writes them, the 0/255 export their union, and annotations.csv counts the objects."""
+    import csv
+
+    from napari_matchseg.image_io import read_labels, read_mask
+
     viewer, w = annotator
     labels = viewer.layers["sample ultrasound labels"]
     data = np.asarray(labels.data).copy()
+    first = data[0] != 0
     data[0, 5:15, 5:15] = 2  # a second object
     labels.data = data
     viewer.dims.set_current_step(0, 0)
     w.add_current_as_reference()
-    assert "2 label values were merged into one mask" in w.status.text()
-    assert w.state.bank.load_mask(w.state.bank.ids()[0])[5:15, 5:15].all()
+    assert "2 objects, each its own label value" in w.status.text()
+    bank = w.state.bank
+    rid = bank.ids()[0]
+    assert bank.get(rid).objects == 2
+    ids = bank.load_labels(rid)
+    assert set(np.unique(ids)) == {0, 1, 2} and (ids[5:15, 5:15] == 2).all() and (ids[first & (ids != 2)] == 1).all()
+    assert bank.load_mask(rid)[5:15, 5:15].all() and bank.check() == []
+    w.export_format.setCurrentText("png-labels")
+    written = w.export_labelled(str(tmp_path / "ids"))
+    np.testing.assert_array_equal(read_labels(written[0]), ids)
+    w.export_format.setCurrentText("png-255")
+    written = w.export_labelled(str(tmp_path / "union"))
+    np.testing.assert_array_equal(read_mask(written[0]), ids != 0)
+    with open(tmp_path / "ids" / "annotations.csv") as f:
+        assert next(csv.DictReader(f))["objects"] == "2"
 
 
 def test_a_failed_bank_open_says_which_bank_is_still_in_use(annotator, tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QGroupBox, QLabel, QLineEdit, QListWidget, QVBoxLayout
 
 from ..errors import MatchsegError
@@ -86,19 +85,16 @@ class BankPanel(QGroupBox):
         layer, idx, image = ctx.current_slice()
         labels = get_layer(ctx.viewer, ctx.labels_combo.currentText(), "labels")
         check_pair(layer, labels)
-        data = np.asarray(labels.data)
-        values = np.unique(data if idx is None or data.ndim == 2 else data[idx])
         self.store(bank, image, labels_slice(labels, idx, image, layer), slice_name(layer, idx), "manual",
                    slice_origin(layer, idx))
         ctx.state.effort.record((layer.name, idx))
-        if (values != 0).sum() > 1:  # say it: the bank keeps one mask (all objects as foreground) per image
-            ctx.status.setText(f"{ctx.status.text()}: its {(values != 0).sum()} label values were merged into one "
-                               "mask (a reference holds one foreground)")
 
     def store(self, bank, image, mask, name: str, source: str, origin: dict | None = None) -> None:
         ref, added = bank.add_or_update(image, mask, name=name, source=source, origin=origin)
         self.refresh_references()
-        self.ctx.status.setText(f"added {ref.id} to the bank" if added else f"updated the mask of {ref.id}")
+        objects = f" ({ref.objects} objects, each its own label value)" if ref.objects else ""
+        self.ctx.status.setText(f"added {ref.id} to the bank{objects}" if added else
+                                f"updated the mask of {ref.id}{objects}")
 
     def remove_selected(self) -> None:
         """Remove the selected references; their pixels and records are kept in memory for Undo remove."""

@@ -11,7 +11,8 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QLabel
 from ..errors import InputError, MatchsegError
 from ..export_log import LOG_NAME, file_sha256, plan_export
 from ..fsutil import atomic_write_text
-from ..image_io import encode_mask_png, write_mask, write_mask_tiff
+from ..fsutil import atomic_write_bytes
+from ..image_io import encode_labels_png, encode_mask_png, write_mask_tiff
 from ._qt import Panel, button, notify_error, row
 from .slices import all_slices, check_pair, get_layer, series_info, slice_name, spatial_shape
 
@@ -23,7 +24,8 @@ class ExportPanel(Panel):
         super().__init__(ctx)
         self.export_format = QComboBox()
         self.export_format.addItems(list(FORMATS))
-        self.export_format.setToolTip("0/255 PNG, label values (0/1) PNG, or 0/255 TIFF")
+        self.export_format.setToolTip("0/255 PNG (every object as foreground), label values PNG (0 background, "
+                                      "each object its own value, 1 for one object), or 0/255 TIFF")
         self.export_format.setCurrentText(ctx.state.settings.export_format)
         self.export_btn = button("Export masks...", self._browse,
                                  "every slice of this image layer that is in the bank (labelled by hand or an "
@@ -92,19 +94,24 @@ class ExportPanel(Panel):
                 raise InputError("no slice of this image layer is labelled yet: Add as reference or Accept first")
             targets = [(Path(folder) / f"{slice_name(layer, i)}{suffix}", i, bank.get(rid)) for i, rid in found]
             plan = plan_export(folder, [t.name for t, _, _ in targets])
-            write = write_mask if suffix == ".png" else write_mask_tiff
             edited = ctx.state.edited_on_accept.get(layer.name, {})
             written, unchanged, rows = [], 0, []
             for t, i, ref in targets:
-                mask = bank.load_mask(ref.id) != 0
-                if suffix == ".png" and t.name in plan.replace and t.read_bytes() == encode_mask_png(mask, value):
+                again = t.name in plan.replace
+                if suffix == ".tif":
+                    written.append(write_mask_tiff(t, bank.load_mask(ref.id), overwrite=again, value=value))
+                    continue
+                data = encode_labels_png(bank.load_labels(ref.id)) if value == 1 else \
+                    encode_mask_png(bank.load_mask(ref.id), value)
+                if again and t.read_bytes() == data:
                     unchanged += 1  # the same file as last time: it stays as it is
                 else:
-                    written.append(write(t, mask, overwrite=t.name in plan.replace, value=value))
+                    written.append(atomic_write_bytes(t, data, overwrite=again))
                 flag = "" if ref.source != "accepted_proposal" or i not in edited else int(edited[i])
                 effort = ctx.state.effort.row((layer.name, i))
                 rows.append({"file": t.name, "slice": "" if i is None else i, "source": ref.source,
-                             "reference": ref.id, "edited_before_accept": flag, **effort,
+                             "reference": ref.id, "objects": ref.objects or int(ref.foreground_fraction > 0), "edited_before_accept": flag,
+                             **effort,
                              "sha256": file_sha256(t)})
             atomic_write_text(Path(folder) / LOG_NAME, plan.csv_text(rows), overwrite=True)
         except (MatchsegError, OSError) as exc:

@@ -108,10 +108,12 @@ def check_pair(image_layer, labels_layer) -> None:
 
 
 def labels_slice(labels_layer, idx: int | None, image: np.ndarray, image_layer=None) -> np.ndarray:
-    """The labels of slice ``idx``; of a series' image, cut to that image's own size (the padding is not in it)."""
+    """The labels of slice ``idx`` (their values, so that several objects stay apart); of a series' image, cut to
+    that image's own size (the padding is not in it)."""
     data = np.asarray(labels_layer.data)
     sl = data if idx is None or data.ndim == 2 else data[idx]
     info = None if image_layer is None or idx is None else series_info(image_layer)
     if info is not None and sl.shape == spatial_shape(image_layer)[1:]:
         sl = info.crop(sl, idx)
-    return check_mask(sl, image.shape, name=f"labels {labels_layer.name!r}")
+    check_mask(sl, image.shape, name=f"labels {labels_layer.name!r}")
+    return sl
