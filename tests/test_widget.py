@@ -857,6 +857,10 @@ def test_several_objects_stay_apart_through_the_bank_and_export(annotator, tmp_p
     np.testing.assert_array_equal(read_mask(written[0]), ids != 0)
     with open(tmp_path / "ids" / "annotations.csv") as f:
         assert next(csv.DictReader(f))["objects"] == "2"
+    w.references.item(0).setSelected(True)  # removed and brought back: the ids come back too
+    w.remove_selected()
+    w.undo_remove()
+    np.testing.assert_array_equal(bank.load_labels(bank.ids()[0]), ids)
 
 
 def test_a_failed_bank_open_says_which_bank_is_still_in_use(annotator, tmp_path, monkeypatch):

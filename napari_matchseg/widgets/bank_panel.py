@@ -103,7 +103,7 @@ class BankPanel(QGroupBox):
             bank = self.ctx.state.need_bank()
             for item in self.references.selectedItems():
                 ref = bank.get(item.text().split()[0])
-                kept = (bank.load_image(ref.id), bank.load_mask(ref.id), ref)
+                kept = (bank.load_image(ref.id), bank.load_labels(ref.id), ref)  # object ids kept
                 bank.remove(ref.id)
                 removed.append(kept)
         except MatchsegError as exc:

@@ -109,9 +109,9 @@ class ExportPanel(Panel):
                     written.append(atomic_write_bytes(t, data, overwrite=again))
                 flag = "" if ref.source != "accepted_proposal" or i not in edited else int(edited[i])
                 effort = ctx.state.effort.row((layer.name, i))
+                objects = ref.objects or int(ref.foreground_fraction > 0)
                 rows.append({"file": t.name, "slice": "" if i is None else i, "source": ref.source,
-                             "reference": ref.id, "objects": ref.objects or int(ref.foreground_fraction > 0), "edited_before_accept": flag,
-                             **effort,
+                             "reference": ref.id, "objects": objects, "edited_before_accept": flag, **effort,
                              "sha256": file_sha256(t)})
             atomic_write_text(Path(folder) / LOG_NAME, plan.csv_text(rows), overwrite=True)
         except (MatchsegError, OSError) as exc:
