@@ -77,3 +77,20 @@ def test_negative_or_too_large_ids_are_refused(tmp_path):
     with pytest.raises(InputError, match="object ids"):
         bank.add(_image(), _two_objects(np.int64, (1, 70000)), name="big")
     assert len(bank) == 0
+
+
+def test_bank_add_from_the_command_line_keeps_object_ids_when_asked(tmp_path, capsys):
+    from napari_matchseg.cli import main
+    from napari_matchseg.image_io import write_image, write_labels
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    write_image(tmp_path / "images" / "a.png", _image())
+    write_labels(tmp_path / "masks" / "a.png", _two_objects(np.uint8, (1, 2)))
+    assert main(["bank", "add", str(tmp_path / "merged"), "--images", str(tmp_path / "images"),
+                 "--masks", str(tmp_path / "masks")]) == 0
+    assert main(["bank", "add", str(tmp_path / "kept"), "--images", str(tmp_path / "images"),
+                 "--masks", str(tmp_path / "masks"), "--objects"]) == 0
+    merged, kept = ReferenceBank.open(tmp_path / "merged"), ReferenceBank.open(tmp_path / "kept")
+    assert merged.get("a").objects is None and kept.get("a").objects == 2
+    np.testing.assert_array_equal(kept.load_labels("a"), _two_objects(np.uint8, (1, 2)))

@@ -18,7 +18,7 @@ def cmd_bank_create(args) -> int:
 
 def cmd_bank_add(args) -> int:
     from ..bank import ReferenceBank
-    from ..image_io import list_images, read_image, read_mask
+    from ..image_io import list_images, read_image, read_labels, read_mask
 
     images = list_images(args.images)
     masks = {p.stem: p for p in list_images(args.masks)}
@@ -34,6 +34,8 @@ def cmd_bank_add(args) -> int:
             try:
                 img = read_image(img_path)
                 mask = read_mask(mask_path, img.shape, allow_empty=args.allow_empty, allow_full=args.allow_full)
+                if args.objects:  # the file's values are object ids (checked above as a mask of this image)
+                    mask = read_labels(mask_path, img.shape)
             except MatchsegError as exc:
                 failed.append(f"{img_path.name}: {exc}")
                 continue
@@ -158,6 +160,9 @@ def register(sub) -> None:
                         "background that is not 0)")
     c.add_argument("--source", default="manual", choices=("manual", "accepted_proposal"),
                    help="who made the masks, recorded with each reference")
+    c.add_argument("--objects", action="store_true",
+                   help="the masks' values are object ids (label images, 0 = background): keep them apart "
+                        "(default: every non-zero pixel is foreground)")
     _command(bank, "info", cmd_bank_info, "summary of a bank", json_help="print the summary as JSON")
     _command(bank, "list", cmd_bank_list, "one line per reference", json_help="print the references as JSON")
     c = _command(bank, "remove", cmd_bank_remove, "remove references by id")
