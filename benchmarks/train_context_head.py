@@ -50,16 +50,42 @@ def cached_files(caches) -> dict[str, Path]:
     return out
 
 
-def load_items(data: Path, name: str, split: str, files: dict[str, Path], limit: int | None = None) -> list[Item]:
+class Hashes:
+    """Content hashes of the dataset images, kept beside the runs (hashing every image again costs minutes)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.known = json.loads(path.read_text()) if path.is_file() else {}
+        self.changed = False
+
+    def __call__(self, f: Path) -> str:
+        st = f.stat()
+        key, stamp = str(f), [st.st_size, st.st_mtime_ns]
+        if self.known.get(key, [None])[:2] != stamp:
+            self.known[key] = [*stamp, content_hash(check_image(read_image(f)))]
+            self.changed = True
+        return self.known[key][2]
+
+    def save(self) -> None:
+        if self.changed:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.known))
+            tmp.replace(self.path)
+
+
+def load_items(data: Path, name: str, split: str, files: dict[str, Path], limit: int | None = None,
+               hashes: Hashes | None = None) -> list[Item]:
     """The split's images whose embedding is cached (in manifest order), as training items."""
     items = []
     for rid in read_manifest(data, name, split, GROUPS.get(name)):
         if limit is not None and len(items) >= limit:
             break
-        img = check_image(read_image(data / name / "images" / f"{rid}.png"))
-        f = files.get(content_hash(img))
+        path = data / name / "images" / f"{rid}.png"
+        f = files.get(hashes(path) if hashes else content_hash(check_image(read_image(path))))
         if f is None:
             continue
+        img = check_image(read_image(path))
         mask = read_mask(data / name / "masks" / f"{rid}.png", img.shape, allow_full=True)
         if split != "train" and not mask.any():
             continue
@@ -118,13 +144,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     t = time.time()
     files = cached_files(args.caches)
-    train_sets = {n: load_items(args.data, n, "train", files) for n in args.train}
+    hashes = Hashes(args.run.parent / "image-hashes.json")
+    train_sets = {n: load_items(args.data, n, "train", files, hashes=hashes) for n in args.train}
     val = {}
     baseline = {}
     for n in DATASETS:
-        pool = train_sets[n] if n in train_sets else load_items(args.data, n, "train", files)
-        val[n] = val_episodes(load_items(args.data, n, "val", files, args.val_n), pool, 8)
+        pool = train_sets[n] if n in train_sets else load_items(args.data, n, "train", files, hashes=hashes)
+        val[n] = val_episodes(load_items(args.data, n, "val", files, args.val_n, hashes), pool, 8)
         baseline[n] = training_free(val[n]) if val[n] else float("nan")
+    hashes.save()
     print(f"loaded in {time.time() - t:.0f} s: train " + ", ".join(f"{n} {len(v)}" for n, v in train_sets.items())
           + "; val " + ", ".join(f"{n} {len(v)}" for n, v in val.items()), flush=True)
     print("training-free map (cell Dice, same val episodes): " + json.dumps({n: round(v, 4) for n, v in
