@@ -137,7 +137,10 @@ def main() -> None:
     ap.add_argument("--val-n", type=int, default=10)
     ap.add_argument("--minutes", type=float, default=40.0)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--dim", type=int, default=96)
+    ap.add_argument("--residual", action="store_true", help="the head corrects the training-free priors' logit")
+    ap.add_argument("--swap", type=float, default=Settings.swap)
+    ap.add_argument("--rotate", type=float, default=Settings.rotate)
     ap.add_argument("--export", type=Path, help="copy best.safetensors and log.jsonl here when the run ends")
     args = ap.parse_args()
     if args.threads:
@@ -159,8 +162,10 @@ def main() -> None:
                                                                               baseline.items()}), flush=True)
     args.run.mkdir(parents=True, exist_ok=True)
     (args.run / "baseline.json").write_text(json.dumps({"machine": machine(), "training_free": baseline}))
-    settings = Settings(steps=args.steps, batch=args.batch, val_every=args.val_every)
-    result = train(args.run, train_sets, val, settings, {"dim": args.dim}, minutes=args.minutes,
+    settings = Settings(steps=args.steps, batch=args.batch, val_every=args.val_every, swap=args.swap,
+                        rotate=args.rotate)
+    config = {"dim": args.dim, **({"residual": True} if args.residual else {})}
+    result = train(args.run, train_sets, val, settings, config, minutes=args.minutes,
                    log=lambda s: print(s, flush=True))
     print(json.dumps(result), f"machine: {machine()}", flush=True)
     if args.export:

@@ -145,3 +145,19 @@ def test_the_context_proposer_with_a_head_follows_its_references(tmp_path):
     np.testing.assert_array_equal(proposer.predict(query, imgs, masks), a)
     assert proposer.predictor.encodings == encodings
     assert proposer.predict(query, imgs[:1], masks[:1]).shape == a.shape
+
+
+def test_a_residual_head_starts_as_its_priors():
+    """Untrained, the residual head's logit is the training-free priors' (the correction starts at 0)."""
+    from napari_matchseg.modeling.context_head import _label_transfer, _prototype_priors
+
+    head = ContextHead(**TINY, residual=True).eval()
+    q, qv, refs, frac, valid = _inputs(b=1)
+    with torch.no_grad():
+        out = head(q, qv, refs, frac, valid)
+        r, f, v = head.pool_references(refs, frac, valid)
+        p = _prototype_priors(q, r, f, v)
+        t = _label_transfer(torch.nn.functional.avg_pool2d(q, 2), r, f, v.flatten(1) > 0.5)
+        t = torch.nn.functional.interpolate(t, size=(64, 64), mode="bilinear", align_corners=False)
+        expected = 10 * (p[:, :1] - p[:, 1:]) + 4 * (t - 0.5)
+    torch.testing.assert_close(out[..., :48, :], expected[..., :48, :])

@@ -48,12 +48,15 @@ class MemoryAttention(nn.Module):
 
 class ContextHead(nn.Module):
     def __init__(self, dim: int = 96, layers: int = 2, heads: int = 4, fine: int = 16, memory_pool: int = 4,
-                 width: int = 32):
+                 width: int = 32, residual: bool = False):
         """``memory_pool``: the references' cells are average-pooled by this factor per side before attention
-        (4: 16 x 16 memory tokens per reference; the mask fraction keeps what the pooled cells hold)."""
+        (4: 16 x 16 memory tokens per reference; the mask fraction keeps what the pooled cells hold).
+        ``residual``: the output starts as the training-free priors' own logit (prototype contrast and label
+        transfer, learnable scales) and the network learns a correction on top (its last layer starts at 0)."""
         super().__init__()
         self.config = {"dim": dim, "layers": layers, "heads": heads, "fine": fine, "memory_pool": memory_pool,
-                       "width": width}
+                       "width": width, **({"residual": True} if residual else {})}
+        self.residual = residual
         self.memory_pool = memory_pool
         self.norm = nn.LayerNorm(CHANNELS)
         self.embed = nn.Linear(CHANNELS, dim)  # query and memory features share it: keys compare like with like
@@ -62,6 +65,10 @@ class ContextHead(nn.Module):
         self.fine = nn.Linear(CHANNELS, fine)
         self.decode = nn.Sequential(nn.Conv2d(dim + fine + PRIORS, width, 3, padding=1), nn.GELU(),
                                     nn.Conv2d(width, width, 3, padding=1), nn.GELU(), nn.Conv2d(width, 1, 1))
+        if residual:
+            self.prior_weights = nn.Parameter(torch.tensor([10.0, 4.0, 0.0]))  # contrast, transfer, bias
+            nn.init.zeros_(self.decode[-1].weight)
+            nn.init.zeros_(self.decode[-1].bias)
 
     def _tokens(self, grid: torch.Tensor) -> torch.Tensor:
         """(N, 256, h, w) -> (N, h * w, 256), layer-normalised per cell."""
@@ -104,6 +111,9 @@ class ContextHead(nn.Module):
         x = F.interpolate(x, size=(g, g), mode="bilinear", align_corners=False)
         fine = self.fine(self._tokens(query)).transpose(1, 2).reshape(b, -1, g, g)
         logits = self.decode(torch.cat([x, fine, priors], 1))
+        if self.residual:
+            w = self.prior_weights
+            logits = logits + w[0] * (priors[:, :1] - priors[:, 1:2]) + w[1] * (priors[:, 2:] - 0.5) + w[2]
         return torch.where(query_valid > 0.5, logits, torch.full_like(logits, -20.0))
 
 
