@@ -14,6 +14,7 @@ State and logs live in ``--run`` (outside the work tree); ``--export`` copies th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import shutil
@@ -33,7 +34,9 @@ from context_data import DATASETS, DEFAULT_WORK  # noqa: E402
 from napari_matchseg.image_io import check_image, content_hash, read_image, read_mask  # noqa: E402
 from napari_matchseg.in_context import References, build_scorers, mask_to_cells, score_query, valid_cells  # noqa: E402
 from napari_matchseg.litemedsam import EMBEDDING_SHAPE, scaled_size  # noqa: E402
-from napari_matchseg.training.context_head import Item, Settings, train  # noqa: E402
+from napari_matchseg.modeling.context_head import build_context_head  # noqa: E402
+from napari_matchseg.training.context_head import Episodes, Item, Settings, input_pool, train  # noqa: E402
+from napari_matchseg.training.map_cache import MapCache  # noqa: E402
 from napari_matchseg.training.data import read_manifest  # noqa: E402
 from napari_matchseg.training.train import GROUPS  # noqa: E402
 
@@ -139,8 +142,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--dim", type=int, default=96)
     ap.add_argument("--residual", action="store_true", help="the head corrects the training-free priors' logit")
+    ap.add_argument("--kind", choices=("attention", "relational"), default="attention",
+                    help="relational: the head sees only query-reference similarities (modeling/relational_head.py)")
+    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--memory-pool", type=int, default=4)
     ap.add_argument("--swap", type=float, default=Settings.swap)
     ap.add_argument("--rotate", type=float, default=Settings.rotate)
+    ap.add_argument("--synthetic", type=float, default=Settings.synthetic,
+                    help="share of episodes whose masks are a random rule on the features")
+    ap.add_argument("--fitted", action="store_true", help="relational: the training-free scorers' maps join its input")
+    ap.add_argument("--map-cache", type=Path, help="relational: compute the first --map-batches batches' input maps "
+                    "into this folder once (resumable), then train on them")
+    ap.add_argument("--map-batches", type=int, default=500)
     ap.add_argument("--export", type=Path, help="copy best.safetensors and log.jsonl here when the run ends")
     args = ap.parse_args()
     if args.threads:
@@ -163,10 +176,27 @@ def main() -> None:
     args.run.mkdir(parents=True, exist_ok=True)
     (args.run / "baseline.json").write_text(json.dumps({"machine": machine(), "training_free": baseline}))
     settings = Settings(steps=args.steps, batch=args.batch, val_every=args.val_every, swap=args.swap,
-                        rotate=args.rotate)
-    config = {"dim": args.dim, **({"residual": True} if args.residual else {})}
+                        rotate=args.rotate, synthetic=args.synthetic)
+    if args.kind == "relational":
+        config = {"kind": "relational", "width": args.width, "memory_pool": args.memory_pool,
+                  **({"fitted": True} if args.fitted else {})}
+    else:
+        config = {"dim": args.dim, "width": args.width, "memory_pool": args.memory_pool,
+                  **({"residual": True} if args.residual else {})}
+    maps = None
+    if args.map_cache:
+        head = build_context_head(None, **config)
+        meta = {"config": config, "settings": dataclasses.asdict(settings) | {"steps": None, "val_every": None},
+                "train": {n: len(v) for n, v in train_sets.items()}}
+        maps = MapCache(args.map_cache, meta, args.map_batches)
+        t = time.time()
+        if not maps.fill(Episodes(train_sets, settings, input_pool(head)), head, args.minutes,
+                         log=lambda s: print(s, flush=True)):
+            print(f"maps: {len(maps.missing())} chunks left; run the same command again", flush=True)
+            return
+        args.minutes = max(1.0, args.minutes - (time.time() - t) / 60)
     result = train(args.run, train_sets, val, settings, config, minutes=args.minutes,
-                   log=lambda s: print(s, flush=True))
+                   log=lambda s: print(s, flush=True), maps=maps)
     print(json.dumps(result), f"machine: {machine()}", flush=True)
     if args.export:
         args.export.mkdir(parents=True, exist_ok=True)

@@ -75,15 +75,8 @@ class ContextHead(nn.Module):
         return self.norm(grid.flatten(2).transpose(1, 2))
 
     def pool_references(self, refs: torch.Tensor, ref_fraction: torch.Tensor, ref_valid: torch.Tensor):
-        """The references as the memory sees them: (B, K, C, 64 / pool, 64 / pool) means of their cells (float32;
-        valid where most of the pooled cells are). Training pools once per image, ahead."""
-        b, k = refs.shape[:2]
-        p = self.memory_pool
-
-        def pool(t):
-            return F.avg_pool2d(t.flatten(0, 1).float(), p).unflatten(0, (b, k))
-
-        return pool(refs), pool(ref_fraction), (pool(ref_valid) > 0.5).float()
+        """The references as the memory sees them (:func:`pool_references`). Training pools once per image, ahead."""
+        return pool_references(refs, ref_fraction, ref_valid, self.memory_pool)
 
     def forward(self, query: torch.Tensor, query_valid: torch.Tensor, refs: torch.Tensor,
                 ref_fraction: torch.Tensor, ref_valid: torch.Tensor) -> torch.Tensor:
@@ -117,6 +110,16 @@ class ContextHead(nn.Module):
         return torch.where(query_valid > 0.5, logits, torch.full_like(logits, -20.0))
 
 
+def pool_references(refs: torch.Tensor, ref_fraction: torch.Tensor, ref_valid: torch.Tensor, pool: int):
+    """(B, K, C, 64 / pool, 64 / pool) means of the references' cells (float32; valid where most cells are)."""
+    b, k = refs.shape[:2]
+
+    def mean(t):
+        return F.avg_pool2d(t.flatten(0, 1).float(), pool).unflatten(0, (b, k))
+
+    return mean(refs), mean(ref_fraction), (mean(ref_valid) > 0.5).float()
+
+
 def _label_transfer(coarse: torch.Tensor, refs: torch.Tensor, ref_fraction: torch.Tensor,
                     mask: torch.Tensor) -> torch.Tensor:
     """Each query cell's foreground fraction as the mean of the references' cells it resembles (softmax of cosine
@@ -143,12 +146,18 @@ def _prototype_priors(query, refs, ref_fraction, ref_valid) -> torch.Tensor:
     return torch.einsum("bchw,bpc->bphw", q, protos)
 
 
-def build_context_head(state: dict[str, torch.Tensor] | None = None, **config) -> ContextHead:
-    """A head with ``config`` (its defaults when empty), loaded from ``state`` when given."""
-    head = ContextHead(**config)
+def build_context_head(state: dict[str, torch.Tensor] | None = None, **config) -> nn.Module:
+    """A head with ``config`` (its defaults when empty; ``kind`` 'relational' picks :class:`RelationalHead`),
+    loaded from ``state`` when given."""
+    if config.get("kind") == "relational":
+        from .relational_head import RelationalHead
+
+        head = RelationalHead(**config)
+    else:
+        head = ContextHead(**config)
     if state is not None:
         head.load_state_dict({k: v.float() for k, v in state.items()})
     return head.eval()
 
 
-__all__ = ["ContextHead", "build_context_head"]
+__all__ = ["ContextHead", "build_context_head", "pool_references"]

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from ..fsutil import atomic_write_bytes
-from ..modeling.context_head import ContextHead
+from ..modeling.context_head import ContextHead, build_context_head
+from ..modeling.relational_head import MAPS
+from .map_cache import MapCache
 
 
 @dataclasses.dataclass
@@ -43,6 +45,8 @@ class Item:
 
     def memory(self, head_pool: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(features, fraction, valid) pooled as the head's memory (computed once per item)."""
+        if head_pool == 1:  # the head takes the references whole (and converts them itself)
+            return self.features, self.fraction, self.valid
         if self.pooled is None or self.pooled[0].shape[-1] != self.features.shape[-1] // head_pool:
             f, fr, v = (F.avg_pool2d(t[None].float(), head_pool)[0] for t in (self.features, self.fraction,
                                                                             self.valid))
@@ -68,6 +72,7 @@ class Settings:
     nearest: float = 0.5  # share of episodes whose references are the query's nearest
     swap: float = 0.25  # share of episodes with foreground and background swapped
     rotate: float = 0.5  # share of episodes whose features are rotated (one random orthogonal matrix each)
+    synthetic: float = 0.0  # share of episodes whose masks are a random rule on the features (synthetic_task)
     val_every: int = 250
     seed: int = 0
 
@@ -102,12 +107,40 @@ class Episodes:
         else:
             refs = rng.choice(others, size=k, replace=False)
         swap = rng.random() < self.s.swap
-        out = episode_tensors(items[q], [items[int(i)] for i in refs], swap, self.pool)
+        query, references = items[q], [items[int(i)] for i in refs]
+        if rng.random() < self.s.synthetic:
+            query, *references = synthetic_task([query, *references], rng, self.pool)
+        out = episode_tensors(query, references, swap, self.pool)
         if rng.random() < self.s.rotate:
             rot = torch.from_numpy(np.linalg.qr(rng.standard_normal((out[0].shape[0],) * 2))[0]).float()
             query = torch.einsum("dc,chw->dhw", rot, out[0].float()).to(out[0].dtype)
             out = (query, out[1], torch.einsum("dc,kchw->kdhw", rot, out[2]), *out[3:])
         return out
+
+
+def synthetic_task(items: Sequence[Item], rng: np.random.Generator, pool: int) -> list[Item]:
+    """The same images with a made-up object: the cells whose feature points most along one direction (a random
+    one, or a random reference cell's own feature), the same rule and threshold for every image. Only the
+    references tell what the object is, and it can be any shape: thin, scattered, large or small."""
+    feats = [F.normalize(it.features.float(), dim=0) for it in items]
+    if rng.random() < 0.5:
+        u = torch.from_numpy(rng.standard_normal(feats[0].shape[0])).float()
+    else:
+        ref = int(rng.integers(1, len(items))) if len(items) > 1 else 0
+        cells = torch.nonzero(items[ref].valid[0] > 0.5)
+        y, x = cells[int(rng.integers(len(cells)))].tolist()
+        u = feats[ref][:, y, x]
+    u = F.normalize(u, dim=0)
+    scores = [torch.einsum("c,chw->hw", u, f)[None] for f in feats]
+    pooled = torch.cat([s[it.valid > 0.5] for s, it in zip(scores, items)])
+    threshold = torch.quantile(pooled, 1 - float(rng.uniform(0.03, 0.4)))
+    out = []
+    for s, it in zip(scores, items):
+        frac = (s > threshold).float() * it.valid
+        mem = it.memory(pool)
+        out.append(Item(it.features, frac, it.valid, it.name,
+                        (mem[0], F.avg_pool2d(frac[None], pool)[0] * mem[2], mem[2])))
+    return out
 
 
 def episode_tensors(query: Item, refs: Sequence[Item], swap: bool = False, pool: int = 4) -> tuple[torch.Tensor, ...]:
@@ -144,7 +177,7 @@ def validate(head: ContextHead, val: dict[str, list[tuple[Item, list[Item]]]]) -
     for name, episodes in val.items():
         scores = []
         for query, refs in episodes:
-            t = [x[None] for x in episode_tensors(query, refs, pool=head.memory_pool)]
+            t = [x[None] for x in episode_tensors(query, refs, pool=input_pool(head))]
             pred = torch.sigmoid(head(*t[:5]))[0] >= 0.5
             truth = t[5][0] >= 0.5
             denom = pred.sum() + truth.sum()
@@ -155,31 +188,37 @@ def validate(head: ContextHead, val: dict[str, list[tuple[Item, list[Item]]]]) -
 
 
 def train(run: Path, datasets: dict[str, Sequence[Item]], val: dict[str, list[tuple[Item, list[Item]]]],
-          settings: Settings, config: dict | None = None, minutes: float | None = None, log=print) -> dict:
-    """Train (or go on training) the head in ``run``; stop after ``settings.steps`` or ``minutes``."""
+          settings: Settings, config: dict | None = None, minutes: float | None = None, log=print,
+          maps: MapCache | None = None) -> dict:
+    """Train (or go on training) the head in ``run``; stop after ``settings.steps`` or ``minutes``. With ``maps``
+    (a filled :class:`MapCache`, for heads with ``maps``/``decode``) the steps replay its stored input maps."""
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
-    head = ContextHead(**(config or {}))
+    head = build_context_head(None, **(config or {})).train()
     opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     step, best = 0, -1.0
     last = run / "last.pt"
     if last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=True)
-        head = ContextHead(**state["config"])
-        head.load_state_dict(state["model"])
+        head = build_context_head(state["model"], **state["config"]).train()
         opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         opt.load_state_dict(state["optimizer"])
         step, best = int(state["step"]), float(state["best"])
         log(f"resumed at step {step} (best validation {best:.4f})")
-    episodes = Episodes(datasets, settings, head.memory_pool)
+    episodes = Episodes(datasets, settings, input_pool(head))
     head.train()
     start, losses = time.time(), []
     while step < settings.steps:
-        *inputs, target = episodes.batch(step)
+        if maps is not None:
+            x, target = maps.batch(step, settings.batch, settings.seed)
+            logits, valid = head.decode(x), x[:, MAPS - 1:MAPS]
+        else:
+            *inputs, target = episodes.batch(step)
+            logits, valid = head(*inputs), inputs[1]
         lr = settings.lr * _lr_factor(step, settings)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = loss_fn(head(*inputs), target, inputs[1])
+        loss = loss_fn(logits, target, valid)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
@@ -209,6 +248,11 @@ def train(run: Path, datasets: dict[str, Sequence[Item]], val: dict[str, list[tu
     return {"step": step, "best": best, "done": step >= settings.steps}
 
 
+def input_pool(head) -> int:
+    """How a head takes its references in training: pooled by this factor ahead (1: whole)."""
+    return getattr(head, "input_pool", head.memory_pool)
+
+
 def _lr_factor(step: int, s: Settings) -> float:
     if step < s.warmup:
         return (step + 1) / s.warmup
@@ -224,4 +268,5 @@ def save_head(head: ContextHead, path: Path, meta: dict[str, str] | None = None)
     atomic_write_bytes(path, save(tensors, metadata))
 
 
-__all__ = ["Item", "Settings", "Episodes", "episode_tensors", "loss_fn", "validate", "train", "save_head"]
+__all__ = ["Item", "Settings", "Episodes", "synthetic_task", "episode_tensors", "loss_fn", "validate", "train",
+           "save_head", "input_pool"]
