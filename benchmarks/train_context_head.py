@@ -179,14 +179,15 @@ def main() -> None:
                         rotate=args.rotate, synthetic=args.synthetic)
     if args.kind == "relational":
         config = {"kind": "relational", "width": args.width, "memory_pool": args.memory_pool,
-                  **({"fitted": True} if args.fitted else {})}
+                  **({"fitted": True} if args.fitted else {}), **({"residual": True} if args.residual else {})}
     else:
         config = {"dim": args.dim, "width": args.width, "memory_pool": args.memory_pool,
                   **({"residual": True} if args.residual else {})}
     maps = None
     if args.map_cache:
         head = build_context_head(None, **config)
-        meta = {"config": config, "settings": dataclasses.asdict(settings) | {"steps": None, "val_every": None},
+        made_from = {k: v for k, v in config.items() if k in ("kind", "memory_pool", "fitted")}  # not the network
+        meta = {"config": made_from, "settings": dataclasses.asdict(settings) | {"steps": None, "val_every": None},
                 "train": {n: len(v) for n, v in train_sets.items()}}
         maps = MapCache(args.map_cache, meta, args.map_batches)
         t = time.time()

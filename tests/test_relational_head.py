@@ -123,7 +123,8 @@ def test_training_from_stored_maps_resumes_the_cache_and_refuses_other_settings(
     settings = Settings(steps=80, batch=4, ks=(2, 3), lr=3e-3, warmup=5, val_every=40, swap=0.5, rotate=0.0)
     config = {**TINY, "fitted": True}
     head = build_context_head(None, **config)
-    cache = MapCache(tmp_path / "maps", {"config": config}, batches=CHUNK + 5)
+    cache = MapCache(tmp_path / "maps", {"config": config, "ks": (2, 3)}, batches=CHUNK + 5)
+    cache = MapCache(tmp_path / "maps", {"config": config, "ks": (2, 3)}, batches=CHUNK + 5)  # tuples read back
     episodes = Episodes(data, settings, input_pool(head))
     assert not cache.fill(episodes, head, minutes=0.0, log=lambda s: None)  # stopped before any chunk
     assert cache.fill(episodes, head, log=lambda s: None) and cache.missing() == []
@@ -136,3 +137,19 @@ def test_training_from_stored_maps_resumes_the_cache_and_refuses_other_settings(
     assert result["done"] and result["best"] > 0.8
     with pytest.raises(ValueError, match="other settings"):
         MapCache(tmp_path / "maps", {"config": TINY}, batches=CHUNK)
+
+
+def test_a_residual_head_starts_as_the_fitted_scorers_map():
+    """Untrained, a residual head's probability is the training-free proposer's own ("mean" of prototype and
+    probe), so it can only learn corrections to what the proposer was tuned on."""
+    from napari_matchseg.modeling.relational_head import fitted_maps
+
+    torch.manual_seed(0)
+    head = RelationalHead(width=8, fitted=True, residual=True).eval()
+    q, qv, refs, frac, valid = _inputs(b=1)
+    with torch.no_grad():
+        prob = torch.sigmoid(head(q, qv, refs, frac, valid))
+    expected = (fitted_maps(q, refs, frac, valid) + 0.5).mean(1, keepdim=True).clamp(1e-4, 1 - 1e-4)
+    torch.testing.assert_close(prob[..., :48, :], expected[..., :48, :], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="fitted"):
+        RelationalHead(residual=True)

@@ -91,15 +91,21 @@ def fitted_maps(query: torch.Tensor, refs: torch.Tensor, ref_fraction: torch.Ten
 
 
 class RelationalHead(nn.Module):
-    def __init__(self, width: int = 32, memory_pool: int = 2, fitted: bool = False, kind: str = "relational"):
+    def __init__(self, width: int = 32, memory_pool: int = 2, fitted: bool = False, residual: bool = False,
+                 kind: str = "relational"):
         """``memory_pool``: the references' cells are averaged by this factor per side before the query is compared
         with them (2: 32 x 32 cells per reference; their mask fraction keeps what they hold). ``fitted``: the
-        training-free proposer's own maps join the input (the references then come at full resolution)."""
+        training-free proposer's own maps join the input (the references then come at full resolution).
+        ``residual`` (with ``fitted``): the output starts as the training-free proposer's own logit and the network
+        learns a correction (its last layer starts at 0), so what comes after the map sees what it was tuned on."""
         super().__init__()
+        if residual and not fitted:
+            raise ValueError("a residual relational head needs fitted=True (it corrects the fitted scorers' map)")
         self.config = {"kind": kind, "width": width, "memory_pool": memory_pool,
-                       **({"fitted": True} if fitted else {})}
+                       **({"fitted": True} if fitted else {}), **({"residual": True} if residual else {})}
         self.memory_pool = memory_pool
         self.fitted = fitted
+        self.residual = residual
         self.input_pool = 1 if fitted else memory_pool  # how training hands it the references
         maps = MAPS + (FITTED if fitted else 0)
 
@@ -109,6 +115,9 @@ class RelationalHead(nn.Module):
         self.local = nn.Sequential(block(maps, width), block(width, width))
         self.context = nn.Sequential(nn.AvgPool2d(4), block(width, width), block(width, width))
         self.out = nn.Sequential(block(2 * width, width), nn.Conv2d(width, 1, 1))
+        if residual:
+            nn.init.zeros_(self.out[-1].weight)
+            nn.init.zeros_(self.out[-1].bias)
 
     def pool_references(self, refs, ref_fraction, ref_valid):
         """The references as the head takes them: pooled, or at full resolution when it fits the scorers itself."""
@@ -136,6 +145,9 @@ class RelationalHead(nn.Module):
         x = self.local(maps.float())
         ctx = F.interpolate(self.context(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
         logits = self.out(torch.cat([x, ctx], 1))
+        if self.residual:  # the fitted scorers' mean probability ("mean"), as a logit
+            prob = (maps[:, MAPS:MAPS + FITTED].float() + 0.5).mean(1, keepdim=True).clamp(1e-4, 1 - 1e-4)
+            logits = logits + torch.log(prob / (1 - prob))
         valid = maps[:, MAPS - 1:MAPS] > 0.5
         return torch.where(valid, logits, torch.full_like(logits, -20.0))
 

@@ -30,7 +30,7 @@ class MapCache:
         meta_file = self.folder / "meta.json"
         if meta_file.is_file():
             known = json.loads(meta_file.read_text())
-            if known != meta:
+            if known != json.loads(json.dumps(meta)):  # as JSON keeps it (tuples become lists)
                 raise ValueError(f"{self.folder} holds maps made from other settings ({known}); use another folder")
         else:
             atomic_write_bytes(meta_file, json.dumps(meta).encode())
