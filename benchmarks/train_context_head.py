@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/encode_split.py --dataset DATASETS --split train val \\
         --cache ~/.cache/napari-matchseg/bench-context                    # the embeddings, once (resumable)
     .venv/bin/python benchmarks/train_context_head.py --minutes 40        # a run; run it again to continue
+    .venv/bin/python benchmarks/train_context_head.py --kind relational --fitted --synthetic 0.3 --rotate 0 \
+        --map-cache DIR --steps 4000                                      # the relational head (docs/context.md)
 
 Training: the train splits of ``--train`` (default: every shared dataset but drive, tg3k and fuseg, which stay
 out while the head is designed), only images whose embedding is cached. Validation: the first ``--val-n`` cached
