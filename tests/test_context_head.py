@@ -125,14 +125,17 @@ def test_the_head_method_needs_its_weights():
 
 
 @pytest.mark.slow
-def test_the_context_proposer_with_a_head_follows_its_references(tmp_path):
-    """Real LiteMedSAM embeddings, a head with random weights: the map depends on the references' masks, any k
-    works, and a second proposal reads every reference's memory from the proposer's cache."""
+@pytest.mark.parametrize("config", [TINY, {"kind": "relational", "width": 8, "fitted": True, "residual": True}],
+                         ids=["attention", "relational"])
+def test_the_context_proposer_with_a_head_follows_its_references(tmp_path, config):
+    """Real LiteMedSAM embeddings, a head with random weights (either kind): the map depends on the references'
+    masks, any k works, and a second proposal reads every reference's memory from the proposer's cache."""
     from conftest import load_real, real_ids
+    from napari_matchseg.modeling.context_head import build_context_head
     from napari_matchseg.proposers.context import ContextProposer
 
     torch.manual_seed(0)
-    save_head(ContextHead(**TINY), tmp_path / "head.safetensors")
+    save_head(build_context_head(None, **config), tmp_path / "head.safetensors")
     proposer = ContextProposer(device="cpu", method="head", head=str(tmp_path / "head.safetensors"), decoder="none")
     refs = [load_real("busi", rid) for rid in real_ids("busi", "train", n=2, groups=("benign", "malignant"))]
     (query, _), = [load_real("busi", rid) for rid in real_ids("busi", "val", n=1, groups=("benign", "malignant"))]
