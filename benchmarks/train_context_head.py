@@ -36,7 +36,7 @@ from context_data import DATASETS, DEFAULT_WORK  # noqa: E402
 from napari_matchseg.image_io import check_image, content_hash, read_image, read_mask  # noqa: E402
 from napari_matchseg.in_context import References, build_scorers, mask_to_cells, score_query, valid_cells  # noqa: E402
 from napari_matchseg.litemedsam import EMBEDDING_SHAPE, scaled_size  # noqa: E402
-from napari_matchseg.modeling.context_head import build_context_head  # noqa: E402
+from napari_matchseg.modeling.heads import build_context_head  # noqa: E402
 from napari_matchseg.training.context_head import Episodes, Item, Settings, input_pool, train  # noqa: E402
 from napari_matchseg.training.map_cache import MapCache  # noqa: E402
 from napari_matchseg.training.data import read_manifest  # noqa: E402

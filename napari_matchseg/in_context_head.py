@@ -17,7 +17,8 @@ import torch
 
 from .errors import WeightsError
 from .in_context import GRID, ContextMap, mask_to_cells, valid_cells
-from .modeling.context_head import ContextHead, build_context_head
+from .modeling.context_head import ContextHead
+from .modeling.heads import build_context_head
 from .weights import unreadable
 
 

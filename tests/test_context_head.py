@@ -131,7 +131,8 @@ def test_the_context_proposer_with_a_head_follows_its_references(tmp_path, confi
     """Real LiteMedSAM embeddings, a head with random weights (either kind): the map depends on the references'
     masks, any k works, and a second proposal reads every reference's memory from the proposer's cache."""
     from conftest import load_real, real_ids
-    from napari_matchseg.modeling.context_head import build_context_head
+
+    from napari_matchseg.modeling.heads import build_context_head
     from napari_matchseg.proposers.context import ContextProposer
 
     torch.manual_seed(0)

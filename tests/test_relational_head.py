@@ -5,7 +5,7 @@ through the same code as the attention head."""
 import pytest
 import torch
 
-from napari_matchseg.modeling.context_head import build_context_head
+from napari_matchseg.modeling.heads import build_context_head
 from napari_matchseg.modeling.relational_head import MAPS, RelationalHead, relational_maps
 from napari_matchseg.training.context_head import Settings, save_head, train, validate
 

@@ -146,18 +146,4 @@ def _prototype_priors(query, refs, ref_fraction, ref_valid) -> torch.Tensor:
     return torch.einsum("bchw,bpc->bphw", q, protos)
 
 
-def build_context_head(state: dict[str, torch.Tensor] | None = None, **config) -> nn.Module:
-    """A head with ``config`` (its defaults when empty; ``kind`` 'relational' picks :class:`RelationalHead`),
-    loaded from ``state`` when given."""
-    if config.get("kind") == "relational":
-        from .relational_head import RelationalHead
-
-        head = RelationalHead(**config)
-    else:
-        head = ContextHead(**config)
-    if state is not None:
-        head.load_state_dict({k: v.float() for k, v in state.items()})
-    return head.eval()
-
-
-__all__ = ["ContextHead", "build_context_head", "pool_references"]
+__all__ = ["ContextHead", "pool_references"]

@@ -3,7 +3,7 @@
 The memory-attention head (:mod:`.context_head`) reads the query's own features, so it can learn what the training
 datasets' objects look like and stop reading the references: on kinds of image it never saw, it collapses. This
 head cannot: its input is a stack of training-free *relational* maps, each a function of the query's similarity to
-the references' cells and of the references' masks (label transfer at three temperatures, nearest foreground minus
+the references' cells and of the references' masks (label transfer at two temperatures, nearest foreground minus
 nearest background cell, mean-prototype contrast, a ridge probe fitted on the references in closed form, the
 references' foreground share). A small convolutional network then learns how to weigh and clean those maps (where
 they agree, object shapes, how thin structures look in them). Rotating every feature vector leaves its input

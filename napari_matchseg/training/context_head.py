@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..fsutil import atomic_write_bytes
-from ..modeling.context_head import ContextHead, build_context_head
+from ..modeling.context_head import ContextHead
+from ..modeling.heads import build_context_head
 from ..modeling.relational_head import MAPS
 from .map_cache import MapCache
 

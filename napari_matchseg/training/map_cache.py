@@ -10,6 +10,7 @@ settings is refused, never mixed in.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -58,10 +59,9 @@ class MapCache:
                 *inputs, target = episodes.batch(step)
                 maps.append(head.maps(*inputs).half())
                 targets.append(target.half())
-            data = {"maps": torch.cat(maps), "targets": torch.cat(targets)}
-            tmp = self._chunk(i).with_suffix(".tmp")
-            torch.save(data, tmp)
-            tmp.replace(self._chunk(i))
+            buffer = io.BytesIO()
+            torch.save({"maps": torch.cat(maps), "targets": torch.cat(targets)}, buffer)
+            atomic_write_bytes(self._chunk(i), buffer.getvalue())
             log(f"maps: chunk {i + 1} of {self.chunks} ({time.time() - start:.0f} s)")
         return True
 
