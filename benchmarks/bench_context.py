@@ -32,6 +32,7 @@ from napari_matchseg.metrics import dice
 from napari_matchseg.proposers.context import ContextProposer
 from napari_matchseg.proposers.matchseg import MatchSegPredictor
 from napari_matchseg.refiners.litemedsam import LiteMedSamRefiner
+from napari_matchseg.retrieval.medsam import MedSamRetriever
 
 DEFAULT_VARIANT = "mean/box"
 
@@ -49,13 +50,13 @@ def context(predictor, spec: str, head: str | None = None) -> ContextProposer:
     return ContextProposer(model=predictor, method=method, decoder=decoder, **extra)
 
 
-def supports(bank, foreign, rid, img, kind, k):
+def supports(bank, foreign, rid, img, kind, k, retriever=None):
     b = foreign if kind == "foreign" else bank
-    ids = reference_ids(bank, img, rid, kind, k, foreign)
+    ids = reference_ids(bank, img, rid, kind, k, foreign, retriever)
     return [b.load_image(i) for i in ids], [b.load_mask(i) for i in ids]
 
 
-def run_dataset(args, name, predictor, v2, refiner) -> dict:
+def run_dataset(args, name, predictor, v2, refiner, retriever=None) -> dict:
     bank, foreign = banks(args.data, args.work, name)
     rows: dict[str, list[float]] = {}
     times: dict[str, list[float]] = {}
@@ -71,7 +72,7 @@ def run_dataset(args, name, predictor, v2, refiner) -> dict:
     for rid, img, gt in queries(args.data, name, args.split, args.n):
         predictor.embedding(img)  # cached by the prefetch step
         if args.table == "main":
-            s_img, s_mask = supports(bank, foreign, rid, img, "retrieved", args.k)
+            s_img, s_mask = supports(bank, foreign, rid, img, "retrieved", args.k, retriever)
             if not args.no_v2:
                 p2 = score("v2", lambda: v2.predict(img, s_img, s_mask), gt)
                 r = refiner.refine(img, p2)
@@ -82,12 +83,12 @@ def run_dataset(args, name, predictor, v2, refiner) -> dict:
         elif args.table == "k":
             prop = proposers.setdefault(args.variant, context(predictor, args.variant, args.context_head))
             for k in (1, 4, 8, 16):
-                s_img, s_mask = supports(bank, foreign, rid, img, "retrieved", k)
+                s_img, s_mask = supports(bank, foreign, rid, img, "retrieved", k, retriever)
                 score(f"context k={k}", lambda: prop.predict(img, s_img, s_mask), gt)
         else:  # refs: retrieved vs random vs foreign
             prop = proposers.setdefault(args.variant, context(predictor, args.variant, args.context_head))
             for kind in ("retrieved", "random", "foreign"):
-                s_img, s_mask = supports(bank, foreign, rid, img, kind, args.k)
+                s_img, s_mask = supports(bank, foreign, rid, img, kind, args.k, retriever)
                 score(f"context {kind}", lambda: prop.predict(img, s_img, s_mask), gt)
                 score(f"v2 {kind}", lambda: v2.predict(img, s_img, s_mask), gt)
     return {"n": len(next(iter(rows.values()))), "dice": {k: float(np.mean(v)) for k, v in rows.items()},
@@ -110,11 +111,12 @@ def main() -> None:
     predictor.attach_cache(FeatureCache(args.work, predictor.model_id))
     v2 = MatchSegPredictor(None, device="cpu")
     refiner = LiteMedSamRefiner(model=predictor)
+    retriever = MedSamRetriever(model=predictor) if args.retriever == "medsam" else None
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}", flush=True)
     results = {}
     for name in args.datasets:
         t = time.time()
-        results[name] = run_dataset(args, name, predictor, v2, refiner)
+        results[name] = run_dataset(args, name, predictor, v2, refiner, retriever)
         cells = "  ".join(f"{k} {v:.3f}" for k, v in results[name]["dice"].items())
         print(f"{name} (n={results[name]['n']}, {time.time() - t:.0f} s, {predictor.encodings} encoded): {cells}",
               flush=True)

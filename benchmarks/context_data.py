@@ -47,13 +47,14 @@ def queries(data: Path, name: str, split: str, n: int) -> list[tuple[str, np.nda
     return out
 
 
-def reference_ids(bank, image, rid: str, kind: str, k: int, foreign_bank=None) -> list[str]:
-    """The ids of one query's references of ``kind``: ``retrieved`` (handcrafted retrieval, best first),
+def reference_ids(bank, image, rid: str, kind: str, k: int, foreign_bank=None, retriever=None) -> list[str]:
+    """The ids of one query's references of ``kind``: ``retrieved`` (``retriever``'s top ``k``, best first;
+    default handcrafted),
     ``random`` (``k`` train references drawn once per dataset) or ``foreign`` (``k`` train references of another
     modality's dataset, drawn once). A draw per dataset, not per query: the ablation then costs 2 x 8 encodings
     per dataset instead of 16 per query."""
     if kind == "retrieved":
-        return [m.id for m in retrieve(bank, get_retriever("handcrafted"), image, k=k)]
+        return [m.id for m in retrieve(bank, retriever or get_retriever("handcrafted"), image, k=k)]
     if kind in ("random", "foreign"):
         source = foreign_bank if kind == "foreign" else bank
         ids = source.ids()
@@ -71,6 +72,8 @@ def common_args(ap, split: str, n: int) -> None:
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json")
+    ap.add_argument("--retriever", default="handcrafted", choices=("handcrafted", "medsam"),
+                    help="how references are retrieved (medsam: LiteMedSAM's cached embeddings, meanstd pooling)")
 
 
 def banks(data: Path, work: Path, name: str):

@@ -152,6 +152,9 @@ def main() -> None:
     ap.add_argument("--rotate", type=float, default=Settings.rotate)
     ap.add_argument("--synthetic", type=float, default=Settings.synthetic,
                     help="share of episodes whose masks are a random rule on the features")
+    ap.add_argument("--cross-subject", action="store_true",
+                    help="an episode's references never share the query's subject (patient, source image, clip), "
+                    "as with a bank of other patients")
     ap.add_argument("--fitted", action="store_true", help="relational: the training-free scorers' maps join its input")
     ap.add_argument("--map-cache", type=Path, help="relational: compute the first --map-batches batches' input maps "
                     "into this folder once (resumable), then train on them")
@@ -178,7 +181,7 @@ def main() -> None:
     args.run.mkdir(parents=True, exist_ok=True)
     (args.run / "baseline.json").write_text(json.dumps({"machine": machine(), "training_free": baseline}))
     settings = Settings(steps=args.steps, batch=args.batch, val_every=args.val_every, swap=args.swap,
-                        rotate=args.rotate, synthetic=args.synthetic)
+                        rotate=args.rotate, synthetic=args.synthetic, cross_subject=args.cross_subject)
     if args.kind == "relational":
         config = {"kind": "relational", "width": args.width, "memory_pool": args.memory_pool,
                   **({"fitted": True} if args.fitted else {}), **({"residual": True} if args.residual else {})}
@@ -189,7 +192,8 @@ def main() -> None:
     if args.map_cache:
         head = build_context_head(None, **config)
         made_from = {k: v for k, v in config.items() if k in ("kind", "memory_pool", "fitted")}  # not the network
-        meta = {"config": made_from, "settings": dataclasses.asdict(settings) | {"steps": None, "val_every": None},
+        drawn = {k: v for k, v in dataclasses.asdict(settings).items() if k != "cross_subject" or v}  # old caches
+        meta = {"config": made_from, "settings": drawn | {"steps": None, "val_every": None},
                 "train": {n: len(v) for n, v in train_sets.items()}}
         maps = MapCache(args.map_cache, meta, args.map_batches)
         t = time.time()

@@ -153,3 +153,27 @@ def test_a_residual_head_starts_as_the_fitted_scorers_map():
     torch.testing.assert_close(prob[..., :48, :], expected[..., :48, :], atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="fitted"):
         RelationalHead(residual=True)
+
+
+def test_cross_subject_episodes_never_take_a_reference_of_the_query_s_own_subject():
+    """Slices of one patient (ids ``patient__slice``) are near copies of each other; a bank holds other patients,
+    so training episodes with ``cross_subject`` draw their references from other subjects only."""
+    from test_context_head import _toy_datasets
+
+    from napari_matchseg.training.context_head import Episodes, Item, subject
+
+    items = _toy_datasets(n=12)["toy0"]
+    named = [Item(it.features, it.fraction, it.valid, f"toy/p{i // 4}__s{i % 4}") for i, it in enumerate(items)]
+    named.append(Item(items[0].features, items[0].fraction, items[0].valid, "toy/alone"))
+    assert subject("toy/p1__s3") == "toy/p1" and subject("toy/alone") == "toy/alone"
+    same = Episodes({"toy": named}, Settings(cross_subject=False))
+    other = Episodes({"toy": named}, Settings(cross_subject=True))
+    for q in range(len(named)):
+        mine = {i for i in range(len(named)) if i != q and subject(named[i].name) == subject(named[q].name)}
+        assert set(same.candidates("toy", q).tolist()) >= mine
+        assert not set(other.candidates("toy", q).tolist()) & mine
+        assert len(other.candidates("toy", q)) == len(named) - 1 - len(mine)
+    one = Episodes({"toy": named[:4]}, Settings(cross_subject=True))  # a single subject: every other image
+    assert len(one.candidates("toy", 0)) == 3
+    q, *_ = other.batch(0)
+    assert q.shape[0] == Settings.batch

@@ -74,6 +74,7 @@ class Settings:
     swap: float = 0.25  # share of episodes with foreground and background swapped
     rotate: float = 0.5  # share of episodes whose features are rotated (one random orthogonal matrix each)
     synthetic: float = 0.0  # share of episodes whose masks are a random rule on the features (synthetic_task)
+    cross_subject: bool = False  # never take a reference of the query's own subject (patient, source image, clip)
     val_every: int = 250
     seed: int = 0
 
@@ -88,6 +89,7 @@ class Episodes:
         self.items = {n: list(datasets[n]) for n in self.names}
         self.queries = {n: [i for i, it in enumerate(self.items[n]) if it.fraction.max() > 0] for n in self.names}
         self.sims = {n: _similarities(self.items[n]) for n in self.names}
+        self.subjects = {n: [subject(it.name) for it in self.items[n]] for n in self.names}
         self.s = settings
         self.pool = pool
 
@@ -97,11 +99,20 @@ class Episodes:
         rows = [self._episode(rng, k) for _ in range(self.s.batch)]
         return tuple(torch.stack(col) for col in zip(*rows))
 
+    def candidates(self, name: str, q: int) -> np.ndarray:
+        """The images that may be the query's references: every other one, or with ``cross_subject`` those of
+        other subjects (all others when the dataset has no other subject)."""
+        others = [i for i in range(len(self.items[name])) if i != q]
+        if self.s.cross_subject:
+            subjects = self.subjects[name]
+            others = [i for i in others if subjects[i] != subjects[q]] or others
+        return np.array(others)
+
     def _episode(self, rng: np.random.Generator, k: int):
         name = self.names[rng.integers(len(self.names))]
         items = self.items[name]
         q = int(rng.choice(self.queries[name] or range(len(items))))
-        others = np.array([i for i in range(len(items)) if i != q])
+        others = self.candidates(name, q)
         k = min(k, len(others))
         if rng.random() < self.s.nearest:
             refs = others[np.argsort(-self.sims[name][q, others], kind="stable")[:k]]
@@ -117,6 +128,12 @@ class Episodes:
             query = torch.einsum("dc,chw->dhw", rot, out[0].float()).to(out[0].dtype)
             out = (query, out[1], torch.einsum("dc,kchw->kdhw", rot, out[2]), *out[3:])
         return out
+
+
+def subject(name: str) -> str:
+    """The subject of an item named ``dataset/id``: the id's part before ``__`` (the shared datasets' convention
+    for a patient, a source image or a clip of video frames), else the id itself."""
+    return name.split("__", 1)[0]
 
 
 def synthetic_task(items: Sequence[Item], rng: np.random.Generator, pool: int) -> list[Item]:
