@@ -19,10 +19,10 @@ from .bank import ReferenceBank
 from .errors import InputError
 from .image_io import check_image, read_image, read_mask
 from .propose import Proposal, propose
-from .proposers import DEFAULT_PROPOSER, PROPOSERS
+from .proposers import DEFAULT_PROPOSER, PROPOSERS, suggested_retriever
 from .refiners import NO_REFINER, REFINERS
 from .registry import Entry, Option
-from .retrieval import DEFAULT_RETRIEVER, RETRIEVERS, get_retriever
+from .retrieval import RETRIEVERS, get_retriever
 
 MAX_K = 32
 SUPPORT_STRATEGIES = ("retrieved", "random")
@@ -37,9 +37,10 @@ def option_dest(option: Option) -> str:
 @dataclasses.dataclass
 class PipelineConfig:
     """Every choice a proposal depends on. ``options``: the models' own options by :func:`option_dest` (e.g.
-    ``{"checkpoint": "tuned.safetensors", "mirror_tta": True}``); what is not given takes its registry default."""
+    ``{"checkpoint": "tuned.safetensors", "mirror_tta": True}``); what is not given takes its registry default.
+    ``retriever`` None: the proposer's own (``proposers.suggested_retriever``)."""
 
-    retriever: str = DEFAULT_RETRIEVER
+    retriever: str | None = None
     proposer: str = DEFAULT_PROPOSER
     refiner: str = NO_REFINER
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -50,6 +51,10 @@ class PipelineConfig:
     support: str = "retrieved"
     allow_self: bool = False
     device: str = "auto"
+
+    def __post_init__(self):
+        if self.retriever is None:
+            self.retriever = suggested_retriever(self.proposer)
 
     def entries(self) -> list[tuple[str, Entry]]:
         out = [("retriever", RETRIEVERS.get(self.retriever)), ("proposer", PROPOSERS.get(self.proposer))]

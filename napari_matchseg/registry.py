@@ -36,6 +36,7 @@ class Entry:
     weights: tuple[str, ...] = ()  # names in weights.REGISTRY the entry may need
     takes_device: bool = True
     shares_model: str | None = None  # a proposer and a refiner of the same family can share one loaded model
+    retriever: str | None = None  # a proposer's own retriever: chosen for it unless the user names another
     title: str = ""  # how messages and the plugin name it ("MatchSeg"); the name when empty
 
     @property

@@ -147,3 +147,23 @@ def test_segment_with_the_context_proposer_from_prompts_alone_needs_no_bank(tmp_
     assert code == 0, capsys.readouterr().err
     mask = np.array(Image.open(tmp_path / "masks" / "a.png")) > 0
     assert dice(mask, img > 100) > 0.8
+
+
+def test_the_context_proposer_retrieves_with_litemedsam_unless_told_otherwise():
+    """Its own retriever (the embedding it computes anyway; better references for it, docs/context.md); an explicit
+    --retriever stays; the other proposers keep the default."""
+    import argparse
+
+    from napari_matchseg.cli.proposal_args import add_proposal_args, config_from_args
+    from napari_matchseg.pipeline import PipelineConfig
+
+    assert PipelineConfig(proposer="context").retriever == "medsam"
+    assert PipelineConfig(proposer="context", retriever="handcrafted").retriever == "handcrafted"
+    assert PipelineConfig().retriever == PipelineConfig(proposer="matchseg").retriever == "handcrafted"
+    p = argparse.ArgumentParser()
+    add_proposal_args(p)
+    parse = lambda *a: config_from_args(p.parse_args(["--bank", "b", *a]))  # noqa: E731 - nothing is loaded
+    assert parse("--proposer", "context").retriever == "medsam"
+    assert parse("--proposer", "context", "--retriever", "handcrafted").retriever == "handcrafted"
+    assert parse().retriever == "handcrafted"
+    assert parse("--retriever", "medsam").retriever == "medsam"

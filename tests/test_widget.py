@@ -515,6 +515,7 @@ def test_the_in_context_proposer_proposes_from_the_bank_and_takes_clicks_with_it
     w.open_bank(str(tmp_path / "bank"))
     w.image_combo.setCurrentText("us")
     w.proposer_combo.setCurrentText("context")
+    assert w.retriever_combo.currentText() == "medsam"  # its own retriever: LiteMedSAM's embedding, encoded anyway
     w.propose_current()
     qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
     first = viewer.layers["us proposal"].data > 0
@@ -533,6 +534,20 @@ def test_the_in_context_proposer_proposes_from_the_bank_and_takes_clicks_with_it
     assert dice(after, first) > 0.99 and not after[y, x]  # negative cell, far away; its boundary may move a pixel
     assert len(w.state._proposers) == 1 and w.state.prompt_model() is w.state.pipeline(
         w.propose.choices()).proposer.predictor  # one LiteMedSAM: each image is encoded once
+
+
+def test_the_retriever_follows_the_proposer_unless_the_user_chose_one(make_napari_viewer):
+    w = ReferenceAnnotator(make_napari_viewer())
+    w.proposer_combo.setCurrentText("matchseg")
+    w.retriever_combo.setCurrentText("handcrafted")
+    w.proposer_combo.setCurrentText("context")
+    assert w.retriever_combo.currentText() == "medsam"
+    w.proposer_combo.setCurrentText("matchseg")
+    assert w.retriever_combo.currentText() == "handcrafted"
+    w.retriever_combo.setCurrentText("clip")  # the user's own choice stays whatever the proposer
+    w.proposer_combo.setCurrentText("context")
+    assert w.retriever_combo.currentText() == "clip"
+    assert w.propose.choices(need_bank=False).retriever == "clip"
 
 
 def test_a_hand_edit_survives_the_next_click(make_napari_viewer, qtbot):

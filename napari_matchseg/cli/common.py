@@ -82,11 +82,14 @@ def add_registry_options(p, registry: Registry, skip: set[str] | None = None) ->
     return added
 
 
-def add_retriever_args(p: argparse.ArgumentParser) -> None:
+def add_retriever_args(p: argparse.ArgumentParser, per_proposer: bool = False) -> None:
+    """``per_proposer``: no default here; the proposer's own retriever is taken (``suggested_retriever``)."""
     from ..retrieval import DEFAULT_RETRIEVER, RETRIEVERS
 
-    p.add_argument("--retriever", default=DEFAULT_RETRIEVER, choices=RETRIEVERS.names(),
-                   help="similarity model (handcrafted needs no download)")
+    p.add_argument("--retriever", default=None if per_proposer else DEFAULT_RETRIEVER, choices=RETRIEVERS.names(),
+                   help="similarity model (handcrafted needs no download)" + (
+                       f"; default: the proposer's own (medsam for context, else {DEFAULT_RETRIEVER})"
+                       if per_proposer else ""))
     add_device_args(p)
     add_registry_options(p, RETRIEVERS)
 

@@ -34,7 +34,7 @@ def add_proposal_args(p) -> None:
                    help="how supports are chosen (random is the ablation)")
     p.add_argument("--allow-self", action="store_true",
                    help="let a query that is itself in the bank use its own reference as support")
-    add_retriever_args(p)
+    add_retriever_args(p, per_proposer=True)
 
 
 def config_from_args(args, bank_optional: bool = False):

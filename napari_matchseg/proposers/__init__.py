@@ -37,7 +37,7 @@ PROPOSERS.register(Entry(
     "context", "napari_matchseg.proposers.context:ContextProposer",
     "in-context on LiteMedSAM's pretrained encoder (no training): the references' features map the query, "
     "LiteMedSAM's decoder draws each part; takes clicks and boxes, works with no references (-k 0)",
-    weights=("litemedsam",), shares_model="litemedsam", title="in-context (LiteMedSAM)",
+    weights=("litemedsam",), shares_model="litemedsam", title="in-context (LiteMedSAM)", retriever="medsam",
     options=(Option("--context-method", "method", "mean", "context: how the references score the query's "
                     "cells: prototypes, a linear probe, the mean of both, or a trained head (--context-head)",
                     choices=("prototype", "probe", "mean", "head")),
@@ -52,4 +52,15 @@ PROPOSERS.register(Entry(
 
 DEFAULT_PROPOSER = "matchseg"
 
-__all__ = ["PROPOSERS", "DEFAULT_PROPOSER", "CHECKPOINT"]
+
+def suggested_retriever(proposer: str) -> str:
+    """The retriever a proposer works best with when the user names none: the context proposer's is LiteMedSAM's
+    own embedding (``medsam``: the image is encoded for the proposal anyway, so retrieval costs nothing more, and
+    it finds better references for it, docs/context.md); the others' the default."""
+    from ..retrieval import DEFAULT_RETRIEVER
+
+    entry = PROPOSERS.get(proposer) if proposer in PROPOSERS else None
+    return entry.retriever if entry is not None and entry.retriever else DEFAULT_RETRIEVER
+
+
+__all__ = ["PROPOSERS", "DEFAULT_PROPOSER", "CHECKPOINT", "suggested_retriever"]

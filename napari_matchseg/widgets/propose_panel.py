@@ -12,7 +12,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QGrou
 from ..bank import ReferenceBank
 from ..errors import MatchsegError
 from ..fsutil import same_folder
-from ..proposers import PROPOSERS
+from ..proposers import PROPOSERS, suggested_retriever
 from ..refiners import refiner_choices
 from ..retrieval import RETRIEVERS
 from ._qt import button, notify_error, row, shows_errors, typed_path
@@ -48,6 +48,8 @@ class ProposePanel(QGroupBox):
                                      "(steadier proposals, about 1.5x the time)")
         self.mirror_check.setChecked(s.mirror_tta)
         self.proposer_combo.currentTextChanged.connect(lambda name: self.mirror_check.setEnabled(name == "matchseg"))
+        self._proposer_name = s.proposer
+        self.proposer_combo.currentTextChanged.connect(self._follow_proposer)
         self.mirror_check.setEnabled(s.proposer == "matchseg")
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
@@ -102,6 +104,13 @@ class ProposePanel(QGroupBox):
         self.show_options(False)
         self.refresh_review = self.review.refresh
         self.refresh_review()
+
+    def _follow_proposer(self, name: str) -> None:
+        """A retriever left at the old proposer's own follows to the new proposer's own (the context proposer
+        retrieves with LiteMedSAM's embedding, which it computes anyway); one the user chose stays."""
+        if self.retriever_combo.currentText() == suggested_retriever(self._proposer_name):
+            self.retriever_combo.setCurrentText(suggested_retriever(name))
+        self._proposer_name = name
 
     def show_options(self, shown: bool) -> None:
         self.options.setVisible(shown)
