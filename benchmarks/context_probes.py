@@ -4,12 +4,19 @@
         --json benchmarks/results/context_ceiling_val.json
     .venv/bin/python benchmarks/context_probes.py --probe self-support --split val --n 10 \\
         --json benchmarks/results/context_self_support_val.json
+    .venv/bin/python benchmarks/context_probes.py --probe diverse --retriever medsam --split val --n 30 \\
+        --json benchmarks/results/context_diverse_val.json
+    .venv/bin/python benchmarks/context_probes.py --probe guided --retriever medsam --split val --n 10 \\
+        --json benchmarks/results/context_guided_val.json
 
 ``ceiling``: the proposer's steps after the map (objects, decoder boxes, agreement gate) fed the ground truth's own
 cell map (the mask averaged over each 4 x 4-pixel cell): what a perfect map would give, with and without the
 decoder. ``self-support``: the query's own confident cells (probability > 0.7 foreground, < 0.3 background) join
 the references and the scorers are fitted again (``refit``, each cell counted 1 or 4 times, once or twice), or
 the query's own mean foreground / background prototype is averaged with the map (``own-prototypes``).
+``diverse``: the 8 references chosen from the retriever's 32 nearest by maximal marginal relevance (weight 0, 0.3,
+0.5 on the redundancy; 0 is plain retrieval). ``guided``: the map sharpened by the image's own edges (a guided
+filter, radius in pixels of the 256-pixel input, before the objects and the decoder).
 """
 
 from __future__ import annotations
@@ -27,13 +34,63 @@ from bench_foundation import machine
 from context_data import DATASETS, UNSEEN, banks, common_args, queries
 
 from napari_matchseg.feature_cache import FeatureCache
-from napari_matchseg.in_context import (GRID, ContextMap, References, build_scorers, cell_features, map_to_image,
-                                        mask_to_cells, valid_cells)
+from napari_matchseg.in_context import (
+    GRID,
+    ContextMap,
+    References,
+    build_scorers,
+    cell_features,
+    map_to_image,
+    mask_to_cells,
+    valid_cells,
+)
 from napari_matchseg.litemedsam import LiteMedSamPredictor
 from napari_matchseg.metrics import dice
 from napari_matchseg.proposers.context import OBJECT_PIXELS, count_objects
 
 HI, LO = 0.7, 0.3  # the query's cells taken as its own foreground / background
+DIVERSE_POOL = 32
+
+
+def diverse(vectors: np.ndarray, query: np.ndarray, k: int, weight: float) -> list[int]:
+    """Greedy maximal marginal relevance: rows of ``vectors`` (L2-normalised) close to ``query`` and to each other
+    as little as ``weight`` asks."""
+    sims = vectors @ query
+    pool = list(np.argsort(-sims)[:DIVERSE_POOL])
+    chosen = [pool.pop(0)]
+    while len(chosen) < k and pool:
+        redundancy = (vectors[pool] @ vectors[chosen].T).max(1)
+        chosen.append(pool.pop(int(np.argmax((1 - weight) * sims[pool] - weight * redundancy))))
+    return chosen
+
+
+def guided_filter(prob: np.ndarray, image: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al.'s guided filter of ``prob`` with the image (grey, 0-1) as the guide."""
+    from scipy import ndimage as ndi
+
+    g = image.astype(np.float32).mean(2) if image.ndim == 3 else image.astype(np.float32)
+    g = (g - g.min()) / max(1e-6, float(g.max() - g.min()))
+
+    def box(x):
+        return ndi.uniform_filter(x, size=2 * radius + 1, mode="reflect")
+
+    mg, mp = box(g), box(prob)
+    a = (box(g * prob) - mg * mp) / (box(g * g) - mg * mg + eps)
+    b = mp - a * mg
+    return np.clip(box(a) * g + box(b), 0, 1).astype(np.float32)
+
+
+def guided(proposer, radius: float, eps: float):
+    """``proposer`` whose map is guided-filtered by the image being proposed (``proposer.image``)."""
+    own = proposer._reference_map
+
+    def reference_map(emb, images, masks, points=()):
+        prob, objects = own(emb, images, masks, points)
+        r = max(1, round(radius * max(emb.size) / 256))
+        return guided_filter(prob, proposer.image, r, eps), objects
+
+    proposer._reference_map = reference_map
+    return proposer
 
 
 def on_cells(prob: torch.Tensor, emb) -> np.ndarray:
@@ -74,7 +131,7 @@ def self_supported(proposer, spec: str):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common_args(ap, "val", 10)
-    ap.add_argument("--probe", required=True, choices=("ceiling", "self-support"))
+    ap.add_argument("--probe", required=True, choices=("ceiling", "self-support", "diverse", "guided"))
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,8 +150,24 @@ def main() -> None:
             variants = {v: (context(predictor, "mean/box") if v == "stage 1" else
                             self_supported(context(predictor, "mean/box"), v))
                         for v in ("stage 1", "refit:1:1", "refit:4:1", "refit:1:2", "own-prototypes")}
+        if args.probe == "guided":
+            variants = {"stage 1": context(predictor, "mean/box"),
+                        **{f"guided r{r} eps{e}": guided(context(predictor, "mean/box"), r, e)
+                           for r, e in ((2, 1e-3), (4, 1e-3), (4, 1e-2), (8, 1e-2))}}
+        if args.probe == "diverse":
+            from napari_matchseg.retrieval import get_retriever, l2_normalize
+
+            ret = retriever or get_retriever("handcrafted")
+            vectors, ids, plain = l2_normalize(bank.embeddings(ret)), bank.ids(), context(predictor, "mean/box")
         for rid, img, gt in queries(args.data, name, args.split, args.n):
             emb = predictor.embedding(img)
+            if args.probe == "diverse":
+                q = l2_normalize(ret.embed_one(img)[None])[0]
+                for weight in (0.0, 0.3, 0.5):
+                    picked = [ids[i] for i in diverse(vectors, q, 8, weight)]
+                    prob = plain.predict(img, [bank.load_image(i) for i in picked], [bank.load_mask(i) for i in picked])
+                    rows.setdefault(f"diverse {weight}", []).append(dice(prob >= 0.5, gt))
+                continue
             s_img, s_mask = supports(bank, foreign, rid, img, "retrieved", 8, retriever)
             if args.probe == "ceiling":
                 truth = on_cells(mask_to_cells(gt, emb.scaled).flatten(), emb)
@@ -102,11 +175,12 @@ def main() -> None:
                 rows.setdefault("truth's cell map", []).append(dice(truth >= 0.5, gt))
                 for spec in ("mean/box", "mean/box/0.0"):
                     p = context(predictor, spec)
-                    p._reference_map = lambda e, a, b, pts=(): (truth, objects)
+                    p._reference_map = lambda e, a, b, pts=(), t=truth, o=objects: (t, o)
                     label = "+ decoder" + (" (no gate)" if spec.endswith("0.0") else "")
                     rows.setdefault(label, []).append(dice(p.predict(img, s_img, s_mask) >= 0.5, gt))
             else:
                 for v, p in variants.items():
+                    p.image = img
                     rows.setdefault(v, []).append(dice(p.predict(img, s_img, s_mask) >= 0.5, gt))
         results[name] = {k: float(np.mean(v)) for k, v in rows.items()}
         print(name, json.dumps({k: round(v, 3) for k, v in results[name].items()}), flush=True)
