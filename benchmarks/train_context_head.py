@@ -100,7 +100,11 @@ def load_items(data: Path, name: str, split: str, files: dict[str, Path], limit:
         frac, valid = torch.zeros(1, 64, 64), torch.zeros(1, 64, 64)
         frac[0, :rows, :cols] = mask_to_cells(mask, scaled)
         valid[0, :rows, :cols] = 1
-        items.append(Item(feats, frac, valid, f"{name}/{rid}"))
+        m = torch.nn.functional.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=scaled,
+                                            mode="area")
+        pixels = torch.zeros(1, 256, 256, dtype=torch.uint8)
+        pixels[0, :scaled[0], :scaled[1]] = (m[0, 0] >= 0.5).to(torch.uint8)
+        items.append(Item(feats, frac, valid, f"{name}/{rid}", pixels=pixels))
     return items
 
 
@@ -155,6 +159,8 @@ def main() -> None:
     ap.add_argument("--cross-subject", action="store_true",
                     help="an episode's references never share the query's subject (patient, source image, clip), "
                     "as with a bank of other patients")
+    ap.add_argument("--pixel-loss", action="store_true",
+                    help="the loss compares the map, upsampled as the proposer does, with the mask's pixels")
     ap.add_argument("--fitted", action="store_true", help="relational: the training-free scorers' maps join its input")
     ap.add_argument("--map-cache", type=Path, help="relational: compute the first --map-batches batches' input maps "
                     "into this folder once (resumable), then train on them")
@@ -181,7 +187,8 @@ def main() -> None:
     args.run.mkdir(parents=True, exist_ok=True)
     (args.run / "baseline.json").write_text(json.dumps({"machine": machine(), "training_free": baseline}))
     settings = Settings(steps=args.steps, batch=args.batch, val_every=args.val_every, swap=args.swap,
-                        rotate=args.rotate, synthetic=args.synthetic, cross_subject=args.cross_subject)
+                        rotate=args.rotate, synthetic=args.synthetic, cross_subject=args.cross_subject,
+                        pixel_loss=args.pixel_loss)
     if args.kind == "relational":
         config = {"kind": "relational", "width": args.width, "memory_pool": args.memory_pool,
                   **({"fitted": True} if args.fitted else {}), **({"residual": True} if args.residual else {})}
@@ -192,7 +199,8 @@ def main() -> None:
     if args.map_cache:
         head = build_context_head(None, **config)
         made_from = {k: v for k, v in config.items() if k in ("kind", "memory_pool", "fitted")}  # not the network
-        drawn = {k: v for k, v in dataclasses.asdict(settings).items() if k != "cross_subject" or v}  # old caches
+        drawn = {k: v for k, v in dataclasses.asdict(settings).items()  # options off: as old caches recorded them
+                 if k not in ("cross_subject", "pixel_loss") or v}
         meta = {"config": made_from, "settings": drawn | {"steps": None, "val_every": None},
                 "train": {n: len(v) for n, v in train_sets.items()}}
         maps = MapCache(args.map_cache, meta, args.map_batches)

@@ -177,3 +177,36 @@ def test_cross_subject_episodes_never_take_a_reference_of_the_query_s_own_subjec
     assert len(one.candidates("toy", 0)) == 3
     q, *_ = other.batch(0)
     assert q.shape[0] == Settings.batch
+
+
+@pytest.mark.slow
+def test_a_pixel_level_loss_trains_on_the_masks_pixels(tmp_path):
+    """With ``pixel_loss`` the target is the query's mask at the input's scale (a kept mask, else its cells
+    repeated), swapped with the references; the map, upsampled as the proposer upsamples it, still learns the toy
+    tasks."""
+    from test_context_head import _toy_datasets
+
+    from napari_matchseg.training.context_head import Episodes, Item, episode_tensors, input_pool, loss_fn
+
+    items = _toy_datasets(n=3)["toy0"]
+    *_, cells = episode_tensors(items[0], items[1:])
+    *_, pixels = episode_tensors(items[0], items[1:], pixels=True)
+    assert cells.shape == (1, 32, 32) and pixels.shape == (1, 128, 128)
+    torch.testing.assert_close(pixels[:, ::4, ::4], cells)
+    fine = torch.zeros(1, 128, 128, dtype=torch.uint8)
+    fine[0, 5:9, 7:50] = 1  # thinner than a cell: only the pixels show it
+    kept = Item(items[0].features, items[0].fraction, items[0].valid, "toy/x", pixels=fine)
+    *_, target = episode_tensors(kept, items[1:], pixels=True)
+    *_, swapped = episode_tensors(kept, items[1:], swap=True, pixels=True)
+    assert torch.equal(target, fine.float()) and torch.equal(swapped, 1 - fine.float())
+    logits = torch.zeros(1, 1, 32, 32, requires_grad=True)
+    loss_fn(logits, target[None], torch.ones(1, 1, 32, 32)).backward()
+    assert logits.grad[0, 0, 1:3, 1:13].sum() < 0 < logits.grad[0, 0, 20:, 20:].sum()  # up under the line only
+    data = _toy_datasets()
+    val = {n: [(its[0], its[1:5])] for n, its in _toy_datasets(seed=1).items()}
+    settings = Settings(steps=100, batch=4, ks=(2, 3), lr=3e-3, warmup=5, val_every=50, swap=0.5, rotate=0.0,
+                        pixel_loss=True)
+    head = build_context_head(None, **TINY)
+    assert Episodes(data, settings, input_pool(head)).batch(0)[-1].shape == (4, 1, 128, 128)
+    result = train(tmp_path / "run", data, val, settings, TINY, log=lambda s: None)
+    assert result["done"] and result["best"] > 0.8

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..fsutil import atomic_write_bytes
+from ..in_context import CELL
 from ..modeling.context_head import ContextHead
 from ..modeling.heads import build_context_head
 from ..modeling.relational_head import MAPS
@@ -43,6 +44,7 @@ class Item:
     name: str = ""
 
     pooled: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # as the head's memory sees it
+    pixels: torch.Tensor | None = None  # (1, 256, 256) uint8: the mask at the input's scale (pixel-level loss)
 
     def memory(self, head_pool: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(features, fraction, valid) pooled as the head's memory (computed once per item)."""
@@ -75,6 +77,7 @@ class Settings:
     rotate: float = 0.5  # share of episodes whose features are rotated (one random orthogonal matrix each)
     synthetic: float = 0.0  # share of episodes whose masks are a random rule on the features (synthetic_task)
     cross_subject: bool = False  # never take a reference of the query's own subject (patient, source image, clip)
+    pixel_loss: bool = False  # the loss compares the upsampled map with the query's mask pixels, not cell fractions
     val_every: int = 250
     seed: int = 0
 
@@ -122,7 +125,7 @@ class Episodes:
         query, references = items[q], [items[int(i)] for i in refs]
         if rng.random() < self.s.synthetic:
             query, *references = synthetic_task([query, *references], rng, self.pool)
-        out = episode_tensors(query, references, swap, self.pool)
+        out = episode_tensors(query, references, swap, self.pool, self.s.pixel_loss)
         if rng.random() < self.s.rotate:
             rot = torch.from_numpy(np.linalg.qr(rng.standard_normal((out[0].shape[0],) * 2))[0]).float()
             query = torch.einsum("dc,chw->dhw", rot, out[0].float()).to(out[0].dtype)
@@ -161,15 +164,25 @@ def synthetic_task(items: Sequence[Item], rng: np.random.Generator, pool: int) -
     return out
 
 
-def episode_tensors(query: Item, refs: Sequence[Item], swap: bool = False, pool: int = 4) -> tuple[torch.Tensor, ...]:
+def episode_tensors(query: Item, refs: Sequence[Item], swap: bool = False, pool: int = 4,
+                    pixels: bool = False) -> tuple[torch.Tensor, ...]:
     """(query, query_valid, refs, ref_fraction, ref_valid, target) of one episode, without a batch dimension; the
-    references pooled as a head with ``memory_pool=pool`` sees them."""
+    references pooled as a head with ``memory_pool=pool`` sees them. ``pixels``: the target is the query's mask at
+    the input's scale (its cells repeated where no mask is kept: toy and synthetic tasks), not the cell fractions."""
     mem = [r.memory(pool) for r in refs]
     feats, frac, valid = (torch.stack(col) for col in zip(*mem))
-    target = query.fraction
+    target, query_valid = query.fraction, query.valid
+    if pixels:
+        target = query.pixels.float() if query.pixels is not None else _to_pixels(query.fraction)
+        query_valid = _to_pixels(query.valid)
     if swap:
-        frac, target = 1 - frac, (1 - target) * query.valid
+        frac, target = 1 - frac, (1 - target) * query_valid
     return query.features, query.valid, feats, frac * valid, valid, target
+
+
+def _to_pixels(cells: torch.Tensor) -> torch.Tensor:
+    """(1, g, g) cells as (1, 4g, 4g) pixels, each cell's value repeated."""
+    return F.interpolate(cells[None].float(), scale_factor=CELL, mode="nearest")[0]
 
 
 def _similarities(items: Sequence[Item]) -> np.ndarray:
@@ -178,7 +191,13 @@ def _similarities(items: Sequence[Item]) -> np.ndarray:
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Soft-target BCE plus soft Dice, over the valid cells only."""
+    """Soft-target BCE plus soft Dice, over the valid cells only. A target finer than the logits (the mask's
+    pixels) is compared with the logits upsampled as the proposer upsamples its map (bilinear)."""
+    if target.shape[-1] != logits.shape[-1]:
+        scale = target.shape[-1] // logits.shape[-1]
+        logits = F.interpolate(logits, scale_factor=scale, mode="bilinear", align_corners=False)
+        # pixels whose value comes from valid cells alone (not the padding's very low logits)
+        valid = (F.interpolate(valid.float(), scale_factor=scale, mode="bilinear", align_corners=False) > 0.999).float()
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     bce = (bce * valid).sum() / valid.sum().clamp_min(1)
     p = torch.sigmoid(logits) * valid
