@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_foundation import machine
-from context_data import DATASETS, UNSEEN, banks, common_args, queries, reference_ids
+from context_data import DATASETS, UNSEEN, banks, common_args, make_retriever, queries, reference_ids
 
 from napari_matchseg.feature_cache import FeatureCache
 from napari_matchseg.litemedsam import LiteMedSamPredictor
@@ -32,7 +32,6 @@ from napari_matchseg.metrics import dice
 from napari_matchseg.proposers.context import ContextProposer
 from napari_matchseg.proposers.matchseg import MatchSegPredictor
 from napari_matchseg.refiners.litemedsam import LiteMedSamRefiner
-from napari_matchseg.retrieval.medsam import MedSamRetriever
 
 DEFAULT_VARIANT = "mean/box"
 
@@ -111,7 +110,7 @@ def main() -> None:
     predictor.attach_cache(FeatureCache(args.work, predictor.model_id))
     v2 = MatchSegPredictor(None, device="cpu")
     refiner = LiteMedSamRefiner(model=predictor)
-    retriever = MedSamRetriever(model=predictor) if args.retriever == "medsam" else None
+    retriever = make_retriever(args.retriever, predictor)
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}", flush=True)
     results = {}
     for name in args.datasets:

@@ -76,5 +76,15 @@ def common_args(ap, split: str, n: int) -> None:
                     help="how references are retrieved (medsam: LiteMedSAM's cached embeddings, meanstd pooling)")
 
 
+def make_retriever(name: str, predictor):
+    """``--retriever``'s retriever for :func:`reference_ids` (medsam shares ``predictor`` and its cache), or None
+    for the handcrafted default."""
+    if name == "medsam":
+        from napari_matchseg.retrieval.medsam import MedSamRetriever
+
+        return MedSamRetriever(model=predictor)
+    return None
+
+
 def banks(data: Path, work: Path, name: str):
     return train_bank(data, name, work), train_bank(data, FOREIGN[name], work)

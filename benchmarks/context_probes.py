@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from bench_context import context, supports
 from bench_foundation import machine
-from context_data import DATASETS, UNSEEN, banks, common_args, queries
+from context_data import DATASETS, UNSEEN, banks, common_args, make_retriever, queries
 
 from napari_matchseg.feature_cache import FeatureCache
 from napari_matchseg.in_context import (
@@ -137,10 +137,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     predictor = LiteMedSamPredictor("cpu")
     predictor.attach_cache(FeatureCache(args.work, predictor.model_id))
-    retriever = None
-    if args.retriever == "medsam":
-        from napari_matchseg.retrieval.medsam import MedSamRetriever
-        retriever = MedSamRetriever(model=predictor)
+    retriever = make_retriever(args.retriever, predictor)
+    fed = {"+ decoder": context(predictor, "mean/box"), "+ decoder (no gate)": context(predictor, "mean/box/0.0")}
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}", flush=True)
     results = {}
     for name in args.datasets:
@@ -173,10 +171,8 @@ def main() -> None:
                 truth = on_cells(mask_to_cells(gt, emb.scaled).flatten(), emb)
                 objects = int(np.ceil(np.median([count_objects(m, OBJECT_PIXELS) for m in s_mask])))
                 rows.setdefault("truth's cell map", []).append(dice(truth >= 0.5, gt))
-                for spec in ("mean/box", "mean/box/0.0"):
-                    p = context(predictor, spec)
+                for label, p in fed.items():
                     p._reference_map = lambda e, a, b, pts=(), t=truth, o=objects: (t, o)
-                    label = "+ decoder" + (" (no gate)" if spec.endswith("0.0") else "")
                     rows.setdefault(label, []).append(dice(p.predict(img, s_img, s_mask) >= 0.5, gt))
             else:
                 for v, p in variants.items():

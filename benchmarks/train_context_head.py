@@ -34,7 +34,8 @@ from bench_foundation import machine  # noqa: E402
 from context_data import DATASETS, DEFAULT_WORK  # noqa: E402
 
 from napari_matchseg.image_io import check_image, content_hash, read_image, read_mask  # noqa: E402
-from napari_matchseg.in_context import References, build_scorers, mask_to_cells, score_query, valid_cells  # noqa: E402
+from napari_matchseg.in_context import (CELL, GRID, References, build_scorers, mask_at_input,  # noqa: E402
+                                        mask_to_cells, score_query, valid_cells)
 from napari_matchseg.litemedsam import EMBEDDING_SHAPE, scaled_size  # noqa: E402
 from napari_matchseg.modeling.heads import build_context_head  # noqa: E402
 from napari_matchseg.training.context_head import Episodes, Item, Settings, input_pool, train  # noqa: E402
@@ -100,10 +101,8 @@ def load_items(data: Path, name: str, split: str, files: dict[str, Path], limit:
         frac, valid = torch.zeros(1, 64, 64), torch.zeros(1, 64, 64)
         frac[0, :rows, :cols] = mask_to_cells(mask, scaled)
         valid[0, :rows, :cols] = 1
-        m = torch.nn.functional.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=scaled,
-                                            mode="area")
-        pixels = torch.zeros(1, 256, 256, dtype=torch.uint8)
-        pixels[0, :scaled[0], :scaled[1]] = (m[0, 0] >= 0.5).to(torch.uint8)
+        pixels = torch.zeros(1, GRID * CELL, GRID * CELL, dtype=torch.uint8)
+        pixels[0, :scaled[0], :scaled[1]] = (mask_at_input(mask, scaled)[0, 0] >= 0.5).to(torch.uint8)
         items.append(Item(feats, frac, valid, f"{name}/{rid}", pixels=pixels))
     return items
 

@@ -39,10 +39,15 @@ def valid_cells(scaled: tuple[int, int]) -> tuple[int, int]:
     return max(1, math.ceil(scaled[0] / CELL)), max(1, math.ceil(scaled[1] / CELL))
 
 
+def mask_at_input(mask: np.ndarray, scaled: tuple[int, int]) -> torch.Tensor:
+    """``mask`` (the image's own size) brought to the encoder's input scale: (1, 1, h, w) float32 coverage."""
+    m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+    return F.interpolate(m, size=scaled, mode="area") if m.shape[-2:] != scaled else m
+
+
 def mask_to_cells(mask: np.ndarray, scaled: tuple[int, int]) -> torch.Tensor:
     """The fraction of each valid cell that ``mask`` (the image's own size) covers: (rows, cols) float32."""
-    m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
-    m = F.interpolate(m, size=scaled, mode="area") if m.shape[-2:] != scaled else m
+    m = mask_at_input(mask, scaled)
     rows, cols = valid_cells(scaled)
     m = F.pad(m, (0, cols * CELL - scaled[1], 0, rows * CELL - scaled[0]))
     return F.avg_pool2d(m, CELL)[0, 0]
@@ -195,4 +200,4 @@ def map_to_image(cmap: ContextMap, scaled: tuple[int, int], size: tuple[int, int
 
 
 __all__ = ["ContextMap", "References", "METHODS", "build_scorers", "score_query", "map_to_image", "mask_to_cells",
-           "valid_cells"]
+           "mask_at_input", "valid_cells"]

@@ -35,7 +35,7 @@ def relational_maps(query: torch.Tensor, query_valid: torch.Tensor, refs: torch.
     The maps that compare every query cell with every reference cell (label transfer, nearest cells) run on the
     query's 2 x 2 cell means and are brought back to the grid: they cost most. The linear ones (prototypes, probe)
     run on every cell."""
-    b, c, g, _ = query.shape
+    b, _, g, _ = query.shape
     q = F.normalize(query.float().flatten(2).transpose(1, 2), dim=2)  # (B, g*g, C)
     m = F.normalize(refs.float().transpose(1, 2).flatten(2).transpose(1, 2), dim=2)  # (B, N, C)
     frac = ref_fraction.flatten(1)  # (B, N)
@@ -78,7 +78,7 @@ def fitted_maps(query: torch.Tensor, refs: torch.Tensor, ref_fraction: torch.Ten
                 ref_valid: torch.Tensor) -> torch.Tensor:
     """(B, FITTED, 64, 64): the training-free proposer's prototype and probe probabilities (minus 0.5), fitted on
     each episode's full-resolution reference cells exactly as ``in_context.build_scorers(.., "mean")`` does."""
-    b, c, g, _ = query.shape
+    b, _, g, _ = query.shape
     out = torch.zeros(b, FITTED, g, g)
     for i in range(b):
         keep = ref_valid[i, :, 0] > 0.5  # (K, g, g)
@@ -146,8 +146,8 @@ class RelationalHead(nn.Module):
         ctx = F.interpolate(self.context(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
         logits = self.out(torch.cat([x, ctx], 1))
         if self.residual:  # the fitted scorers' mean probability ("mean"), as a logit
-            prob = (maps[:, MAPS:MAPS + FITTED].float() + 0.5).mean(1, keepdim=True).clamp(1e-4, 1 - 1e-4)
-            logits = logits + torch.log(prob / (1 - prob))
+            prob = (maps[:, MAPS:MAPS + FITTED].float() + 0.5).mean(1, keepdim=True)
+            logits = logits + torch.logit(prob, eps=1e-4)
         valid = maps[:, MAPS - 1:MAPS] > 0.5
         return torch.where(valid, logits, torch.full_like(logits, -20.0))
 
